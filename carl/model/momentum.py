@@ -1,0 +1,79 @@
+"""MoCo-style state: the momentum (EMA) key encoder and the queue of past keys with labels."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def gather_across_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` [n_rank, ...] from every process along dim 0 (rank order).
+
+    A no-op without an initialised process group; handles unequal ``n_rank``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    world = dist.get_world_size()
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+class MomentumQueue(nn.Module):
+    """FIFO queue of ``size`` past keys [Q, P] with their labels [Q, L], as buffers.
+
+    The enqueue wraps around for any batch size; only filled slots are returned.
+    """
+
+    def __init__(self, size: int, dim: int, label_dim: int = 2):
+        super().__init__()
+        self.size = size
+        self.register_buffer("keys", torch.zeros(size, dim))
+        self.register_buffer("labels", torch.zeros(size, label_dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Filled keys [F, P] and labels [F, L], F <= Q."""
+        n = int(self.filled)
+        return self.keys[:n], self.labels[:n]
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
+        """Push keys [n, P] and labels [n, L] (already gathered across processes)."""
+        if self.size == 0:
+            return
+        keys, labels = keys[-self.size :], labels[-self.size :]
+        n = keys.shape[0]
+        index = (int(self.ptr) + torch.arange(n, device=self.keys.device)) % self.size
+        self.keys[index] = keys.detach().to(self.keys.dtype)
+        self.labels[index] = labels.detach().to(self.labels.dtype)
+        self.ptr.fill_((int(self.ptr) + n) % self.size)
+        self.filled.fill_(min(int(self.filled) + n, self.size))
+
+
+class MomentumEncoder(nn.Module):
+    """Frozen copy of the query modules, updated as theta_k <- m theta_k + (1 - m) theta_q."""
+
+    def __init__(self, modules: dict[str, nn.Module], momentum: float):
+        super().__init__()
+        self.momentum = momentum
+        self.parts = nn.ModuleDict({name: copy.deepcopy(m) for name, m in modules.items()})
+        for p in self.parts.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, modules: dict[str, nn.Module]) -> None:
+        """EMA step from the query modules (same names as at construction)."""
+        for name, query in modules.items():
+            for key_param, query_param in zip(self.parts[name].parameters(), query.parameters()):
+                key_param.mul_(self.momentum).add_(query_param.detach(), alpha=1.0 - self.momentum)

@@ -1,0 +1,21 @@
+"""The CARL objectives, one per file; each returns an ``ObjectiveOutput``."""
+
+from carl.objectives.base import ObjectiveOutput
+from carl.objectives.momentum_contrastive import (
+    MomentumContrastiveLoss,
+    hard_label_targets,
+    soft_contrastive_loss,
+    soft_label_targets,
+)
+from carl.objectives.perturbed_token_detection import PerturbedTokenDetection
+from carl.objectives.va_regression import VARegressionLoss
+
+__all__ = [
+    "MomentumContrastiveLoss",
+    "ObjectiveOutput",
+    "PerturbedTokenDetection",
+    "VARegressionLoss",
+    "hard_label_targets",
+    "soft_contrastive_loss",
+    "soft_label_targets",
+]

@@ -1,0 +1,146 @@
+"""Gradient-saliency perturbed token detection (PTD).
+
+1. Saliency. The backward pass of the clean loss already yields g_t = dL/de_t for every input
+   word embedding e_t [B, T, H]; a token's saliency is ||g_t||_2, a word's the max over its
+   sub-words. Special and padding tokens (``word_index == -1``) are never chosen.
+2. Selection. Per sentence the top ``ratio`` of words (at least one) by saliency, or uniformly
+   random words for the ``random`` control; every sub-word of a chosen word is perturbed.
+3. Replacement. ``hotflip``: v* = argmax_v (E_v - e_t) . g_t, the token that most increases
+   the loss to first order (Ebrahimi et al. 2018); ``random``: a uniform vocabulary token;
+   ``mask``: the tokenizer's mask token. Special tokens and the original token are excluded.
+4. Detection. The perturbed sentence goes through the query encoder; a token head predicts
+   which positions were perturbed, trained with binary cross-entropy over non-padding tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from carl.objectives.base import ObjectiveOutput
+
+
+def word_saliency(input_grad: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+    """Gradients [B, T, H] and word ids [B, T] (-1 = not a word) -> word scores [B, W].
+
+    W is the largest word count in the batch; missing words score -inf.
+    """
+    token_score = input_grad.float().norm(dim=-1)  # [B, T]
+    return _scatter_words(token_score, word_index)
+
+
+def _scatter_words(token_score: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+    batch = token_score.shape[0]
+    num_words = int(word_index.max().clamp(min=0)) + 1
+    scores = token_score.new_full((batch, num_words + 1), float("-inf"))
+    slot = torch.where(word_index >= 0, word_index, num_words)  # non-words go to a spare column
+    scores = scores.scatter_reduce(1, slot, token_score, reduce="amax", include_self=True)
+    scores[:, num_words] = float("-inf")
+    return scores[:, :num_words]
+
+
+def select_words(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Word scores [B, W] (-inf = absent) -> chosen words [B, W] bool: top max(1, round(ratio n))."""
+    present = torch.isfinite(scores)
+    count = present.sum(-1)  # [B]
+    k = torch.clamp(torch.round(count.float() * ratio).long(), min=1)
+    k = torch.minimum(k, count)
+    order = scores.argsort(dim=-1, descending=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    return (rank < k[:, None]) & present
+
+
+def positions_from_words(chosen: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+    """Chosen words [B, W] and word ids [B, T] -> perturbed token positions [B, T] bool."""
+    safe = word_index.clamp(min=0)
+    return chosen.gather(1, safe) & (word_index >= 0)
+
+
+def hotflip_replacements(input_ids, input_grad, embedding_matrix, banned: torch.Tensor) -> torch.Tensor:
+    """First-order loss-maximising token for each position: ids [N], grads [N, H] -> ids [N].
+
+    ``banned`` [V] bool excludes special tokens; the original token is excluded too.
+    """
+    grad = input_grad.float()
+    gain = grad @ embedding_matrix.float().T  # [N, V]: (E_v . g)
+    gain = gain - (embedding_matrix[input_ids].float() * grad).sum(-1, keepdim=True)
+    gain[:, banned] = float("-inf")
+    gain.scatter_(1, input_ids[:, None], float("-inf"))
+    return gain.argmax(-1)
+
+
+def random_replacements(input_ids: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """Uniform allowed vocabulary tokens differing from the original: ids [N] -> ids [N]."""
+    allowed = (~banned).nonzero().squeeze(-1)  # [V']
+    draw = allowed[torch.randint(len(allowed), input_ids.shape, device=input_ids.device)]
+    clash = draw == input_ids
+    while clash.any():
+        draw[clash] = allowed[torch.randint(len(allowed), (int(clash.sum()),), device=input_ids.device)]
+        clash = draw == input_ids
+    return draw
+
+
+def detection_loss(logits: torch.Tensor, perturbed: torch.Tensor, attention_mask: torch.Tensor) -> ObjectiveOutput:
+    """BCE of token logits [B, T] against perturbed positions [B, T] over non-padding tokens."""
+    valid = attention_mask.bool()
+    target = perturbed.float()
+    loss = F.binary_cross_entropy_with_logits(logits.float()[valid], target[valid])
+    with torch.no_grad():
+        predicted = logits > 0
+        hit = predicted == perturbed
+        on_perturbed = perturbed & valid
+        on_clean = ~perturbed & valid
+        diagnostics = {
+            "ptd_acc_perturbed": float(hit[on_perturbed].float().mean()) if on_perturbed.any() else 0.0,
+            "ptd_acc_clean": float(hit[on_clean].float().mean()) if on_clean.any() else 0.0,
+            "ptd_perturbed_fraction": float(on_perturbed.sum() / valid.sum()),
+        }
+    return ObjectiveOutput(loss, diagnostics)
+
+
+class PerturbedTokenDetection(nn.Module):
+    """Choose salient words, perturb them, and score the detector on the perturbed batch.
+
+    Args:
+        ratio: fraction of words perturbed per sentence (at least one).
+        selection: ``saliency`` (gradient norm) or ``random`` (the random-positions control).
+        replacement: ``hotflip``, ``random`` or ``mask``.
+        special_ids: token ids never used as replacements (CLS, SEP, PAD, UNK, MASK ...).
+        mask_token_id: id for the ``mask`` replacement.
+        vocab_size: rows of the embedding matrix.
+    """
+
+    def __init__(self, *, ratio: float = 0.15, selection: str = "saliency", replacement: str = "hotflip",
+                 special_ids: list[int], mask_token_id: int | None, vocab_size: int):
+        super().__init__()
+        if replacement == "mask" and mask_token_id is None:
+            raise ValueError("replacement 'mask' needs a tokenizer with a mask token")
+        self.ratio, self.selection, self.replacement = ratio, selection, replacement
+        self.mask_token_id = mask_token_id
+        banned = torch.zeros(vocab_size, dtype=torch.bool)
+        banned[[i for i in special_ids if i < vocab_size]] = True
+        self.register_buffer("banned", banned, persistent=False)
+
+    @torch.no_grad()
+    def perturb(self, input_ids, word_index, input_grad, embedding_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids [B, T], word ids [B, T], grads [B, T, H] -> (perturbed ids [B, T], positions [B, T])."""
+        if self.selection == "saliency":
+            scores = word_saliency(input_grad, word_index)
+        else:
+            noise = torch.rand(word_index.shape, device=input_ids.device)
+            scores = _scatter_words(noise, word_index)
+        positions = positions_from_words(select_words(scores, self.ratio), word_index)
+        original = input_ids[positions]  # [N]
+        if self.replacement == "hotflip":
+            new = hotflip_replacements(original, input_grad[positions], embedding_matrix, self.banned)
+        elif self.replacement == "random":
+            new = random_replacements(original, self.banned)
+        else:
+            new = torch.full_like(original, self.mask_token_id)
+        perturbed = input_ids.clone()
+        perturbed[positions] = new
+        return perturbed, positions
+
+    def forward(self, token_logits, positions, attention_mask) -> ObjectiveOutput:
+        return detection_loss(token_logits, positions, attention_mask)

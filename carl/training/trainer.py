@@ -1,0 +1,321 @@
+"""The CARL training loop on accelerate: one code path for CPU, one GPU and several processes.
+
+One optimizer step (objective ``carl``):
+  1. clean pass: query embeddings, momentum keys, MCL (+ auxiliary MSE) loss; backward, which
+     also leaves dL/d(word embeddings) -- the saliency -- at no extra pass;
+  2. perturbed pass: the most salient words are replaced (hotflip by default) and the token
+     head learns to detect them (BCE); backward;
+  3. clip, AdamW step, LR schedule, EMA update of the key encoder, enqueue the gathered keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from carl.config import CarlConfig, ConfigError
+from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
+from carl.data.sources import describe_data, load_training_data
+from carl.model.carl_model import CarlModel
+from carl.model.encoder import load_backbone, resolve_encoder
+from carl.model.export import export_model
+from carl.model.momentum import gather_across_processes
+from carl.objectives import MomentumContrastiveLoss, PerturbedTokenDetection, VARegressionLoss
+from carl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
+from carl.training.run_info import environment_info
+
+CONTRASTIVE = ("carl", "mcl", "supcon-hard")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CarlTrainer:
+    """Train CARL (or an ablation) into ``output_dir``; resumes from its last checkpoint."""
+
+    def __init__(self, config: CarlConfig, output_dir: str | Path, *, show_progress: bool = True):
+        self.cfg = config
+        self.out = Path(output_dir)
+        self.show_progress = show_progress
+        objective = config.objective.name
+        self.use_mcl = objective in CONTRASTIVE and config.objective.mcl_weight > 0
+        self.use_ptd = objective == "carl" and config.objective.ptd_weight > 0
+        self.use_mse = objective == "mse" or config.objective.mse_weight > 0
+        if config.train.num_threads > 0:
+            torch.set_num_threads(config.train.num_threads)
+        self.accelerator = Accelerator(
+            mixed_precision=config.train.mixed_precision,
+            gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        set_seed(config.train.seed)
+        self._build()
+
+    # ----------------------------------------------------------------- set-up
+    def _build(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        self.train_data, self.dev_data = load_training_data(cfg.data, verbose=acc.is_main_process)
+        self._check_queue_size(len(self.train_data))
+        backbone, self.tokenizer = load_backbone(cfg.model.encoder)
+        self.model = CarlModel(
+            backbone, pooling=cfg.model.pooling, projection_dim=cfg.model.projection_dim,
+            momentum=cfg.objective.mcl.momentum, queue_size=cfg.objective.mcl.queue_size,
+            detector_hidden=cfg.objective.ptd.detector_hidden, use_key_encoder=self.use_mcl,
+        )
+        labels = torch.as_tensor(self.train_data.labels, dtype=torch.float32)
+        self.model.set_label_statistics(labels)
+        self.mcl_loss = MomentumContrastiveLoss(
+            temperature=cfg.objective.mcl.temperature,
+            label_temperature=cfg.objective.mcl.label_temperature,
+            hard_bin_edges=self._hard_bin_edges(labels) if cfg.objective.name == "supcon-hard" else None,
+        )
+        self.mse_loss = VARegressionLoss()
+        self.ptd = PerturbedTokenDetection(
+            ratio=cfg.objective.ptd.ratio, selection=cfg.objective.ptd.selection,
+            replacement=cfg.objective.ptd.replacement, special_ids=self.tokenizer.all_special_ids,
+            mask_token_id=self.tokenizer.mask_token_id,
+            vocab_size=backbone.get_input_embeddings().weight.shape[0],
+        ).to(acc.device)
+
+        dataset = TokenizedDataset(self.train_data.texts, self.train_data.labels, self.tokenizer,
+                                   cfg.data.max_length)
+        self.sampler = LengthGroupedBatchSampler(dataset.lengths(), cfg.train.batch_size, seed=cfg.train.seed)
+        # the loader's own generator keeps iterator creation from consuming the global RNG,
+        # so that a resumed run draws the same dropout masks as an uninterrupted one
+        loader = DataLoader(dataset, batch_sampler=self.sampler,
+                            collate_fn=PaddingCollator(self.tokenizer.pad_token_id),
+                            generator=torch.Generator().manual_seed(cfg.train.seed))
+        optimizer = torch.optim.AdamW(self._parameter_groups(), lr=cfg.train.learning_rate)
+        self.model, self.optimizer, self.loader = acc.prepare(self.model, optimizer, loader)
+        self.steps_per_epoch = max(1, len(self.loader) // cfg.train.gradient_accumulation_steps)
+        self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps)
+        acc.register_for_checkpointing(self.scheduler)
+
+    def _check_queue_size(self, n_train: int) -> None:
+        queue = self.cfg.objective.mcl.queue_size
+        if not self.use_mcl or queue == 0:
+            return
+        if queue >= n_train:
+            raise ConfigError(
+                f"objective.mcl.queue_size = {queue} is not smaller than the training set ({n_train} "
+                f"sentences): a sentence's own stale key would sit in the queue. "
+                f"Use at most {max(1, n_train // 2)}.")
+        if queue > n_train // 2:
+            warnings.warn(f"queue of {queue} keys holds over half of the {n_train} training sentences",
+                          stacklevel=2)
+
+    def _hard_bin_edges(self, labels: torch.Tensor) -> torch.Tensor:
+        """Quantile edges [2, b-1] of standardised training labels for ``supcon-hard``."""
+        bins = self.cfg.objective.mcl.hard_bins
+        z = self.model.standardise(labels)
+        q = torch.linspace(0, 1, bins + 1)[1:-1]
+        return torch.stack([torch.quantile(z[:, d], q) for d in range(2)])
+
+    def _parameter_groups(self) -> list[dict]:
+        """AdamW groups: no weight decay on biases and norms; heads at their own LR."""
+        cfg = self.cfg.train
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            no_decay = param.ndim < 2 or "norm" in name.lower()
+            is_head = not name.startswith("backbone.")
+            groups.setdefault((no_decay, is_head), []).append(param)
+        return [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                 "lr": cfg.head_learning_rate if is_head else cfg.learning_rate}
+                for (no_decay, is_head), params in groups.items()]
+
+    # --------------------------------------------------------------- one step
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Forward, backward (clean and, for carl, perturbed pass); returns logged values."""
+        acc, w = self.accelerator, self.cfg.objective
+        core = acc.unwrap_model(self.model)
+        labels = core.standardise(batch["labels"])
+        with acc.autocast():
+            out = self.model(batch["input_ids"], batch["attention_mask"], track_input_grad=self.use_ptd)
+        logs: dict[str, float] = {}
+        clean_loss = out.embedding.new_zeros((), dtype=torch.float32)
+        if self.use_mcl:
+            with acc.autocast():
+                keys = core.encode_keys(batch["input_ids"], batch["attention_mask"]).float()
+            batch_keys, batch_labels, own = self._gather_batch_keys(keys, labels)
+            queue_keys, queue_raw = core.queue.contents()
+            mcl = self.mcl_loss(out.query, torch.cat([batch_keys, queue_keys]), labels,
+                                torch.cat([batch_labels, core.standardise(queue_raw)]), own)
+            clean_loss = clean_loss + w.mcl_weight * mcl.loss
+            logs.update(mcl=float(mcl.loss.detach()), **mcl.diagnostics)
+            self._pending_enqueue = (batch_keys, core.label_mean + batch_labels * core.label_std)
+        if self.use_mse:
+            mse = self.mse_loss(out.va, labels)
+            weight = 1.0 if self.cfg.objective.name == "mse" else w.mse_weight
+            clean_loss = clean_loss + weight * mse.loss
+            logs.update(mse=float(mse.loss.detach()), **mse.diagnostics)
+        self._check_finite(clean_loss, logs)
+        acc.backward(clean_loss)
+        total = float(clean_loss.detach())
+        if self.use_ptd:
+            embedding_matrix = core.backbone.get_input_embeddings().weight.detach()
+            perturbed, positions = self.ptd.perturb(batch["input_ids"], batch["word_index"],
+                                                    out.input_embeds.grad, embedding_matrix)
+            with acc.autocast():
+                out_p = self.model(perturbed, batch["attention_mask"])
+            det = self.ptd(out_p.token_logits, positions, batch["attention_mask"])
+            self._check_finite(det.loss, logs)
+            acc.backward(w.ptd_weight * det.loss)
+            total += w.ptd_weight * float(det.loss.detach())
+            logs.update(ptd=float(det.loss.detach()), **det.diagnostics)
+        logs["loss"] = total
+        return logs
+
+    def _gather_batch_keys(self, keys, labels):
+        """Keys [B, P] and labels [B, 2] from every process; own-key columns [B] of this rank."""
+        acc = self.accelerator
+        sizes = gather_across_processes(torch.tensor([keys.shape[0]], device=keys.device))
+        offset = int(sizes[: acc.process_index].sum())
+        own = offset + torch.arange(keys.shape[0], device=keys.device)
+        return gather_across_processes(keys), gather_across_processes(labels.float()), own
+
+    def _check_finite(self, loss: torch.Tensor, logs: dict) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.accelerator.device)
+        if float(self.accelerator.reduce(bad, reduction="sum")) > 0:
+            last = latest_checkpoint(self.out)
+            raise TrainingDiverged(
+                f"non-finite loss at step {self.step + 1} (components: {logs}); stopping. "
+                f"The last good checkpoint is {last or 'none yet'}; lower train.learning_rate "
+                f"or check the data, then rerun the same command to resume.")
+
+    def _after_optimizer_step(self) -> None:
+        core = self.accelerator.unwrap_model(self.model)
+        core.momentum_update()
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Path:
+        """Run (or resume) training, then export the model to ``<output>/model``."""
+        acc, cfg = self.accelerator, self.cfg
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        resume = latest_checkpoint(self.out)
+        if resume is not None:
+            state = load_checkpoint(acc, resume)
+            self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            acc.print(f"resuming from {resume} (step {self.step}/{self.total_steps})")
+        self._start_run_folder(resumed=resume is not None)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.objective.name}",
+                   unit="step", disable=not (self.show_progress and acc.is_local_main_process), dynamic_ncols=True)
+        while self.step < self.total_steps:
+            self.train_one_epoch(bar)
+        bar.close()
+        last = latest_checkpoint(self.out)
+        if last is None or last.name != f"step-{self.step}":
+            self._save()
+        return self._export()
+
+    def train_one_epoch(self, bar: tqdm) -> None:
+        """Iterate the rest of the current epoch (skipping batches already done on resume)."""
+        acc, cfg = self.accelerator, self.cfg
+        self.sampler.set_epoch(self.epoch)
+        loader = acc.skip_first_batches(self.loader, self.batch_in_epoch) if self.batch_in_epoch else self.loader
+        started, pending = time.perf_counter(), []
+        for batch in loader:
+            self.batch_in_epoch += 1
+            with acc.accumulate(self.model):
+                pending.append(self.training_step(batch))
+                if acc.sync_gradients:
+                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self._enqueue()
+            if not acc.sync_gradients:
+                continue
+            self.scheduler.step()
+            self._after_optimizer_step()
+            self.step += 1
+            elapsed = time.perf_counter() - started
+            self._log(pending, grad_norm, elapsed)
+            bar.update(1)
+            bar.set_postfix(loss=f"{pending[-1]['loss']:.3f}")
+            started, pending = time.perf_counter(), []
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                self._save()
+            _maybe_kill_for_tests(self.step)
+            if self.step >= self.total_steps:
+                return
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
+    def _enqueue(self) -> None:
+        pending = getattr(self, "_pending_enqueue", None)
+        if pending is not None:
+            self.accelerator.unwrap_model(self.model).queue.enqueue(*pending)
+            self._pending_enqueue = None
+
+    # ------------------------------------------------------------ bookkeeping
+    def _log(self, micro_logs: list[dict], grad_norm, elapsed: float) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        record = {"step": self.step, "epoch": self.epoch}
+        for key in micro_logs[0]:
+            record[key] = sum(m[key] for m in micro_logs) / len(micro_logs)
+        record.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                      step_time=elapsed,
+                      samples_per_s=self.cfg.train.batch_size * len(micro_logs)
+                      * self.accelerator.num_processes / max(elapsed, 1e-9))
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _save(self) -> None:
+        state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        save_checkpoint(self.accelerator, self.out, state, self.cfg.train.keep_checkpoints)
+
+    def _start_run_folder(self, resumed: bool) -> None:
+        """Write config and environment; on resume drop metric lines past the checkpoint."""
+        if not self.accelerator.is_main_process:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.out / "config.toml", self.cfg.to_toml())
+        info = environment_info(self.accelerator.device)
+        info["num_processes"] = self.accelerator.num_processes
+        write_text_atomic(self.out / "environment.json", json.dumps(info, indent=2))
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():
+            lines = metrics.read_text(encoding="utf-8").splitlines()
+            keep = [l for l in lines if l.strip() and json.loads(l)["step"] <= self.step] if resumed else []
+            write_text_atomic(metrics, "".join(l + "\n" for l in keep))
+
+    def _export(self) -> Path:
+        acc = self.accelerator
+        path = self.out / "model"
+        if acc.is_main_process:
+            core = acc.unwrap_model(self.model)
+            export_model(core, self.tokenizer, path, max_length=self.cfg.data.max_length,
+                         metadata={"objective": self.cfg.objective.name,
+                                   "base_encoder": self.cfg.model.encoder,
+                                   "base_encoder_path": resolve_encoder(self.cfg.model.encoder),
+                                   "scale": [self.train_data.scale.low, self.train_data.scale.high],
+                                   "data": describe_data(self.cfg.data),
+                                   "config": self.cfg.to_dict(), "steps": self.step})
+        acc.wait_for_everyone()
+        return path
+
+
+def _maybe_kill_for_tests(step: int) -> None:
+    """Test hook: ``CARL_TEST_KILL_AT_STEP=N`` sends SIGKILL to this process after step N."""
+    target = os.environ.get("CARL_TEST_KILL_AT_STEP")
+    if target and int(target) == step:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
