@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -135,10 +136,18 @@ class CarlConfig:
             raise ConfigError("objective.mcl.momentum must lie in [0, 1)")
         if not 0.0 < self.objective.ptd.ratio <= 1.0:
             raise ConfigError("objective.ptd.ratio must lie in (0, 1]")
-        for key in ("objective.mcl.temperature", "objective.mcl.label_temperature",
-                    "train.batch_size", "train.learning_rate"):
-            if _get(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive")
+        for key in ("objective.mcl.temperature", "objective.mcl.label_temperature", "train.epochs",
+                    "train.batch_size", "train.learning_rate", "train.gradient_accumulation_steps",
+                    "data.max_length", "model.projection_dim", "objective.mcl.hard_bins"):
+            value = _get(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} = {value!r} must be a positive finite number")
+        for key in ("objective.mcl.queue_size", "objective.mcl_weight", "objective.ptd_weight",
+                    "objective.mse_weight", "train.max_steps", "train.weight_decay", "train.warmup_ratio",
+                    "train.head_learning_rate", "train.max_grad_norm", "data.limit"):
+            value = _get(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key} = {value!r} must be a non-negative finite number")
         return self
 
     def to_dict(self) -> dict[str, Any]:

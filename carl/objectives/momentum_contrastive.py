@@ -22,7 +22,8 @@ from carl.objectives.base import ObjectiveOutput
 
 def soft_label_targets(query_labels: torch.Tensor, key_labels: torch.Tensor, sigma: float) -> torch.Tensor:
     """Labels [B, L] and [K, L] -> target distribution [B, K], rows summing to 1."""
-    distance = torch.cdist(query_labels.float(), key_labels.float()).pow(2)  # [B, K]
+    distance = torch.cdist(query_labels.float(), key_labels.float(),
+                           compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # [B, K], exact 0 on own key
     return torch.softmax(-distance / sigma, dim=-1)
 
 

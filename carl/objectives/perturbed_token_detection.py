@@ -73,6 +73,8 @@ def hotflip_replacements(input_ids, input_grad, embedding_matrix, banned: torch.
 def random_replacements(input_ids: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
     """Uniform allowed vocabulary tokens differing from the original: ids [N] -> ids [N]."""
     allowed = (~banned).nonzero().squeeze(-1)  # [V']
+    if len(allowed) < 2:
+        raise ValueError("random replacement needs at least two non-special tokens in the vocabulary")
     draw = allowed[torch.randint(len(allowed), input_ids.shape, device=input_ids.device)]
     clash = draw == input_ids
     while clash.any():
