@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from carl.config import ConfigError, config_defaults, load_config
+from carl.config import config_defaults, load_config
 
 EPILOG_KEYS = "\n".join(f"  {key} (default {value!r})" for key, value in config_defaults().items())
 
@@ -84,6 +84,11 @@ def _evaluate(args) -> int:
     for name in ("valence", "arousal"):
         print(f"| {name} | {m[name + '_pearson']:.4f} | {m[name + '_spearman']:.4f} | "
               f"{m[name + '_mse']:.5f} | {result.alphas[name]:g} |")
+    from carl.model.encoder import resolve_encoder
+    from carl.model.export import record_metrics
+
+    if record_metrics(resolve_encoder(args.model), {f"emobank_test_{k}": v for k, v in m.items()}):
+        print(f"metrics recorded in the model card of {resolve_encoder(args.model)}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"model": args.model, "metrics": m, "alphas": result.alphas},
@@ -115,15 +120,13 @@ def _predict(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from carl.data.errors import DataError
-
     args = build_parser().parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "embed": _embed, "predict": _predict}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError) as err:
+    except (ValueError, RuntimeError, OSError) as err:  # ConfigError and DataError are ValueErrors
         print(f"carl {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if type(err).__name__ == "TrainingDiverged" else 2
 
 
 if __name__ == "__main__":

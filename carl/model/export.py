@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
 from carl.model.carl_model import CarlModel
+from carl.text_io import write_text_atomic
 
 CARL_SUBDIR = "carl"
 HEAD_PREFIXES = ("projection.", "regression.", "detector.", "label_mean", "label_std")
@@ -74,6 +75,21 @@ def load_heads(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
         return None
     info = json.loads((folder / "carl.json").read_text(encoding="utf-8"))
     return info, load_file(str(folder / "heads.safetensors"))
+
+
+def record_metrics(path: str | Path, metrics: dict[str, float]) -> bool:
+    """Store evaluation metrics in an exported folder's ``carl.json`` and model card.
+
+    Returns False (and writes nothing) for a folder that carl did not export.
+    """
+    folder = Path(path)
+    heads = load_heads(folder)
+    if heads is None:
+        return False
+    info = {**heads[0], "metrics": {**(heads[0].get("metrics") or {}), **metrics}}
+    write_text_atomic(folder / CARL_SUBDIR / "carl.json", json.dumps(info, indent=2))
+    write_text_atomic(folder / "README.md", model_card(info))
+    return True
 
 
 def model_card(info: dict) -> str:

@@ -15,15 +15,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from carl.text_io import write_text_atomic
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, keep: int) -> Path:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from carl.config import CarlConfig, ConfigError
+from carl.config import CarlConfig, ConfigError, load_config
 from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
 from carl.data.sources import describe_data, load_training_data
 from carl.model.carl_model import CarlModel
@@ -32,10 +32,20 @@ from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.export import export_model
 from carl.model.momentum import gather_across_processes
 from carl.objectives import MomentumContrastiveLoss, PerturbedTokenDetection, VARegressionLoss
-from carl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
+from carl.text_io import write_text_atomic
+from carl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from carl.training.run_info import environment_info
 
 CONTRASTIVE = ("carl", "mcl", "supcon-hard")
+# settings that may change between a run and its resumption (they do not alter the maths)
+RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 class TrainingDiverged(RuntimeError):
@@ -195,8 +205,8 @@ class CarlTrainer:
             last = latest_checkpoint(self.out)
             raise TrainingDiverged(
                 f"non-finite loss at step {self.step + 1} (components: {logs}); stopping. "
-                f"The last good checkpoint is {last or 'none yet'}; lower train.learning_rate "
-                f"or check the data, then rerun the same command to resume.")
+                f"The last good checkpoint is {last or 'none yet'}. Check the data, or train into a "
+                f"new --output with a lower train.learning_rate.")
 
     def _after_optimizer_step(self) -> None:
         core = self.accelerator.unwrap_model(self.model)
@@ -209,6 +219,7 @@ class CarlTrainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         resume = latest_checkpoint(self.out)
         if resume is not None:
+            self._check_resume_config()
             state = load_checkpoint(acc, resume)
             self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             acc.print(f"resuming from {resume} (step {self.step}/{self.total_steps})")
@@ -279,6 +290,20 @@ class CarlTrainer:
     def _save(self) -> None:
         state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
         save_checkpoint(self.accelerator, self.out, state, self.cfg.train.keep_checkpoints)
+
+    def _check_resume_config(self) -> None:
+        """Refuse to resume a run folder under settings other than those it was started with."""
+        saved_file = self.out / "config.toml"
+        if not saved_file.is_file():
+            return
+        saved = _flat(load_config(saved_file).to_dict())
+        now = _flat(self.cfg.to_dict())
+        changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
+                   if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+        if changed:
+            raise ConfigError(
+                f"{self.out} holds a run started with other settings ({'; '.join(changed)}); "
+                f"resume it with the settings of its config.toml, or train into a new --output")
 
     def _start_run_folder(self, resumed: bool) -> None:
         """Write config and environment; on resume drop metric lines past the checkpoint."""

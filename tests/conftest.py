@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny random BERT over a synthetic affect vocabulary and its corpus.
+
+Everything here is CPU-only and offline. Torch runs single-threaded in the tests: the models
+are tiny, and extra threads only add contention (a 150-step run takes ~4 s on one thread and
+can take ten times longer on two busy cores).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carl.testing import make_tiny_encoder, synthetic_affect_corpus, synthetic_vocabulary, write_affect_csv
+
+N_TRAIN = 400
+N_HELDOUT = 300
+
+
+@dataclass
+class SyntheticData:
+    """The synthetic training and held-out sets, as CSV files and in memory (labels 0-1)."""
+
+    train_path: Path
+    heldout_path: Path
+    train_texts: list[str]
+    train_labels: np.ndarray  # [N_TRAIN, 2]
+    heldout_texts: list[str]
+    heldout_labels: np.ndarray  # [N_HELDOUT, 2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_threaded_torch():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """Folder of a random 2-layer, 32-wide BERT with a word-level fast tokenizer."""
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), synthetic_vocabulary(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_csv(tmp_path_factory) -> SyntheticData:
+    """``train.csv`` (400 rows) and ``heldout.csv`` (300 rows): text,valence,arousal on 0-1."""
+    folder = tmp_path_factory.mktemp("synthetic-data")
+    train_texts, train_labels = synthetic_affect_corpus(N_TRAIN, seed=0)
+    heldout_texts, heldout_labels = synthetic_affect_corpus(N_HELDOUT, seed=1)
+    return SyntheticData(
+        train_path=write_affect_csv(folder / "train.csv", train_texts, train_labels),
+        heldout_path=write_affect_csv(folder / "heldout.csv", heldout_texts, heldout_labels),
+        train_texts=train_texts, train_labels=train_labels,
+        heldout_texts=heldout_texts, heldout_labels=heldout_labels,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_encoder, synthetic_csv) -> list[str]:
+    """``--set`` overrides for a fast run of the tiny encoder on the synthetic training CSV."""
+    return [
+        f"data.path={synthetic_csv.train_path}",
+        "data.scale=0-1",
+        f"model.encoder={tiny_encoder}",
+        "objective.mcl.queue_size=64",
+        "train.batch_size=16",
+        "train.learning_rate=1e-3",
+        "train.checkpoint_every=100000",
+        "train.num_threads=1",
+    ]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for ``python -m carl.cli`` subprocesses: offline, one thread."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("CARL_TEST_KILL_AT_STEP", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args, env=None, timeout=300)``: run ``python -m carl.cli`` and return the result."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "carl.cli", *map(str, args)], capture_output=True,
+                              text=True, env=cli_env(**(env or {})), timeout=timeout)
+
+    return run
