@@ -33,3 +33,14 @@ test-fast: venv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+## benchmark: every method x 3 seeds on every task (resumable: rerun to continue); writes
+## $(BENCH)/results.json, report.md, plots, and the README's results section
+BENCH ?= benchmarks/results/main
+.PHONY: benchmark benchmark-quick
+benchmark: venv
+	$(VENV)/bin/carl benchmark --out $(BENCH) --readme README.md
+
+## benchmark-quick: one seed, 40 steps per cell, data subsets (< 20 min; CI does not run it)
+benchmark-quick: venv
+	$(VENV)/bin/carl benchmark --quick --out benchmarks/results/quick

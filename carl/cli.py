@@ -1,4 +1,4 @@
-"""The ``carl`` command: train, evaluate, embed, predict."""
+"""The ``carl`` command: train, evaluate, embed, predict, explain, serve, export-onnx."""
 
 from __future__ import annotations
 
@@ -15,14 +15,20 @@ EPILOG_KEYS = "\n".join(f"  {key} (default {value!r})" for key, value in config_
 
 def _add_model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a carl model or run folder, an alias (minilm-l6) or a Hugging Face name")
-    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights/activations dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def _add_input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", "-i", default="-",
                         help="plain text (one per line), .csv/.tsv or .jsonl file; '-' = stdin (default)")
     parser.add_argument("--column", default="text", help="text column for CSV/TSV/JSONL (default text)")
+    parser.add_argument("--chunk-size", type=int, default=4096,
+                        help="texts read, processed and written at a time (bounds memory; default %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +56,49 @@ def build_parser() -> argparse.ArgumentParser:
     embed = sub.add_parser("embed", help="sentence embeddings for texts (.npy or JSONL)")
     _add_model_arg(embed)
     _add_input_args(embed)
-    embed.add_argument("--output", "-o", default="-", help=".npy array or .jsonl rows; '-' = JSONL on stdout")
+    embed.add_argument("--output", "-o", default="-",
+                       help=".npy array, .jsonl or .csv rows; '-' = JSONL on stdout")
     embed.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
 
     predict = sub.add_parser("predict", help="valence and arousal on the training data's scale")
     _add_model_arg(predict)
     _add_input_args(predict)
-    predict.add_argument("--output", "-o", default="-", help=".jsonl or .csv; '-' = JSONL on stdout")
+    predict.add_argument("--output", "-o", default="-", help=".jsonl, .csv or .npy [N, 2]; '-' = JSONL on stdout")
+
+    explain = sub.add_parser("explain", help="per-word valence/arousal attributions (JSONL, CSV, HTML page)")
+    _add_model_arg(explain)
+    _add_input_args(explain)
+    explain.set_defaults(batch_size=16, chunk_size=256)
+    explain.add_argument("--output", "-o", default=None,
+                         help=".jsonl (one object per text) or .csv (one row per word); '-' = JSONL on "
+                              "stdout (the default unless --html is given)")
+    explain.add_argument("--html", help="write a page highlighting words by their contribution")
+    explain.add_argument("--html-limit", type=int, default=200, help="texts shown on the HTML page (default 200)")
+
+    serve = sub.add_parser("serve", help="HTTP service: /embed, /predict, /explain, /health (FastAPI)")
+    _add_model_arg(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-texts", type=int, default=64, help="texts per /embed or /predict request (default 64)")
+    serve.add_argument("--max-chars", type=int, default=2000, help="characters per text (default 2000)")
+    serve.add_argument("--max-explain-texts", type=int, default=8, help="texts per /explain request (default 8)")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1000000)")
+    serve.add_argument("--max-batch-texts", type=int, default=128,
+                       help="texts merged from concurrent requests into one forward (default 128)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="how long to wait for more requests to merge (default 5 ms)")
+    serve.add_argument("--max-concurrency", type=int, default=256, help="open connections before 503 (default 256)")
+    serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+
+    export_onnx = sub.add_parser("export-onnx", help="export the encoder (and VA head) to ONNX")
+    _add_model_arg(export_onnx)
+    export_onnx.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+
+    from carl.evaluation.benchmark_cli import DESCRIPTION, add_benchmark_arguments
+
+    benchmark = sub.add_parser("benchmark", help="compare CARL with baselines and ablations on every task",
+                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_benchmark_arguments(benchmark)
     return parser
 
 
@@ -72,9 +114,8 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from carl.evaluation.va_probe import evaluate_emobank
-    from carl.inference import AffectEncoder
 
-    encoder = AffectEncoder.load(args.model, device=args.device)
+    encoder = _load_encoder(args)
     result = evaluate_emobank(encoder, batch_size=args.batch_size, show_progress=not args.no_progress,
                               limit=args.limit)
     m = result.metrics
@@ -96,32 +137,71 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _embed(args) -> int:
+def _load_encoder(args):
     from carl.inference import AffectEncoder
-    from carl.text_io import read_texts, write_embeddings
 
-    texts = read_texts(args.input, args.column)
-    encoder = AffectEncoder.load(args.model, device=args.device)
-    write_embeddings(args.output, texts, encoder.encode(texts, batch_size=args.batch_size,
-                                                        normalize=args.normalize, show_progress=True))
+    return AffectEncoder.load(args.model, device=args.device, dtype=args.dtype, num_threads=args.threads)
+
+
+def _embed(args) -> int:
+    from carl.streaming import embed_stream, open_source
+
+    source = open_source(args.input, args.column)
+    embed_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
+                 chunk_size=args.chunk_size, normalize=args.normalize, show_progress=not args.no_progress)
     return 0
 
 
 def _predict(args) -> int:
-    from carl.inference import AffectEncoder
-    from carl.text_io import read_texts, write_rows
+    from carl.streaming import open_source, predict_stream
 
-    texts = read_texts(args.input, args.column)
-    encoder = AffectEncoder.load(args.model, device=args.device)
-    valence, arousal = encoder.predict(texts, batch_size=args.batch_size, show_progress=True)
-    write_rows(args.output, [{"text": t, "valence": round(float(v), 4), "arousal": round(float(a), 4)}
-                             for t, v, a in zip(texts, valence, arousal)])
+    source = open_source(args.input, args.column)
+    predict_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
+                   chunk_size=args.chunk_size, show_progress=not args.no_progress)
     return 0
+
+
+def _explain(args) -> int:
+    from carl.streaming import explain_stream, open_source
+
+    source = open_source(args.input, args.column)
+    explain_stream(_load_encoder(args), source, args.output, html=args.html, html_limit=args.html_limit,
+                   batch_size=args.batch_size, chunk_size=args.chunk_size, show_progress=not args.no_progress)
+    return 0
+
+
+def _serve(args) -> int:
+    from carl.serve.schemas import ServeLimits
+    from carl.serve.server import serve
+
+    limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars,
+                         max_explain_texts=args.max_explain_texts, max_body_bytes=args.max_body_bytes,
+                         max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
+                         batch_size=args.batch_size, max_concurrency=args.max_concurrency)
+    serve(args.model, host=args.host, port=args.port, limits=limits, device=args.device, dtype=args.dtype,
+          num_threads=args.threads, log_level=args.log_level)
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from carl.model.onnx_export import export_onnx
+
+    path = export_onnx(_load_encoder(args), args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _benchmark(args) -> int:
+    from carl.evaluation.benchmark_cli import run_from_args
+
+    return run_from_args(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "embed": _embed, "predict": _predict}
+    handlers = {"train": _train, "evaluate": _evaluate, "embed": _embed, "predict": _predict,
+                "explain": _explain, "serve": _serve, "export-onnx": _export_onnx}
+    handlers["benchmark"] = _benchmark
     try:
         return handlers[args.command](args)
     except (ValueError, RuntimeError, OSError) as err:  # ConfigError and DataError are ValueErrors

@@ -95,11 +95,12 @@ class ObjectiveConfig:
 class TrainConfig:
     """Optimisation and bookkeeping."""
 
-    epochs: float = 1.0
+    epochs: float = 2.0
     max_steps: int = 0  # >0 overrides epochs
-    batch_size: int = 32
+    batch_size: int = 32  # per process, or global with split_batches
+    split_batches: bool = False  # True: batch_size is global and each batch is split over processes
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     head_learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06

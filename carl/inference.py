@@ -1,20 +1,38 @@
-"""Load a trained (or plain) encoder and embed or score texts."""
+"""Load a trained (or plain) encoder and embed, score or explain texts.
+
+>>> from carl import AffectEncoder
+>>> enc = AffectEncoder.load("minilm-l6")
+>>> enc.encode(["What a lovely day!", "I am furious."], normalize=True).shape
+(2, 384)
+>>> enc.has_heads          # the plain MiniLM has no VA head: predict/explain need a carl model
+False
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.export import load_heads
+from carl.model.pooling import pool
+
+if TYPE_CHECKING:
+    from carl.explain import Explanation
+
+
+class Prediction(NamedTuple):
+    """Valence [N] and arousal [N] on the model's declared scale (unpacks as a 2-tuple)."""
+
+    valence: np.ndarray
+    arousal: np.ndarray
 
 
 def _pooling_of(folder: Path) -> str:
@@ -31,26 +49,78 @@ def _pooling_of(folder: Path) -> str:
     return "cls" if data.get("pooling_mode_cls_token") else "mean"
 
 
-class AffectEncoder:
-    """A frozen encoder for embeddings and, when trained with carl, VA predictions.
+def _max_length_of(folder: Path, backbone, tokenizer, requested: int | None) -> int:
+    """``requested`` (else sentence-transformers' ``max_seq_length``, else 256), capped by the model."""
+    if requested is None:
+        config = folder / "sentence_bert_config.json"
+        requested = 256
+        if config.is_file():
+            requested = int(json.loads(config.read_text(encoding="utf-8")).get("max_seq_length") or 256)
+    limits = [requested]
+    positions = getattr(backbone.config, "max_position_embeddings", None)
+    if positions:
+        limits.append(int(positions))
+    if 0 < (tokenizer.model_max_length or 0) < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits)
 
-    >>> enc = AffectEncoder.load("minilm-l6")                 # doctest: +SKIP
-    >>> enc.encode(["What a lovely day!"]).shape               # doctest: +SKIP
-    (1, 384)
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on a CUDA device that supports it, else float16 on CUDA, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return names[dtype]
+
+
+class AffectEncoder:
+    """A frozen encoder for embeddings and, when trained with carl, VA predictions and explanations.
+
+    Texts are tokenised once, sorted by token count and cut into batches so that padding is
+    minimal; results come back in input order. All passes run under ``torch.inference_mode``.
+
+    >>> enc = AffectEncoder.load("minilm-l6", num_threads=1)
+    >>> emb = enc.encode(["What a lovely day!"])
+    >>> emb.shape, emb.dtype
+    ((1, 384), dtype('float32'))
     """
 
     def __init__(self, model: CarlModel, tokenizer, *, scale: tuple[float, float] | None,
-                 has_heads: bool, max_length: int = 256, device: str | torch.device = "cpu"):
-        self.model = model.eval().to(device)
+                 has_heads: bool, max_length: int = 256, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype | None = "auto", info: dict | None = None, source: str = ""):
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.eval().to(self.device)
+        if self.dtype != torch.float32:
+            self.model.to(self.dtype)
         self.tokenizer = tokenizer
         self.scale = scale
         self.has_heads = has_heads
         self.max_length = max_length
-        self.device = torch.device(device)
+        self.info = info or {}
+        self.source = source
 
     @classmethod
-    def load(cls, path_or_alias: str, *, device: str | torch.device = "cpu", max_length: int = 256) -> "AffectEncoder":
-        """Load a carl model folder, a run folder, an alias or any Hugging Face encoder."""
+    def load(cls, path_or_alias: str, *, device: str | torch.device = "cpu", max_length: int | None = None,
+             dtype: str | torch.dtype | None = "auto", num_threads: int | None = None) -> "AffectEncoder":
+        """Load a carl model folder, a run folder, an alias (``minilm-l6``) or a Hugging Face encoder.
+
+        ``dtype="auto"`` runs bfloat16 (or float16) on CUDA and float32 on CPU. ``num_threads``
+        sets torch's intra-op thread count for the whole process (``torch.set_num_threads``).
+        ``max_length`` (tokens; longer texts are truncated) defaults to the folder's
+        sentence-transformers ``max_seq_length`` or 256, capped by the model's position limit.
+        """
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+            torch.set_num_threads(num_threads)
         folder = Path(resolve_encoder(path_or_alias))
         backbone, tokenizer = load_backbone(str(folder))
         heads = load_heads(folder) if folder.is_dir() else None
@@ -64,44 +134,135 @@ class AffectEncoder:
             if unexpected:
                 raise RuntimeError(f"{folder}: unexpected head tensors {unexpected}")
         return cls(model, tokenizer, scale=tuple(heads[0]["scale"]) if heads else None,
-                   has_heads=heads is not None, max_length=max_length, device=device)
+                   has_heads=heads is not None, max_length=_max_length_of(folder, backbone, tokenizer, max_length),
+                   device=device, dtype=dtype,
+                   info=heads[0] if heads else None, source=str(folder))
 
-    def _batches(self, texts: Sequence[str], batch_size: int):
-        """Length-sorted padded batches and the original positions of their rows."""
-        data = TokenizedDataset(texts, None, self.tokenizer, self.max_length)
-        sampler = LengthGroupedBatchSampler(data.lengths(), batch_size, shuffle=False)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=PaddingCollator(self.tokenizer.pad_token_id))
+    @property
+    def dim(self) -> int:
+        """Embedding width H."""
+        return int(self.model.backbone.config.hidden_size)
+
+    # -- batching ---------------------------------------------------------------------------
+
+    def padded_batches(self, texts: Sequence[str], batch_size: int
+                       ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """``(positions [B], input_ids [B, T], attention_mask [B, T])`` in token-length order.
+
+        The texts are tokenised in one call (fast tokenizer), sorted by token count (longest
+        first, so that a too-large batch fails at once) and padded per batch to its longest row.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")
+        pad = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            longest = int(lengths[rows[0]])
+            batch = np.full((len(rows), longest), pad, dtype=np.int64)
+            mask = np.zeros((len(rows), longest), dtype=np.int64)
+            for r, i in enumerate(rows):
+                n = lengths[i]
+                batch[r, :n] = ids[i]
+                mask[r, :n] = 1
+            yield rows, torch.from_numpy(batch), torch.from_numpy(mask)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 with_va: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings [B, H] and standardised VA [B, 2] (or None) without the unused heads."""
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        attention_mask = attention_mask.to(self.device, non_blocking=True)
+        hidden = self.model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        embedding = pool(hidden, attention_mask, self.model.pooling)
+        va = self.model.regression(embedding) if with_va else None
+        return embedding, va
 
     @torch.inference_mode()
-    def _run(self, texts: Sequence[str], batch_size: int, show_progress: bool, field: str) -> np.ndarray:
+    def infer(self, texts: Sequence[str], *, batch_size: int = 64, with_va: bool = False,
+              show_progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Embeddings [N, H] float32 and standardised VA [N, 2] (``with_va``), in input order.
+
+        One forward pass gives both; :meth:`encode` and :meth:`predict` are views of it.
+        """
         texts = list(texts)
         if not texts:
             raise ValueError("no texts given")
-        results: np.ndarray | None = None
-        loader = self._batches(texts, batch_size)
-        for batch in tqdm(loader, desc=field, unit="batch", disable=not show_progress):
-            out = self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-            values = getattr(out, field).float().cpu().numpy()
-            if results is None:
-                results = np.zeros((len(texts), values.shape[1]), dtype=np.float32)
-            results[batch["index"].numpy()] = values
-        return results
+        if with_va:
+            self.require_heads("predict")
+        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
+        va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
+        total = (len(texts) + batch_size - 1) // max(batch_size, 1)
+        batches = self.padded_batches(texts, batch_size)
+        for rows, ids, mask in tqdm(batches, total=total, desc="batches", disable=not show_progress):
+            emb, z = self._forward(ids, mask, with_va)
+            embeddings[rows] = emb.float().cpu().numpy()
+            if va is not None:
+                va[rows] = z.float().cpu().numpy()
+        return embeddings, va
+
+    # -- public API -------------------------------------------------------------------------
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, normalize: bool = False,
                show_progress: bool = False) -> np.ndarray:
-        """Sentence embeddings [N, H] (float32), in input order."""
-        emb = self._run(texts, batch_size, show_progress, "embedding")
+        """Sentence embeddings [N, H] (float32), in input order; ``normalize`` gives unit L2 norm."""
+        emb, _ = self.infer(texts, batch_size=batch_size, show_progress=show_progress)
         if normalize:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb
 
     def predict(self, texts: Sequence[str], *, batch_size: int = 64,
-                show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Valence [N] and arousal [N] on the training data's own scale (regression head)."""
-        if not self.has_heads:
-            raise RuntimeError("this model has no VA regression head: train it with carl first")
-        z = torch.from_numpy(self._run(texts, batch_size, show_progress, "va"))
-        unit = (z * self.model.label_std + self.model.label_mean).numpy()  # [N, 2] in [0, 1]
+                show_progress: bool = False) -> Prediction:
+        """Valence [N] and arousal [N] on the training data's declared scale (``self.scale``).
+
+        >>> enc = AffectEncoder.load("runs/x")                  # doctest: +SKIP
+        >>> valence, arousal = enc.predict(["What a lovely day!"])  # doctest: +SKIP
+        """
+        _, z = self.infer(texts, batch_size=batch_size, with_va=True, show_progress=show_progress)
+        return self.to_scale(z)
+
+    def to_scale(self, z: np.ndarray) -> Prediction:
+        """Standardised VA [N, 2] from the regression head -> :class:`Prediction` on ``self.scale``."""
+        mean = self.model.label_mean.float().cpu().numpy()
+        std = self.model.label_std.float().cpu().numpy()
         low, high = self.scale
-        values = low + unit * (high - low)
-        return values[:, 0], values[:, 1]
+        values = low + (z * std + mean) * (high - low)
+        return Prediction(values[:, 0], values[:, 1])
+
+    def explain(self, text: str) -> "Explanation":
+        """Per-word valence and arousal attributions (gradient x input, summed over sub-words).
+
+        >>> enc = AffectEncoder.load("runs/x")                  # doctest: +SKIP
+        >>> e = enc.explain("What a lovely day!")               # doctest: +SKIP
+        >>> e.words, e.valence_scores                           # doctest: +SKIP
+        """
+        from carl.explain import explain_texts
+
+        return explain_texts(self, [text])[0]
+
+    def explain_batch(self, texts: Sequence[str], *, batch_size: int = 16) -> list["Explanation"]:
+        """:meth:`explain` for many texts, batched (results in input order)."""
+        from carl.explain import explain_texts
+
+        return explain_texts(self, texts, batch_size=batch_size)
+
+    def save(self, path: str | Path) -> Path:
+        """Write this model as a sentence-transformers folder (plus carl's heads and model card)."""
+        from carl.model.export import export_model
+
+        self.require_heads("be saved (a plain encoder is already a folder or a Hugging Face name)")
+        metadata = {k: v for k, v in self.info.items() if k not in ("pooling", "projection_dim", "detector_hidden")}
+        model = self.model.float() if self.dtype != torch.float32 else self.model
+        try:
+            return export_model(model, self.tokenizer, path, max_length=self.max_length, metadata=metadata)
+        finally:
+            if self.dtype != torch.float32:
+                self.model.to(self.dtype)
+
+    def require_heads(self, what: str) -> None:
+        """Raise ``RuntimeError`` naming ``what`` when this model has no VA regression head."""
+        if not self.has_heads:
+            raise RuntimeError(f"this model has no VA regression head, so it cannot {what}: "
+                               "train it with carl first (carl train) or load a carl model folder")

@@ -98,3 +98,19 @@ def run_cli():
                               text=True, env=cli_env(**(env or {})), timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def affect_model(tmp_path_factory, tiny_overrides) -> Path:
+    """Model folder of the tiny encoder after 150 VA-regression steps (~2 s on one thread).
+
+    Its predictions, and so its word attributions, follow the corpus's known affect words.
+    """
+    from carl.config import load_config
+    from carl.training.trainer import CarlTrainer
+
+    out = tmp_path_factory.mktemp("affect-model")
+    cfg = load_config(None, tiny_overrides + ["objective.name=mse", "train.max_steps=150",
+                                              "train.learning_rate=3e-3"])
+    CarlTrainer(cfg, out, show_progress=False).train()
+    return out / "model"

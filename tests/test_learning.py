@@ -96,7 +96,7 @@ def top_salient_words(model_dir: str | Path, texts: list[str], labels: np.ndarra
     with torch.enable_grad():
         out = model(batch["input_ids"], batch["attention_mask"], track_input_grad=True)
         VARegressionLoss()(out.va, model.standardise(batch["labels"])).loss.backward()
-    scores = word_saliency(out.input_embeds.grad, batch["word_index"])  # [B, W]
+    scores = word_saliency(model.input_gradient(), batch["word_index"])  # [B, W]
     return scores.argmax(-1).tolist()
 
 

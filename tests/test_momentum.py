@@ -229,7 +229,8 @@ def test_forward_shapes(batch):
     torch.testing.assert_close(out.query.norm(dim=-1), torch.ones(B), atol=1e-5, rtol=0)
     assert out.va.shape == (B, 2)
     assert out.token_logits.shape == (B, T)
-    assert out.input_embeds is None
+    with pytest.raises(RuntimeError, match="no input gradient"):
+        model.input_gradient()
 
 
 def test_mean_pooling_ignores_padding(batch):
@@ -246,20 +247,28 @@ def test_mean_pooling_ignores_padding(batch):
 def test_track_input_grad(batch):
     model = make_model().eval()
     out = model(*batch, track_input_grad=True)
-    assert out.input_embeds is not None
-    assert out.input_embeds.shape == (B, T, H)
     (out.va.sum() + out.query.sum()).backward()
-    assert out.input_embeds.grad is not None
-    assert out.input_embeds.grad.shape == (B, T, H)
-    assert torch.isfinite(out.input_embeds.grad).all()
-    assert out.input_embeds.grad.abs().sum() > 0
+    grad = model.input_gradient()
+    assert grad.shape == (B, T, H)
+    assert torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0
+
+
+def test_only_requested_heads_are_computed(batch):
+    model = make_model().eval()
+    out = model(*batch, heads=("token_logits",))
+    assert out.query is None and out.va is None
+    assert out.token_logits.shape == (B, T)
+    with pytest.raises(ValueError, match="unknown heads"):
+        model(*batch, heads=("nope",))
 
 
 def test_track_input_grad_off_under_no_grad(batch):
     model = make_model().eval()
     with torch.no_grad():
-        out = model(*batch, track_input_grad=True)
-    assert out.input_embeds is None
+        model(*batch, track_input_grad=True)
+    with pytest.raises(RuntimeError, match="no input gradient"):
+        model.input_gradient()
 
 
 def test_inputs_embeds_path_equals_input_ids_path(batch):

@@ -1,0 +1,17 @@
+"""The evaluation suite: probes on frozen embeddings, geometry, baselines, the benchmark.
+
+| module | responsibility |
+|---|---|
+| ``metrics`` | Pearson r, Spearman rho, MSE, accuracy, (macro/per-class) F1 |
+| ``probe`` | ridge and logistic-regression probes, k-fold logic, the frozen-encoder check |
+| ``va_probe`` | VA regression on EmoBank or any VA file (``evaluate_emobank``, ``evaluate_va_file``) |
+| ``features`` | embed each distinct text once; look rows up by text |
+| ``tasks`` | the task list, its settings and data, ``evaluate_encoder`` |
+| ``geometry`` | alignment and uniformity (Wang and Isola, 2020) |
+| ``lexicon`` | VADER and TextBlob as one-feature peers |
+| ``baselines.simcse`` | unsupervised SimCSE trained on the same sentences |
+| ``benchmark`` / ``benchmark_cli`` | ``carl benchmark``: cells, cache and resume, results.json |
+| ``report`` / ``plots`` | report.md with tables (best per column in bold), PNG plots, README section |
+
+See ``docs/evaluation.md``.
+"""

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
 
 from carl.model.heads import ProjectionHead, RegressionHead, TokenDetectionHead
 from carl.model.momentum import MomentumEncoder, MomentumQueue
@@ -15,14 +16,19 @@ from carl.model.pooling import pool
 
 
 @dataclass
-class CarlOutput:
-    """Outputs of one query-encoder pass over a batch of B sentences of T tokens."""
+class CarlOutput(ModelOutput):
+    """Outputs of one query-encoder pass over B sentences of T tokens (None if not requested).
 
-    embedding: torch.Tensor  # [B, H] pooled sentence embedding (what users get)
-    query: torch.Tensor  # [B, P] L2-normalised projection (contrastive space)
-    va: torch.Tensor  # [B, 2] standardised valence/arousal prediction
-    token_logits: torch.Tensor  # [B, T] perturbed-token detection logits
-    input_embeds: torch.Tensor | None  # [B, T, H] word embeddings, grad retained for saliency
+    A ``ModelOutput`` (a dict), so that DistributedDataParallel finds the output tensors.
+    """
+
+    embedding: torch.Tensor | None = None  # [B, H] pooled sentence embedding (what users get)
+    query: torch.Tensor | None = None  # [B, P] L2-normalised projection (contrastive space)
+    va: torch.Tensor | None = None  # [B, 2] standardised valence/arousal prediction
+    token_logits: torch.Tensor | None = None  # [B, T] perturbed-token detection logits
+
+
+HEADS = ("query", "va", "token_logits")
 
 
 class CarlModel(nn.Module):
@@ -72,22 +78,34 @@ class CarlModel(nn.Module):
         hidden = backbone(attention_mask=attention_mask, **kwargs).last_hidden_state  # [B, T, H]
         return hidden, pool(hidden, attention_mask, self.pooling)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, track_input_grad: bool = False
-    ) -> CarlOutput:
-        """Query pass. With ``track_input_grad`` the word embeddings keep their gradient."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                heads: tuple[str, ...] = HEADS, track_input_grad: bool = False) -> CarlOutput:
+        """Query pass computing only ``heads`` (each head's parameters then get a gradient,
+        which multi-process training requires). With ``track_input_grad`` the word embeddings
+        keep their gradient for ``input_gradient`` (the saliency). They are kept on the module,
+        not returned: DistributedDataParallel re-wraps returned tensors, losing retained grads."""
+        unknown = set(heads) - set(HEADS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)}; choose from {HEADS}")
         input_embeds = None
         if track_input_grad and torch.is_grad_enabled():
             input_embeds = self.backbone.get_input_embeddings()(input_ids)
             input_embeds.retain_grad()
+        self._input_embeds = input_embeds
         hidden, embedding = self._encode(self.backbone, input_ids, attention_mask, input_embeds)
         return CarlOutput(
             embedding=embedding,
-            query=F.normalize(self.projection(embedding), dim=-1),
-            va=self.regression(embedding),
-            token_logits=self.detector(hidden),
-            input_embeds=input_embeds,
+            query=F.normalize(self.projection(embedding), dim=-1) if "query" in heads else None,
+            va=self.regression(embedding) if "va" in heads else None,
+            token_logits=self.detector(hidden) if "token_logits" in heads else None,
         )
+
+    def input_gradient(self) -> torch.Tensor:
+        """dL/d(word embeddings) [B, T, H] of the last ``track_input_grad`` pass, after backward."""
+        embeds = getattr(self, "_input_embeds", None)
+        if embeds is None or embeds.grad is None:
+            raise RuntimeError("no input gradient: run forward(track_input_grad=True) and backward first")
+        return embeds.grad
 
     @torch.no_grad()
     def encode_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

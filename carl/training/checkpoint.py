@@ -28,6 +28,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, keep: 
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank's files are in tmp before it is renamed
     if accelerator.is_main_process:
         write_text_atomic(tmp / "trainer_state.json", json.dumps(state, indent=2))
         if final.exists():

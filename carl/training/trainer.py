@@ -14,12 +14,11 @@ import json
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -66,7 +65,10 @@ class CarlTrainer:
         if config.train.num_threads > 0:
             torch.set_num_threads(config.train.num_threads)
         self.accelerator = Accelerator(
+            # without a GPU, accelerate needs cpu=True to form a gloo group under torchrun
+            cpu=not torch.cuda.is_available(),
             mixed_precision=config.train.mixed_precision,
+            dataloader_config=DataLoaderConfiguration(split_batches=config.train.split_batches),
             gradient_accumulation_steps=config.train.gradient_accumulation_steps,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
@@ -116,17 +118,18 @@ class CarlTrainer:
         acc.register_for_checkpointing(self.scheduler)
 
     def _check_queue_size(self, n_train: int) -> None:
+        """Refuse a queue that could hold a sentence's own key from its previous visit."""
         queue = self.cfg.objective.mcl.queue_size
         if not self.use_mcl or queue == 0:
             return
-        if queue >= n_train:
+        t = self.cfg.train
+        per_step = t.batch_size * t.gradient_accumulation_steps * (
+            1 if t.split_batches else self.accelerator.num_processes)
+        if queue > n_train - per_step:
             raise ConfigError(
-                f"objective.mcl.queue_size = {queue} is not smaller than the training set ({n_train} "
-                f"sentences): a sentence's own stale key would sit in the queue. "
-                f"Use at most {max(1, n_train // 2)}.")
-        if queue > n_train // 2:
-            warnings.warn(f"queue of {queue} keys holds over half of the {n_train} training sentences",
-                          stacklevel=2)
+                f"objective.mcl.queue_size = {queue} is too large for {n_train} training sentences: "
+                f"a sentence's own stale key from the previous epoch would still sit in the queue. "
+                f"Use at most {max(0, n_train - per_step)} (or 0 for in-batch keys only).")
 
     def _hard_bin_edges(self, labels: torch.Tensor) -> torch.Tensor:
         """Quantile edges [2, b-1] of standardised training labels for ``supcon-hard``."""
@@ -156,7 +159,9 @@ class CarlTrainer:
         core = acc.unwrap_model(self.model)
         labels = core.standardise(batch["labels"])
         with acc.autocast():
-            out = self.model(batch["input_ids"], batch["attention_mask"], track_input_grad=self.use_ptd)
+            heads = ("query",) * self.use_mcl + ("va",) * self.use_mse
+            out = self.model(batch["input_ids"], batch["attention_mask"], heads=heads,
+                             track_input_grad=self.use_ptd)
         logs: dict[str, float] = {}
         clean_loss = out.embedding.new_zeros((), dtype=torch.float32)
         if self.use_mcl:
@@ -180,9 +185,9 @@ class CarlTrainer:
         if self.use_ptd:
             embedding_matrix = core.backbone.get_input_embeddings().weight.detach()
             perturbed, positions = self.ptd.perturb(batch["input_ids"], batch["word_index"],
-                                                    out.input_embeds.grad, embedding_matrix)
+                                                    core.input_gradient(), embedding_matrix)
             with acc.autocast():
-                out_p = self.model(perturbed, batch["attention_mask"])
+                out_p = self.model(perturbed, batch["attention_mask"], heads=("token_logits",))
             det = self.ptd(out_p.token_logits, positions, batch["attention_mask"])
             self._check_finite(det.loss, logs)
             acc.backward(w.ptd_weight * det.loss)
@@ -275,17 +280,21 @@ class CarlTrainer:
 
     # ------------------------------------------------------------ bookkeeping
     def _log(self, micro_logs: list[dict], grad_norm, elapsed: float) -> None:
+        """Average the step's values over micro-batches and processes; rank 0 appends a line."""
+        keys = list(micro_logs[0])
+        local = torch.tensor([[m[k] for k in keys] for m in micro_logs], dtype=torch.float64).mean(0)
+        values = self.accelerator.reduce(local.to(self.accelerator.device), reduction="mean").tolist()
         if not self.accelerator.is_main_process:
             return
-        record = {"step": self.step, "epoch": self.epoch}
-        for key in micro_logs[0]:
-            record[key] = sum(m[key] for m in micro_logs) / len(micro_logs)
-        record.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                      step_time=elapsed,
-                      samples_per_s=self.cfg.train.batch_size * len(micro_logs)
-                      * self.accelerator.num_processes / max(elapsed, 1e-9))
+        record = {"step": self.step, "epoch": self.epoch, **dict(zip(keys, values))}
+        record.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), step_time=elapsed,
+                      samples_per_s=self._global_batch() * len(micro_logs) / max(elapsed, 1e-9))
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _global_batch(self) -> int:
+        t = self.cfg.train
+        return t.batch_size * (1 if t.split_batches else self.accelerator.num_processes)
 
     def _save(self) -> None:
         state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}

@@ -1,0 +1,351 @@
+"""The benchmark: every method x seed trained, probed on every task, cached, reported.
+
+    carl benchmark --out benchmarks/results/main            # the default comparison
+    carl benchmark --out benchmarks/results/quick --quick   # one seed, subsets (< 20 min)
+
+A *cell* is one method with one seed (``carl-s1``), or a seedless reference (``frozen``,
+``vader``, ``textblob``). Each cell trains into ``OUT/runs/<cell>`` (carl's trainer, or the
+SimCSE baseline), is probed on every task with :func:`carl.evaluation.tasks.evaluate_encoder`
+and is written to ``OUT/cells/<cell>.json`` once finished. A rerun of the same command skips
+finished cells and resumes an interrupted training from its last checkpoint. A cell cached
+under other settings is refused (train into a new ``--out``).
+
+When all cells are done, ``OUT/results.json`` (every number, seed, configuration, software
+versions, hardware, runtimes) and ``OUT/report.md`` with its PNG plots are written
+(:mod:`carl.evaluation.report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from carl.config import load_config
+from carl.evaluation.baselines.simcse import SimCSEConfig, train_simcse
+from carl.evaluation.tasks import TaskSettings, evaluate_encoder, load_task_data
+from carl.training.run_info import environment_info
+from carl.training.trainer import CarlTrainer  # module attribute: tests count calls through it
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the comparison: how its encoder is obtained."""
+
+    name: str
+    kind: str  # "frozen" | "carl" | "simcse" | "lexicon"
+    overrides: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def seeded(self) -> bool:
+        return self.kind in ("carl", "simcse")
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("frozen", "frozen", (), "the backbone, not trained (the floor)"),
+    Method("mse", "carl", ("objective.name=mse",), "VA regression fine-tuning only"),
+    Method("supcon-hard", "carl", ("objective.name=supcon-hard",), "hard-label (binned VA) SupCon, no PTD"),
+    Method("mcl", "carl", ("objective.name=mcl",), "continuous-label momentum contrast, no PTD"),
+    Method("carl", "carl", ("objective.name=carl",), "CARL: MCL + saliency PTD (hotflip)"),
+    Method("carl-random-positions", "carl", ("objective.name=carl", "objective.ptd.selection=random"),
+           "CARL with random positions instead of saliency"),
+    Method("carl-replace-random", "carl", ("objective.name=carl", "objective.ptd.replacement=random"),
+           "CARL, salient words replaced by random tokens"),
+    Method("carl-replace-mask", "carl", ("objective.name=carl", "objective.ptd.replacement=mask"),
+           "CARL, salient words replaced by the mask token"),
+    Method("simcse", "simcse", (), "unsupervised SimCSE on the same sentences (tau 0.05)"),
+    Method("vader", "lexicon", (), "VADER compound score (one feature)"),
+    Method("textblob", "lexicon", (), "TextBlob polarity (one feature)"),
+)}
+DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
+DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
+QUICK_SEEDS: tuple[int, ...] = (1,)
+# every trained cell of the quick variant stops after this many optimizer steps
+QUICK_TRAIN_OVERRIDES: tuple[str, ...] = ("train.max_steps=40",)
+LOSS_KEYS = ("loss", "mcl", "mse", "ptd", "simcse")
+
+
+def quick_task_settings(**changes) -> TaskSettings:
+    """Subsets for ``--quick``: 500 sentences per split of every task, MR 1,000 (10 folds)."""
+    base = dict(limit=500, mr_limit=1000, goemotions_train_limit=500, goemotions_dev_limit=500,
+                geometry_limit=500)
+    base.update(changes)
+    return TaskSettings(**base)
+
+
+class BenchmarkMismatch(ValueError):
+    """A cached cell was computed under other settings than the ones asked for now."""
+
+
+@dataclass
+class BenchmarkSettings:
+    """What the benchmark runs; everything here is recorded in ``results.json``."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    encoder: str = "minilm-l6"
+    overrides: tuple[str, ...] = ()  # config overrides for every trained cell
+    tasks: TaskSettings = field(default_factory=TaskSettings)
+    quick: bool = False
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.methods, self.seeds, self.overrides = tuple(self.methods), tuple(self.seeds), tuple(self.overrides)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+
+    @classmethod
+    def preset(cls, quick: bool = False, **changes) -> BenchmarkSettings:
+        """The default benchmark, or the ``--quick`` variant (one seed, 40 steps, subsets)."""
+        if quick:
+            changes.setdefault("seeds", QUICK_SEEDS)
+            changes.setdefault("tasks", quick_task_settings())
+            changes["overrides"] = QUICK_TRAIN_OVERRIDES + tuple(changes.get("overrides", ()))
+        return cls(quick=quick, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["tasks"] = self.tasks.to_dict()
+        return d
+
+
+@dataclass
+class Cell:
+    """One method with one seed (seed None for seedless references)."""
+
+    method: Method
+    seed: int | None
+    overrides: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.method.name if self.seed is None else f"{self.method.name}-s{self.seed}"
+
+
+def plan_cells(settings: BenchmarkSettings) -> list[Cell]:
+    """References first, then seeds outermost: an interrupted run has every method at equal depth."""
+    cells = []
+    for name in settings.methods:
+        method = METHODS[name]
+        if not method.seeded:
+            cells.append(Cell(method, None, ()))
+    for seed in settings.seeds:
+        for name in settings.methods:
+            method = METHODS[name]
+            if method.seeded:
+                overrides = (*method.overrides, f"model.encoder={settings.encoder}", f"train.seed={seed}",
+                             *settings.overrides)
+                cells.append(Cell(method, seed, overrides))
+    return cells
+
+
+def cell_spec(cell: Cell, settings: BenchmarkSettings) -> dict:
+    """Everything a cell's numbers depend on; a cached cell must match it."""
+    spec = {"method": cell.method.name, "kind": cell.method.kind, "seed": cell.seed,
+            "tasks": settings.tasks.to_dict()}
+    if cell.method.kind == "frozen":
+        spec["encoder"] = settings.encoder
+    if cell.method.seeded:
+        spec["overrides"] = list(cell.overrides)
+    return spec
+
+
+def _spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def load_cached(path: Path, spec: dict) -> dict | None:
+    """The finished cell at ``path`` when its spec matches; None when absent."""
+    if not path.is_file():
+        return None
+    cell = json.loads(path.read_text(encoding="utf-8"))
+    if cell.get("spec_hash") != _spec_hash(spec):
+        raise BenchmarkMismatch(
+            f"{path} was computed under other settings (spec {cell.get('spec')}, now {spec}); "
+            f"benchmark into a new --out, or delete that cell file to recompute it")
+    return cell
+
+
+# --------------------------------------------------------------------------- training
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def loss_curves(records: list[dict], points: int = 200) -> dict[str, list[list[float]]]:
+    """Per loss component, ``[step, mean value]`` over at most ``points`` equal step buckets."""
+    curves = {}
+    for key in LOSS_KEYS:
+        rows = [(r["step"], r[key]) for r in records if key in r]
+        if not rows:
+            continue
+        buckets = np.array_split(np.asarray(rows, dtype=np.float64), min(points, len(rows)))
+        curves[key] = [[float(b[:, 0].mean()), float(b[:, 1].mean())] for b in buckets if len(b)]
+    return curves
+
+
+def training_summary(records: list[dict], wall_seconds: float) -> dict:
+    """Steps, median/total step time, final loss components and the loss curves."""
+    times = [r["step_time"] for r in records if "step_time" in r]
+    last = records[-1] if records else {}
+    return {"steps": int(last.get("step", 0)), "wall_seconds": wall_seconds,
+            "median_step_seconds": statistics.median(times) if times else None,
+            "train_seconds": float(sum(times)) if times else None,
+            "final": {k: last[k] for k in LOSS_KEYS if k in last},
+            "curves": loss_curves(records)}
+
+
+def train_cell(cell: Cell, run_dir: Path, show_progress: bool) -> tuple[str, dict]:
+    """Train (or resume) a cell's encoder; returns (model path, resolved configuration)."""
+    cfg = load_config(None, list(cell.overrides))
+    if cell.method.kind == "carl":
+        trainer = CarlTrainer(cfg, run_dir, show_progress=show_progress)
+        trainer.train()
+        del trainer
+        return str(run_dir), cfg.to_dict()
+    from carl.data.sources import load_training_data
+
+    simcse = SimCSEConfig.from_carl_config(cfg)
+    texts = load_training_data(cfg.data, verbose=False)[0].texts
+    train_simcse(simcse, texts, run_dir, show_progress=show_progress)
+    return str(run_dir / "model"), {"simcse": simcse.to_dict(), "data": cfg.to_dict()["data"]}
+
+
+def run_cell(cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_progress: bool = True,
+             log=print) -> dict:
+    """Compute one cell (train if needed, evaluate) and cache it; returns the cell record."""
+    from carl.inference import AffectEncoder
+
+    spec = cell_spec(cell, settings)
+    started = time.time()
+    record: dict = {"name": cell.name, "method": cell.method.name, "kind": cell.method.kind,
+                    "seed": cell.seed, "spec": spec, "spec_hash": _spec_hash(spec)}
+    if cell.method.kind == "lexicon":
+        from carl.evaluation.lexicon import evaluate_lexicon
+
+        record["results"] = evaluate_lexicon(cell.method.name, data, settings.tasks)
+    else:
+        config = None
+        if cell.method.seeded:
+            run_dir = out / "runs" / cell.name
+            train_started = time.time()
+            model_path, config = train_cell(cell, run_dir, show_progress)
+            record["training"] = training_summary(read_metrics(run_dir), time.time() - train_started)
+            record["run_dir"] = str(run_dir)
+        else:
+            model_path = settings.encoder
+        record["config"] = config
+        eval_started = time.time()
+        encoder = AffectEncoder.load(model_path)
+        record["results"] = evaluate_encoder(encoder, settings.tasks, data=data, batch_size=settings.batch_size,
+                                             show_progress=show_progress)
+        record["eval_seconds"] = time.time() - eval_started
+        del encoder
+    record["wall_seconds"] = time.time() - started
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _write_json_atomic(out / "cells" / f"{cell.name}.json", record)
+    gc.collect()
+    log(f"[benchmark] {cell.name}: done in {record['wall_seconds']:.0f} s; {headline(record)}")
+    return record
+
+
+def headline(record: dict) -> str:
+    """A one-line summary of a cell's main numbers."""
+    tasks = record.get("results", {}).get("tasks", {})
+    parts = []
+    for task, key in (("emobank", "valence_pearson"), ("emobank", "arousal_pearson"), ("sst2", "accuracy"),
+                      ("mr", "accuracy"), ("sst5", "accuracy"), ("goemotions", "macro_f1")):
+        value = tasks.get(task, {}).get("metrics", {}).get(key)
+        if value is not None:
+            parts.append(f"{task} {key} {value:.4f}")
+    return ", ".join(parts) or "no task results"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def check_inputs(settings: BenchmarkSettings) -> None:
+    """Fail before any training: user corpora must exist, lexicon packages must be installed."""
+    from carl.data.user_corpora import load_user_corpus
+
+    for name, path in settings.tasks.user_corpora.items():
+        load_user_corpus(name, path)  # raises DataError saying how to obtain it
+    for name in settings.methods:
+        if METHODS[name].kind == "lexicon":
+            from carl.evaluation.lexicon import lexicon_scorer
+
+            lexicon_scorer(name)
+
+
+def run_benchmark(out: str | Path, settings: BenchmarkSettings | None = None, *, show_progress: bool = True,
+                  command: str | None = None, log=print) -> dict:
+    """Run (or resume) every cell, then write ``results.json`` and the report; returns the results."""
+    from carl.evaluation.report import write_report
+
+    settings = settings or BenchmarkSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_inputs(settings)
+    started = time.time()
+    data = load_task_data(settings.tasks)
+    cells, computed = {}, []
+    for cell in plan_cells(settings):
+        cached = load_cached(out / "cells" / f"{cell.name}.json", cell_spec(cell, settings))
+        if cached is not None:
+            log(f"[benchmark] {cell.name}: cached")
+            cells[cell.name] = cached
+            continue
+        log(f"[benchmark] {cell.name}: computing")
+        cells[cell.name] = run_cell(cell, settings, out, data, show_progress=show_progress, log=log)
+        computed.append(cell.name)
+    results = {
+        "command": command or "carl benchmark " + " ".join(sys.argv[1:]),
+        "settings": settings.to_dict(),
+        "methods": {name: dataclasses.asdict(METHODS[name]) for name in settings.methods},
+        "task_sizes": {name: task.sizes() for name, task in data.items()},
+        "task_protocols": {name: task.protocol for name, task in data.items()},
+        "cells": cells,
+        "computed_this_run": computed,
+        "runtime": {"this_invocation_seconds": time.time() - started,
+                    "all_cells_seconds": float(sum(c.get("wall_seconds", 0.0) for c in cells.values()))},
+        "environment": environment_info(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_json_atomic(out / "results.json", results)
+    write_report(results, out)
+    log(f"[benchmark] wrote {out / 'results.json'} and {out / 'report.md'}")
+    return results

@@ -1,0 +1,161 @@
+"""The FastAPI application: ``/embed``, ``/predict``, ``/explain``, ``/health`` (+ ``/openapi.json``).
+
+>>> from carl import AffectEncoder
+>>> from carl.serve.app import create_app
+>>> app = create_app(AffectEncoder.load("runs/x"))     # doctest: +SKIP
+>>> # uvicorn.run(app, host="127.0.0.1", port=8000)    (or: carl serve runs/x --port 8000)
+
+Errors: 400 malformed JSON, 409 /predict or /explain on a model without a VA head, 413 body
+larger than ``max_body_bytes``, 422 wrong types, empty list, too many texts, text too long,
+unknown fields; all bodies are ``{"detail": ...}``.
+
+(No ``from __future__ import annotations`` here: FastAPI must see the request models, which are
+built inside :func:`create_app` from the limits, as real annotations.)
+"""
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from carl import __version__
+from carl.inference import AffectEncoder
+from carl.serve.batcher import MicroBatcher
+from carl.serve.schemas import (EmbedResponse, ErrorResponse, ExplainResponse, Health, PredictResponse,
+                                ServeLimits, request_models)
+
+ERRORS = {400: {"model": ErrorResponse, "description": "malformed JSON"},
+          413: {"model": ErrorResponse, "description": "request body too large"}}
+NEEDS_HEADS = {409: {"model": ErrorResponse, "description": "the model has no VA regression head"}}
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 when a request body exceeds ``max_bytes``.
+
+    A declared Content-Length is checked first; otherwise (chunked uploads) the body is read here,
+    counting bytes and stopping at the limit, and then replayed to the app.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                return await self._reject(send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._reject(send)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None) -> FastAPI:
+    """An app serving ``encoder`` under ``limits``; the micro-batcher starts with the app."""
+    limits = limits or ServeLimits()
+    EmbedRequest, PredictRequest, ExplainRequest = request_models(limits)
+    with_va = encoder.has_heads
+
+    def forward(texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        return encoder.infer(texts, batch_size=limits.batch_size, with_va=with_va)
+
+    batcher = MicroBatcher(forward, max_batch_texts=limits.max_batch_texts, max_wait_ms=limits.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+        batcher.executor.shutdown(wait=True)
+
+    app = FastAPI(title="carl affect encoder", version=__version__, lifespan=lifespan,
+                  description="Sentence embeddings, valence/arousal and per-word affect attributions "
+                              f"from {encoder.source}.")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+        errors = err.errors()
+        bad_json = [e for e in errors if e.get("type") == "json_invalid"]
+        if bad_json:
+            reason = (bad_json[0].get("ctx") or {}).get("error", "invalid JSON")
+            return JSONResponse({"detail": f"malformed JSON body: {reason}"}, status_code=400)
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in errors]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    def no_heads() -> JSONResponse:
+        return JSONResponse({"detail": "this model has no VA regression head: serve a model trained "
+                                       "with carl"}, status_code=409)
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        """Liveness, the model's shape and the micro-batcher's counters."""
+        s = batcher.stats
+        return Health(status="ok", model=encoder.source, version=__version__, dim=encoder.dim,
+                      has_heads=encoder.has_heads, scale=encoder.scale,
+                      limits={k: float(v) for k, v in asdict(limits).items()},
+                      requests=s.requests, batches=s.batches, texts=s.texts, largest_batch=s.largest_batch)
+
+    @app.post("/embed", response_model=EmbedResponse, responses=ERRORS)
+    async def embed(request: EmbedRequest) -> EmbedResponse:
+        """Sentence embeddings [N, H], in request order."""
+        emb, _ = await batcher.submit(request.texts)
+        if request.normalize:
+            emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
+        return EmbedResponse(embeddings=emb.tolist(), dim=int(emb.shape[1]))
+
+    @app.post("/predict", response_model=PredictResponse, responses={**ERRORS, **NEEDS_HEADS})
+    async def predict(request: PredictRequest):
+        """Valence and arousal on the model's declared scale."""
+        if not encoder.has_heads:
+            return no_heads()
+        _, z = await batcher.submit(request.texts)
+        valence, arousal = encoder.to_scale(z)
+        return PredictResponse(predictions=[{"valence": float(v), "arousal": float(a)}
+                                            for v, a in zip(valence, arousal)], scale=encoder.scale)
+
+    @app.post("/explain", response_model=ExplainResponse, responses={**ERRORS, **NEEDS_HEADS})
+    async def explain(request: ExplainRequest):
+        """Per-word valence and arousal attributions (gradient x input)."""
+        if not encoder.has_heads:
+            return no_heads()
+        loop = asyncio.get_running_loop()
+        explanations = await loop.run_in_executor(batcher.executor, encoder.explain_batch, request.texts)
+        return ExplainResponse(explanations=[e.to_dict() for e in explanations])
+
+    return app

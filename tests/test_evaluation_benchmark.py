@@ -1,0 +1,180 @@
+"""The benchmark runner on a tiny run: cells, cache and resume, results.json, report and plots;
+the SimCSE baseline; the ``carl benchmark`` arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import carl.evaluation.benchmark as bench
+from carl.evaluation.baselines import simcse as simcse_module
+from carl.evaluation.benchmark import BenchmarkMismatch, BenchmarkSettings, plan_cells, run_benchmark
+from carl.evaluation.report import README_END, README_START, update_readme
+from carl.evaluation.tasks import TaskSettings
+from carl.inference import AffectEncoder
+
+TINY_TASKS = dict(limit=40, mr_limit=60, cv_folds=3, goemotions_train_limit=40, goemotions_dev_limit=40,
+                  geometry_limit=40)
+METHODS = ("frozen", "mse", "carl", "simcse", "vader")
+PNGS = ("va_scatter.png", "embeddings_2d.png", "per_class_f1.png", "alignment_uniformity.png", "loss_curves.png")
+
+
+class Counter:
+    def __init__(self):
+        self.carl = 0
+        self.simcse = 0
+
+
+@pytest.fixture
+def counted(monkeypatch) -> Counter:
+    """Count trainer constructions and SimCSE trainings through the benchmark module."""
+    count = Counter()
+    real_trainer, real_simcse = bench.CarlTrainer, bench.train_simcse
+
+    def trainer(*args, **kwargs):
+        count.carl += 1
+        return real_trainer(*args, **kwargs)
+
+    def simcse(*args, **kwargs):
+        count.simcse += 1
+        return real_simcse(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "CarlTrainer", trainer)
+    monkeypatch.setattr(bench, "train_simcse", simcse)
+    return count
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_encoder, tiny_overrides) -> BenchmarkSettings:
+    pytest.importorskip("vaderSentiment")
+    return BenchmarkSettings(methods=METHODS, seeds=(1, 2), encoder=tiny_encoder,
+                             overrides=(*tiny_overrides, "train.max_steps=3"), tasks=TaskSettings(**TINY_TASKS))
+
+
+def _run(out: Path, settings: BenchmarkSettings):
+    logs = []
+    results = run_benchmark(out, settings, show_progress=False, command="carl benchmark --tiny", log=logs.append)
+    return results, logs
+
+
+def test_plan_has_references_then_seeds_outermost(settings):
+    names = [c.name for c in plan_cells(settings)]
+    assert names == ["frozen", "vader", "mse-s1", "carl-s1", "simcse-s1", "mse-s2", "carl-s2", "simcse-s2"]
+    carl = next(c for c in plan_cells(settings) if c.name == "carl-s2")
+    assert "objective.name=carl" in carl.overrides and "train.seed=2" in carl.overrides
+
+
+def test_benchmark_caches_resumes_and_reports(tmp_path, settings, counted):
+    out = tmp_path / "bench"
+    results, logs = _run(out, settings)
+    assert (counted.carl, counted.simcse) == (4, 2)  # mse and carl x 2 seeds; simcse x 2 seeds
+    assert sorted(results["computed_this_run"]) == sorted(c.name for c in plan_cells(settings))
+
+    # --- results.json: every number, seed, configuration, versions, hardware
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["cells"]) == {c.name for c in plan_cells(settings)}
+    carl = saved["cells"]["carl-s1"]
+    assert carl["seed"] == 1 and carl["config"]["objective"]["name"] == "carl"
+    assert carl["config"]["train"]["seed"] == 1 and carl["training"]["steps"] == 3
+    assert {"mcl", "mse", "ptd", "loss"} <= set(carl["training"]["curves"])
+    assert saved["cells"]["simcse-s2"]["config"]["simcse"]["seed"] == 2
+    assert saved["environment"]["versions"]["torch"] and saved["environment"]["cpu_count"]
+    assert saved["settings"]["seeds"] == [1, 2] and saved["task_sizes"]["sst2"] == {"train": 40, "dev": 40, "test": 40}
+    assert "sst2" in carl["results"]["tasks"] and "emobank_test" in carl["results"]["geometry"]
+
+    # --- report: tables with mean ± std and best-per-column marks; non-empty PNGs
+    report = (out / "report.md").read_text()
+    assert "carl benchmark --tiny" in report
+    for title in ("## VA regression", "## Polarity", "## Emotion", "## Geometry", "## Cost"):
+        assert title in report
+    for section in report.split("\n## ")[1:5]:  # the four metric tables
+        table = [line for line in section.splitlines() if line.startswith("| ")]
+        assert len(table) >= 4 and any("**" in line for line in table[1:]), section[:80]
+    assert "| carl | 2 |" in report and " ± " in report
+    assert "IEMOCAP" in report and "sail.usc.edu" in report  # absent user corpora: how to obtain
+    for name in PNGS:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+        assert f"]({name})" in report
+
+    # --- second invocation: nothing recomputed, same numbers
+    counted.carl = counted.simcse = 0
+    again, logs = _run(out, settings)
+    assert (counted.carl, counted.simcse) == (0, 0) and again["computed_this_run"] == []
+    assert all(line.endswith("cached") for line in logs if ": " in line and "wrote" not in line)
+    assert json.dumps(again["cells"], sort_keys=True) == json.dumps(saved["cells"], sort_keys=True)
+
+    # --- an interrupted cell (no cell file) is recomputed alone; its training resumes, adding no steps
+    metrics = out / "runs" / "carl-s1" / "metrics.jsonl"
+    steps_before = metrics.read_text().count("\n")
+    (out / "cells" / "carl-s1.json").unlink()
+    third, _ = _run(out, settings)
+    assert (counted.carl, counted.simcse) == (1, 0) and third["computed_this_run"] == ["carl-s1"]
+    assert metrics.read_text().count("\n") == steps_before
+    assert third["cells"]["carl-s1"]["results"]["tasks"]["sst2"]["metrics"] == \
+        results["cells"]["carl-s1"]["results"]["tasks"]["sst2"]["metrics"]
+
+    # --- a cached cell under other settings is refused, not silently mixed in
+    changed = BenchmarkSettings(methods=METHODS, seeds=(1, 2), encoder=settings.encoder, overrides=settings.overrides,
+                                tasks=TaskSettings(**{**TINY_TASKS, "limit": 30}))
+    with pytest.raises(BenchmarkMismatch, match="new --out"):
+        _run(out, changed)
+
+    # --- README section generated from the results
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Results\n\n{README_START}\nold\n{README_END}\n\nafter\n", encoding="utf-8")
+    assert update_readme(readme, again, "bench/report.md")
+    text = readme.read_text()
+    assert "\nold\n" not in text and "carl benchmark --tiny" in text and "| carl | 2 |" in text and text.endswith("after\n")
+
+
+def test_simcse_baseline_trains_resumes_and_loads(tmp_path, tiny_encoder, synthetic_csv, monkeypatch):
+    cfg = simcse_module.SimCSEConfig(encoder=tiny_encoder, batch_size=16, max_steps=4, checkpoint_every=2,
+                                     learning_rate=1e-3, seed=3, num_threads=1)
+    texts = synthetic_csv.train_texts[:96]
+    whole = simcse_module.train_simcse(cfg, texts, tmp_path / "whole", show_progress=False)
+
+    calls = {"n": 0}
+    real_loss = simcse_module.simcse_loss
+
+    def crash_at_step_3(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    monkeypatch.setattr(simcse_module, "simcse_loss", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        simcse_module.train_simcse(cfg, texts, tmp_path / "resumed", show_progress=False)
+    monkeypatch.setattr(simcse_module, "simcse_loss", real_loss)
+    resumed = simcse_module.train_simcse(cfg, texts, tmp_path / "resumed", show_progress=False)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+    a, b = AffectEncoder.load(str(tmp_path / "whole")), AffectEncoder.load(str(tmp_path / "resumed"))
+    assert not a.has_heads and a.encode(texts[:5]).shape == (5, 32)
+    np.testing.assert_allclose(a.encode(texts[:8]), b.encode(texts[:8]), atol=1e-5)  # resume is exact
+    start = AffectEncoder.load(tiny_encoder)
+    assert not np.allclose(a.encode(texts[:8]), start.encode(texts[:8]), atol=1e-4)  # it trained
+    assert Path(whole) == tmp_path / "whole" / "model" and Path(resumed).is_dir()
+    with pytest.raises(ValueError, match="other settings"):
+        simcse_module.train_simcse(simcse_module.SimCSEConfig(encoder=tiny_encoder, max_steps=5),
+                                   texts, tmp_path / "whole", show_progress=False)
+
+
+def test_cli_arguments_give_the_presets():
+    from carl.cli import build_parser
+    from carl.evaluation.benchmark_cli import settings_from_args
+
+    quick = settings_from_args(build_parser().parse_args(["benchmark", "--quick", "--set", "train.batch_size=16"]))
+    assert quick.quick and quick.seeds == (1,) and quick.tasks.limit == 500
+    assert quick.overrides == ("train.max_steps=40", "train.batch_size=16")
+    full = settings_from_args(build_parser().parse_args(
+        ["benchmark", "--seeds", "1", "2", "3", "4", "--methods", "frozen", "carl", "--corpus", "fb=/x.csv"]))
+    assert full.seeds == (1, 2, 3, 4) and full.methods == ("frozen", "carl") and not full.overrides
+    assert full.tasks.limit == 0 and full.tasks.user_corpora == {"facebookposts": "/x.csv"}
+    with pytest.raises(ValueError, match="unknown method"):
+        BenchmarkSettings(methods=("carl", "bert"))
