@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 
 from carl.inference import AffectEncoder
 from carl.serve.loadtest import run_load
-from tests.conftest import cli_env
+from conftest import cli_env
 
 MAX_TEXTS, MAX_CHARS, MAX_EXPLAIN, MAX_BODY = 16, 500, 4, 200_000
 LOAD_REQUESTS, LOAD_CONCURRENCY, LOAD_TIME_LIMIT_S = 800, 16, 45.0

@@ -165,7 +165,7 @@ def test_cli_outputs_match_the_python_api(affect_model, inputs, tmp_path):
 def test_cli_reads_stdin_and_reports_bad_input(affect_model, tmp_path, capsys):
     import subprocess
 
-    from tests.conftest import cli_env
+    from conftest import cli_env
 
     result = subprocess.run([sys.executable, "-m", "carl.cli", "predict", str(affect_model), "--no-progress",
                              "--threads", "1"], input="a serene day\n\nfurious\n", capture_output=True, text=True,
