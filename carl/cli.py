@@ -107,8 +107,9 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     started = time.time()
-    model_dir = CarlTrainer(cfg, args.output, show_progress=not args.no_progress).train()
-    print(f"trained {cfg.objective.name} in {time.time() - started:.0f} s; model: {model_dir}")
+    trainer = CarlTrainer(cfg, args.output, show_progress=not args.no_progress)
+    model_dir = trainer.train()
+    trainer.accelerator.print(f"trained {cfg.objective.name} in {time.time() - started:.0f} s; model: {model_dir}")
     return 0
 
 

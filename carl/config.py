@@ -225,11 +225,12 @@ def _all_keys(obj: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"section.key": value}``."""
     flat: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = v
     return flat
@@ -246,7 +247,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: {err}") from err
-        for key, value in _flatten(data).items():
+        for key, value in flatten(data).items():
             try:
                 _set(cfg, key, value)
             except ConfigError as err:

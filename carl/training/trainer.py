@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from carl.config import CarlConfig, ConfigError, load_config
+from carl.config import CarlConfig, ConfigError, flatten, load_config
 from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
 from carl.data.sources import describe_data, load_training_data
 from carl.model.carl_model import CarlModel
@@ -39,12 +39,6 @@ CONTRASTIVE = ("carl", "mcl", "supcon-hard")
 # settings that may change between a run and its resumption (they do not alter the maths)
 RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints")
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 class TrainingDiverged(RuntimeError):
@@ -305,8 +299,8 @@ class CarlTrainer:
         saved_file = self.out / "config.toml"
         if not saved_file.is_file():
             return
-        saved = _flat(load_config(saved_file).to_dict())
-        now = _flat(self.cfg.to_dict())
+        saved = flatten(load_config(saved_file).to_dict())
+        now = flatten(self.cfg.to_dict())
         changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
                    if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
         if changed:

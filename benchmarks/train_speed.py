@@ -1,0 +1,96 @@
+"""Training throughput of objective = mse, mcl and carl, on 1 and on N processes, in one run.
+
+    python benchmarks/train_speed.py [--steps 30] [--processes 1 2] [--batch-size 32] \
+        [--encoder minilm-l6] [--out benchmarks/results/train_speed]
+
+Each cell runs ``carl train`` (through torchrun when N > 1) on the first sentences of EmoBank
+for ``--steps`` optimizer steps with the same backbone and per-process batch, reads the per-step
+times from metrics.jsonl (the first ``--warmup`` steps dropped) and reports samples per second and
+each objective's step time relative to mse at the same process count. Torch threads per process
+are ``cores // N`` so that 1 and N processes use the same cores. Writes results.json and report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from carl.training.run_info import environment_info
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cell(objective: str, processes: int, args, workdir: Path) -> dict:
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    out = workdir / f"{objective}-p{processes}"
+    sets = [f"objective.name={objective}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
+            f"model.encoder={args.encoder}", f"train.num_threads={threads}", "train.checkpoint_every=0",
+            f"data.limit={args.steps * args.batch_size * processes + 64}", "objective.mcl.queue_size=64",
+            "train.warmup_ratio=0"]
+    cli = ["-m", "carl.cli", "train", "--output", str(out), "--no-progress",
+           *[a for s in sets for a in ("--set", s)]]
+    launcher = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(launcher + cli, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{objective} x {processes}: {done.stderr[-2000:]}")
+    steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    times = [s["step_time"] for s in steps[args.warmup:]]
+    step = statistics.median(times)
+    return {"objective": objective, "processes": processes, "threads_per_process": threads,
+            "median_step_s": step, "samples_per_s": args.batch_size * processes / step, "steps_timed": len(times)}
+
+
+def report(cells: list[dict], command: str, env: dict) -> str:
+    base = {c["processes"]: c["median_step_s"] for c in cells if c["objective"] == "mse"}
+    lines = ["| objective | processes | threads each | median step (s) | samples/s | step time / mse |",
+             "|---|---|---|---|---|---|"]
+    for c in cells:
+        ratio = c["median_step_s"] / base[c["processes"]] if c["processes"] in base else float("nan")
+        lines.append(f"| {c['objective']} | {c['processes']} | {c['threads_per_process']} | "
+                     f"{c['median_step_s']:.3f} | {c['samples_per_s']:.1f} | {ratio:.2f} |")
+    hw = f"{env.get('processor')} ({env.get('cpu_count')} cores), torch {env['versions'].get('torch')}"
+    return f"# Training speed\n\nCommand: `{command}`\n\nHardware: {hw}\n\n" + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--objectives", nargs="+", default=["mse", "mcl", "carl"])
+    parser.add_argument("--encoder", default="minilm-l6")
+    parser.add_argument("--out", default="benchmarks/results/train_speed")
+    args = parser.parse_args(argv)
+    cells = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for processes in args.processes:
+            for objective in args.objectives:
+                cells.append(run_cell(objective, processes, args, Path(tmp)))
+                print(json.dumps(cells[-1]), flush=True)
+    env = environment_info()
+    command = "python " + " ".join(sys.argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"cells": cells, "command": command, "environment": env}, indent=2))
+    (out / "report.md").write_text(report(cells, command, env))
+    print(report(cells, command, env))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
