@@ -128,7 +128,8 @@ def test_benchmark_caches_resumes_and_reports(tmp_path, settings, counted):
     readme.write_text(f"# x\n\n## Results\n\n{README_START}\nold\n{README_END}\n\nafter\n", encoding="utf-8")
     assert update_readme(readme, again, "bench/report.md")
     text = readme.read_text()
-    assert "\nold\n" not in text and "carl benchmark --tiny" in text and "| carl | 2 |" in text and text.endswith("after\n")
+    assert "\nold\n" not in text and "carl benchmark --tiny" in text and "| carl | 2 |" in text
+    assert text.endswith("after\n")
 
 
 def test_simcse_baseline_trains_resumes_and_loads(tmp_path, tiny_encoder, synthetic_csv, monkeypatch):
@@ -174,7 +175,7 @@ def test_cli_arguments_give_the_presets():
     assert quick.overrides == ("train.max_steps=40", "train.batch_size=16")
     full = settings_from_args(build_parser().parse_args(
         ["benchmark", "--seeds", "1", "2", "3", "4", "--methods", "frozen", "carl", "--corpus", "fb=/x.csv"]))
-    assert full.seeds == (1, 2, 3, 4) and full.methods == ("frozen", "carl") and not full.overrides
+    assert full.seeds == (1, 2, 3, 4) and full.methods == ("frozen", "carl") and full.overrides == ("train.epochs=1",)
     assert full.tasks.limit == 0 and full.tasks.user_corpora == {"facebookposts": "/x.csv"}
     with pytest.raises(ValueError, match="unknown method"):
         BenchmarkSettings(methods=("carl", "bert"))

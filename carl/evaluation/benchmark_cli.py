@@ -14,6 +14,9 @@ Methods: frozen (the backbone), mse, supcon-hard, mcl, carl, carl-random-positio
 carl-replace-random, carl-replace-mask, simcse (unsupervised SimCSE), vader, textblob.
 Tasks: EmoBank VA regression, SST-2 and MR polarity, SST-5, GoEmotions (Ekman + neutral),
 alignment/uniformity; plus user corpora given with --corpus.
+
+Every trained cell runs carl's default configuration with train.epochs=1 (one epoch of EmoBank
+train), the given --encoder and seed, then any --set overrides. See docs/evaluation.md.
 """
 
 

@@ -61,7 +61,8 @@ def va_scatter(results: dict, out: Path) -> tuple[str, str] | None:
 
 def embeddings_2d(results: dict, out: Path) -> tuple[str, str] | None:
     """EmoBank test embeddings, PCA to 2-D, coloured by valence and by arousal (before/after CARL)."""
-    cells = [c for c in (_first_cell(results, m) for m in ("frozen", "carl")) if c and "emobank_test_2d" in c["results"]]
+    cells = [c for c in (_first_cell(results, m) for m in ("frozen", "carl"))
+             if c and "emobank_test_2d" in c["results"]]
     labelled = [c for c in cells if "test_labels" in c["results"]["tasks"].get("emobank", {})]
     if not labelled:
         return None
@@ -72,8 +73,10 @@ def embeddings_2d(results: dict, out: Path) -> tuple[str, str] | None:
         labels = np.asarray(cell["results"]["tasks"]["emobank"]["test_labels"])
         for d, (dim, cmap) in enumerate((("valence", "RdYlGn"), ("arousal", "viridis"))):
             ax = axes[row, d]
-            points = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:, d], cmap=cmap, s=6, alpha=0.8)
-            fig.colorbar(points, ax=ax, label=dim)
+            low, high = np.percentile(labels[:, d], [5, 95])  # EmoBank's labels crowd the middle
+            points = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:, d], cmap=cmap, s=6, alpha=0.8,
+                                vmin=low, vmax=high)
+            fig.colorbar(points, ax=ax, label=f"{dim} (5th-95th percentile)", extend="both")
             ax.set_title(f"{_label(cell)}, coloured by {dim}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -84,7 +87,8 @@ def embeddings_2d(results: dict, out: Path) -> tuple[str, str] | None:
 
 def per_class_f1(results: dict, out: Path) -> tuple[str, str] | None:
     """Per-class F1 bars (mean over seeds) for GoEmotions-Ekman and SST-5."""
-    tasks = [t for t in ("goemotions", "sst5") if any(t in c["results"].get("tasks", {}) for c in results["cells"].values())]
+    tasks = [t for t in ("goemotions", "sst5")
+             if any(t in c["results"].get("tasks", {}) for c in results["cells"].values())]
     groups = {m: cells for m, cells in method_cells(results).items()
               if any(t in cells[0]["results"].get("tasks", {}) for t in tasks)}
     if not tasks or not groups:
@@ -127,6 +131,7 @@ def alignment_uniformity(results: dict, out: Path) -> tuple[str, str] | None:
     for method, u, a, su, sa in points:
         ax.errorbar(u, a, xerr=su, yerr=sa, fmt="o", capsize=2)
         ax.annotate(method, (u, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.margins(0.15)  # room for the labels
     ax.set_xlabel("uniformity (lower = more uniform)")
     ax.set_ylabel("alignment of VA-near pairs (lower = closer)")
     ax.set_title("EmoBank test: alignment vs uniformity", fontsize=10)

@@ -24,7 +24,8 @@ TABLES: dict[str, tuple[str, list[tuple[str, str, str, int]]]] = {
         ("emobank", "valence_pearson", "valence r", 1), ("emobank", "valence_spearman", "valence rho", 1),
         ("emobank", "valence_mse", "valence MSE", -1), ("emobank", "arousal_pearson", "arousal r", 1),
         ("emobank", "arousal_spearman", "arousal rho", 1), ("emobank", "arousal_mse", "arousal MSE", -1)]),
-    "polarity": ("Polarity: SST-2 test (C on dev) and MR (stratified k-fold CV, C on an inner fold), logistic-regression probe", [
+    "polarity": ("Polarity: SST-2 test (C on dev) and MR (stratified k-fold CV, C on an inner fold), "
+                 "logistic-regression probe", [
         ("sst2", "accuracy", "SST-2 acc", 1), ("sst2", "macro_f1", "SST-2 macro-F1", 1),
         ("mr", "accuracy", "MR acc", 1), ("mr", "macro_f1", "MR macro-F1", 1)]),
     "emotion": ("Emotion: GoEmotions Ekman + neutral test (C on dev by macro-F1) and SST-5 test", [
@@ -141,9 +142,11 @@ def cost_table(results: dict) -> str:
     def mean_of(cells, getter):
         values = [v for v in (getter(c) for c in cells) if isinstance(v, (int, float))]
         return statistics.fmean(values) if values else None
-    step = {m: mean_of(cells, lambda c: c.get("training", {}).get("median_step_seconds")) for m, cells in groups.items()}
+    step = {m: mean_of(cells, lambda c: c.get("training", {}).get("median_step_seconds"))
+            for m, cells in groups.items()}
     base = step.get("mse")
-    lines = ["| method | steps | training (s) | median step (s) | step time / mse | embed (s) | evaluation (s) | cell total (s) |",
+    lines = ["| method | steps | training (s) | median step (s) | step time / mse | embed (s) | evaluation (s) "
+             "| cell total (s) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, cells in groups.items():
         steps = mean_of(cells, lambda c: c.get("training", {}).get("steps"))
