@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.export import load_heads
-from carl.model.pooling import pool
 
 if TYPE_CHECKING:
     from carl.explain import Explanation
@@ -173,12 +172,9 @@ class AffectEncoder:
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  with_va: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embeddings [B, H] and standardised VA [B, 2] (or None) without the unused heads."""
-        input_ids = input_ids.to(self.device, non_blocking=True)
-        attention_mask = attention_mask.to(self.device, non_blocking=True)
-        hidden = self.model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        embedding = pool(hidden, attention_mask, self.model.pooling)
-        va = self.model.regression(embedding) if with_va else None
-        return embedding, va
+        out = self.model(input_ids.to(self.device, non_blocking=True),
+                         attention_mask.to(self.device, non_blocking=True), heads=("va",) if with_va else ())
+        return out.embedding, out.va
 
     @torch.inference_mode()
     def infer(self, texts: Sequence[str], *, batch_size: int = 64, with_va: bool = False,

@@ -67,16 +67,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Shuffled batches of similar length; the order depends only on (seed, epoch).
 
     Indices are shuffled, cut into groups of ``group_batches`` batches, sorted by length within
-    each group, batched, and the batches shuffled again. ``shuffle=False`` sorts globally by
-    length (for inference).
+    each group, batched, and the batches shuffled again.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0,
-                 shuffle: bool = True, group_batches: int = 50):
+                 group_batches: int = 50):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
-        self.shuffle = shuffle
         self.group = batch_size * group_batches
         self.epoch = 0
 
@@ -87,9 +85,6 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        if not self.shuffle:
-            order = sorted(range(len(self.lengths)), key=self.lengths.__getitem__)
-            return iter([order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)])
         rng = random.Random(self.seed * 100_003 + self.epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)

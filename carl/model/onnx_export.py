@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from carl.model.pooling import pool
 
 if TYPE_CHECKING:
     from carl.inference import AffectEncoder
@@ -28,16 +27,12 @@ class _EmbeddingGraph(nn.Module):
 
     def __init__(self, encoder: "AffectEncoder"):
         super().__init__()
-        self.backbone = encoder.model.backbone
-        self.regression = encoder.model.regression if encoder.has_heads else None
-        self.pooling = encoder.model.pooling
+        self.model = encoder.model
+        self.heads = ("va",) if encoder.has_heads else ()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        embedding = pool(hidden, attention_mask, self.pooling)
-        if self.regression is None:
-            return embedding
-        return embedding, self.regression(embedding)
+        out = self.model(input_ids, attention_mask, heads=self.heads)
+        return (out.embedding, out.va) if self.heads else out.embedding
 
 
 def _onnx_export(*args, **kwargs) -> None:

@@ -161,13 +161,13 @@ class CarlTrainer:
         if self.use_mcl:
             with acc.autocast():
                 keys = core.encode_keys(batch["input_ids"], batch["attention_mask"]).float()
-            batch_keys, batch_labels, own = self._gather_batch_keys(keys, labels)
-            queue_keys, queue_raw = core.queue.contents()
-            mcl = self.mcl_loss(out.query, torch.cat([batch_keys, queue_keys]), labels,
-                                torch.cat([batch_labels, core.standardise(queue_raw)]), own)
+            batch_keys, batch_labels, own = self._gather_batch_keys(keys, batch["labels"])
+            queue_keys, queue_labels = core.queue.contents()
+            key_labels = core.standardise(torch.cat([batch_labels, queue_labels]))
+            mcl = self.mcl_loss(out.query, torch.cat([batch_keys, queue_keys]), labels, key_labels, own)
             clean_loss = clean_loss + w.mcl_weight * mcl.loss
             logs.update(mcl=float(mcl.loss.detach()), **mcl.diagnostics)
-            self._pending_enqueue = (batch_keys, core.label_mean + batch_labels * core.label_std)
+            self._pending_enqueue = (batch_keys, batch_labels)
         if self.use_mse:
             mse = self.mse_loss(out.va, labels)
             weight = 1.0 if self.cfg.objective.name == "mse" else w.mse_weight
@@ -191,7 +191,7 @@ class CarlTrainer:
         return logs
 
     def _gather_batch_keys(self, keys, labels):
-        """Keys [B, P] and labels [B, 2] from every process; own-key columns [B] of this rank."""
+        """Keys [B, P] and raw labels [B, 2] from every process; own-key columns [B] of this rank."""
         acc = self.accelerator
         sizes = gather_across_processes(torch.tensor([keys.shape[0]], device=keys.device))
         offset = int(sizes[: acc.process_index].sum())
@@ -206,10 +206,6 @@ class CarlTrainer:
                 f"non-finite loss at step {self.step + 1} (components: {logs}); stopping. "
                 f"The last good checkpoint is {last or 'none yet'}. Check the data, or train into a "
                 f"new --output with a lower train.learning_rate.")
-
-    def _after_optimizer_step(self) -> None:
-        core = self.accelerator.unwrap_model(self.model)
-        core.momentum_update()
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Path:
@@ -251,7 +247,7 @@ class CarlTrainer:
             if not acc.sync_gradients:
                 continue
             self.scheduler.step()
-            self._after_optimizer_step()
+            self.accelerator.unwrap_model(self.model).momentum_update()
             self.step += 1
             elapsed = time.perf_counter() - started
             self._log(pending, grad_norm, elapsed)
