@@ -1,13 +1,17 @@
 """Training throughput of objective = mse, mcl and carl, on 1 and on N processes, in one run.
 
     python benchmarks/train_speed.py [--steps 30] [--processes 1 2] [--batch-size 32] \
-        [--encoder minilm-l6] [--out benchmarks/results/train_speed]
+        [--encoder minilm-l6] [--out benchmarks/results/train_speed] \
+        [--objectives mse mcl carl carl+objective.ptd.sentence_fraction=0.5] [--set KEY=VALUE]
 
 Each cell runs ``carl train`` (through torchrun when N > 1) on the first sentences of EmoBank
 for ``--steps`` optimizer steps with the same backbone and per-process batch, reads the per-step
 times from metrics.jsonl (the first ``--warmup`` steps dropped) and reports samples per second and
 each objective's step time relative to mse at the same process count. Torch threads per process
-are ``cores // N`` so that 1 and N processes use the same cores. Writes results.json and report.md.
+are ``cores // N`` so that 1 and N processes use the same cores. An objective may carry its own
+overrides after ``+`` (comma-separated); ``--set`` applies to every cell (e.g.
+``train.mixed_precision=bf16``). On a CUDA machine each process takes one GPU, so N is at most
+the GPU count there. Writes results.json and report.md.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cell(objective: str, processes: int, args, workdir: Path) -> dict:
+def run_cell(variant: str, processes: int, args, workdir: Path) -> dict:
+    """``variant`` is an objective name, optionally ``+key=value,key=value`` after it."""
+    objective, _, extra = variant.partition("+")
     threads = max(1, (os.cpu_count() or 1) // processes)
-    out = workdir / f"{objective}-p{processes}"
+    out = workdir / f"cell{len(list(workdir.iterdir()))}-p{processes}"
     sets = [f"objective.name={objective}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
             f"model.encoder={args.encoder}", f"train.num_threads={threads}", "train.checkpoint_every=0",
             f"data.limit={args.steps * args.batch_size * processes + 64}", "objective.mcl.queue_size=64",
-            "train.warmup_ratio=0"]
+            "train.warmup_ratio=0", *args.overrides, *filter(None, extra.split(","))]
     cli = ["-m", "carl.cli", "train", "--output", str(out), "--no-progress",
            *[a for s in sets for a in ("--set", s)]]
     launcher = [sys.executable] if processes == 1 else [
@@ -46,11 +52,11 @@ def run_cell(objective: str, processes: int, args, workdir: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(launcher + cli, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{objective} x {processes}: {done.stderr[-2000:]}")
+        raise RuntimeError(f"{variant} x {processes}: {done.stderr[-2000:]}")
     steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
     times = [s["step_time"] for s in steps[args.warmup:]]
     step = statistics.median(times)
-    return {"objective": objective, "processes": processes, "threads_per_process": threads,
+    return {"objective": variant, "processes": processes, "threads_per_process": threads,
             "median_step_s": step, "samples_per_s": args.batch_size * processes / step, "steps_timed": len(times)}
 
 
@@ -63,6 +69,8 @@ def report(cells: list[dict], command: str, env: dict) -> str:
         lines.append(f"| {c['objective']} | {c['processes']} | {c['threads_per_process']} | "
                      f"{c['median_step_s']:.3f} | {c['samples_per_s']:.1f} | {ratio:.2f} |")
     hw = f"{env.get('processor')} ({env.get('cpu_count')} cores), torch {env['versions'].get('torch')}"
+    if env.get("gpus"):
+        hw += f", GPU: {', '.join(env['gpus'])}"
     return f"# Training speed\n\nCommand: `{command}`\n\nHardware: {hw}\n\n" + "\n".join(lines) + "\n"
 
 
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--objectives", nargs="+", default=["mse", "mcl", "carl"])
     parser.add_argument("--encoder", default="minilm-l6")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every cell, e.g. train.mixed_precision=bf16")
     parser.add_argument("--out", default="benchmarks/results/train_speed")
     args = parser.parse_args(argv)
     cells = []

@@ -55,7 +55,7 @@ class ModelConfig:
 
     encoder: str = "minilm-l6"
     pooling: str = "mean"
-    projection_dim: int = 128
+    projection_dim: int = 128  # 0: no projection MLP, the contrast acts on the sentence embedding
 
 
 @dataclass
@@ -74,6 +74,7 @@ class PTDConfig:
     """Gradient-saliency perturbed token detection."""
 
     ratio: float = 0.15
+    sentence_fraction: float = 1.0  # share of each batch's sentences perturbed and detected
     selection: str = "saliency"
     replacement: str = "hotflip"
     detector_hidden: int = 0  # 0: a linear token head; >0: one hidden layer of this size
@@ -135,17 +136,18 @@ class CarlConfig:
                 raise ConfigError(f"{key} = {value!r}: choose one of {', '.join(allowed)}")
         if not 0.0 <= self.objective.mcl.momentum < 1.0:
             raise ConfigError("objective.mcl.momentum must lie in [0, 1)")
-        if not 0.0 < self.objective.ptd.ratio <= 1.0:
-            raise ConfigError("objective.ptd.ratio must lie in (0, 1]")
+        for key in ("objective.ptd.ratio", "objective.ptd.sentence_fraction"):
+            if not 0.0 < _get(self, key) <= 1.0:
+                raise ConfigError(f"{key} must lie in (0, 1]")
         for key in ("objective.mcl.temperature", "objective.mcl.label_temperature", "train.epochs",
                     "train.batch_size", "train.learning_rate", "train.gradient_accumulation_steps",
-                    "data.max_length", "model.projection_dim", "objective.mcl.hard_bins"):
+                    "data.max_length", "objective.mcl.hard_bins"):
             value = _get(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{key} = {value!r} must be a positive finite number")
         for key in ("objective.mcl.queue_size", "objective.mcl_weight", "objective.ptd_weight",
                     "objective.mse_weight", "train.max_steps", "train.weight_decay", "train.warmup_ratio",
-                    "train.head_learning_rate", "train.max_grad_norm", "data.limit"):
+                    "train.head_learning_rate", "train.max_grad_norm", "data.limit", "model.projection_dim"):
             value = _get(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} = {value!r} must be a non-negative finite number")

@@ -162,6 +162,29 @@ def test_ptd_variants_run(selection, replacement, tmp_path, tiny_overrides):
     assert (run / "model" / "modules.json").is_file()
 
 
+def test_mcl_on_the_sentence_embedding_without_projection(tmp_path, tiny_overrides, synthetic_csv):
+    """``model.projection_dim = 0``: queries, keys and the queue live in the 32-wide embedding."""
+    run = train(tmp_path, tiny_overrides + ["model.projection_dim=0", "train.max_steps=3"])
+    encoder = AffectEncoder.load(str(run))
+    assert encoder.model.queue.keys.shape[-1] == 32
+    assert not any(k.startswith("projection.") for k in encoder.model.state_dict())
+    assert encoder.encode(synthetic_csv.heldout_texts[:3]).shape == (3, 32)
+
+
+def test_sentence_fraction_detects_on_part_of_the_batch(tmp_path, tiny_overrides):
+    """Half the sentences perturbed: the perturbed share of all tokens drops with them."""
+    fractions = {}
+    for fraction, sentences in ((1.0, 32), (0.5, 16)):
+        run = train(tmp_path / str(fraction), tiny_overrides + [
+            f"objective.ptd.sentence_fraction={fraction}", "train.max_steps=4", "train.batch_size=32"])
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert all(np.isfinite(r["ptd"]) for r in records)
+        assert [r["ptd_sentences"] for r in records] == [sentences] * 4
+        fractions[fraction] = np.mean([r["ptd_perturbed_fraction"] for r in records])
+    # the detection batch holds only perturbed sentences either way: per-token share stays alike
+    assert abs(fractions[0.5] - fractions[1.0]) < 0.05
+
+
 def test_affect_vocabulary_is_in_the_tiny_tokenizer(tiny_encoder):
     """Guards the premise of the saliency test: affect words are whole, known tokens."""
     encoder = AffectEncoder.load(tiny_encoder)

@@ -14,6 +14,7 @@ from carl.objectives.perturbed_token_detection import (
     hotflip_replacements,
     positions_from_words,
     random_replacements,
+    sample_sentences,
     select_words,
     word_saliency,
 )
@@ -388,3 +389,28 @@ def test_forward_is_detection_loss():
     logits, perturbed, mask = detection_example()
     ptd = PerturbedTokenDetection(special_ids=SPECIAL, mask_token_id=MASK_ID, vocab_size=VOCAB)
     assert ptd(logits, perturbed, mask).loss.item() == detection_loss(logits, perturbed, mask).loss.item()
+
+
+# --------------------------------------------------------------------------- sentence sampling
+
+
+def test_sample_sentences_all_rows_trims_padding_and_draws_nothing():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    ids = torch.arange(8).reshape(2, 4)
+    state = torch.get_rng_state()
+    out_mask, out_ids = sample_sentences(1.0, mask, ids)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert out_mask.tolist() == [[1, 1, 0], [1, 1, 1]] and out_ids.tolist() == [[0, 1, 2], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.5, 2), (0.25, 1), (0.01, 1), (0.75, 3)])
+def test_sample_sentences_keeps_a_share_of_distinct_rows_in_order(fraction, expected):
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    row_id = torch.arange(4)[:, None].expand(4, 3)
+    grad = torch.randn(4, 3, 5)
+    out_mask, out_rows, out_grad = sample_sentences(fraction, mask, row_id, grad)
+    rows = out_rows[:, 0].tolist()
+    assert len(rows) == expected and rows == sorted(set(rows))
+    assert out_mask.shape[1] == int(mask[rows].sum(-1).max()) == out_grad.shape[1]
+    assert torch.equal(out_grad, grad[rows][:, :out_mask.shape[1]])

@@ -52,6 +52,7 @@ class CarlModel(nn.Module):
         super().__init__()
         hidden = backbone.config.hidden_size
         self.pooling = pooling
+        self.projection_dim = projection_dim  # 0: contrast on the sentence embedding itself
         self.backbone = backbone
         self.projection = ProjectionHead(hidden, projection_dim)
         self.regression = RegressionHead(hidden, 2)
@@ -63,7 +64,7 @@ class CarlModel(nn.Module):
             if use_key_encoder
             else None
         )
-        self.queue = MomentumQueue(queue_size if use_key_encoder else 0, projection_dim, 2)
+        self.queue = MomentumQueue(queue_size if use_key_encoder else 0, self.projection.output_dim, 2)
 
     def set_label_statistics(self, labels: torch.Tensor) -> None:
         """Fit the standardisation buffers on training labels [N, 2] in [0, 1]."""

@@ -48,7 +48,7 @@ def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str
              if k.startswith(HEAD_PREFIXES)}
     (tmp / CARL_SUBDIR).mkdir()
     save_file(heads, str(tmp / CARL_SUBDIR / "heads.safetensors"))
-    info = {"pooling": model.pooling, "projection_dim": model.projection.net[-1].out_features,
+    info = {"pooling": model.pooling, "projection_dim": model.projection_dim,
             "detector_hidden": _detector_hidden(model), **metadata}
     (tmp / CARL_SUBDIR / "carl.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     (tmp / "README.md").write_text(model_card(info), encoding="utf-8")

@@ -7,13 +7,18 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """MLP to the contrastive space: [B, H] -> [B, P] (not normalised)."""
+    """MLP to the contrastive space: [B, H] -> [B, P] (not normalised).
+
+    ``projection_dim = 0`` makes it the identity (P = H): the contrast then acts on the
+    sentence embedding that users get, as in the sentence-embedding (SimCSE-style) setting.
+    """
 
     def __init__(self, hidden_size: int, projection_dim: int):
         super().__init__()
+        self.output_dim = projection_dim or hidden_size
         self.net = nn.Sequential(
             nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, projection_dim)
-        )
+        ) if projection_dim else nn.Identity()
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.net(embedding)

@@ -10,6 +10,8 @@
    ``mask``: the tokenizer's mask token. Special tokens and the original token are excluded.
 4. Detection. The perturbed sentence goes through the query encoder; a token head predicts
    which positions were perturbed, trained with binary cross-entropy over non-padding tokens.
+   ``sentence_fraction < 1`` perturbs and detects only a random share of each batch's
+   sentences, which makes the extra pass proportionally cheaper (``sample_sentences``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from carl.objectives.base import ObjectiveOutput
+
+
+def sample_sentences(fraction: float, attention_mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A random ``fraction`` of the batch's sentences (at least one), trimmed to their longest.
+
+    ``attention_mask`` [B, T] and each tensor [B, T, ...] -> the same for the B' chosen rows and
+    T' <= T positions. ``fraction = 1`` keeps every row and draws no random numbers.
+    """
+    batch = attention_mask.shape[0]
+    keep = max(1, round(batch * fraction))
+    if keep < batch:
+        rows = torch.randperm(batch, device=attention_mask.device)[:keep].sort().values
+        attention_mask, tensors = attention_mask[rows], tuple(t[rows] for t in tensors)
+    length = int(attention_mask.sum(-1).max())
+    return (attention_mask[:, :length], *(t[:, :length] for t in tensors))
 
 
 def word_saliency(input_grad: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
@@ -106,6 +123,7 @@ class PerturbedTokenDetection(nn.Module):
 
     Args:
         ratio: fraction of words perturbed per sentence (at least one).
+        sentence_fraction: share of the batch's sentences perturbed and detected (at least one).
         selection: ``saliency`` (gradient norm) or ``random`` (the random-positions control).
         replacement: ``hotflip``, ``random`` or ``mask``.
         special_ids: token ids never used as replacements (CLS, SEP, PAD, UNK, MASK ...).
@@ -114,8 +132,10 @@ class PerturbedTokenDetection(nn.Module):
     """
 
     def __init__(self, *, ratio: float = 0.15, selection: str = "saliency", replacement: str = "hotflip",
-                 special_ids: list[int], mask_token_id: int | None, vocab_size: int):
+                 special_ids: list[int], mask_token_id: int | None, vocab_size: int,
+                 sentence_fraction: float = 1.0):
         super().__init__()
+        self.sentence_fraction = sentence_fraction
         if replacement == "mask" and mask_token_id is None:
             raise ValueError("replacement 'mask' needs a tokenizer with a mask token")
         self.ratio, self.selection, self.replacement = ratio, selection, replacement

@@ -31,6 +31,7 @@ from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.export import export_model
 from carl.model.momentum import gather_across_processes
 from carl.objectives import MomentumContrastiveLoss, PerturbedTokenDetection, VARegressionLoss
+from carl.objectives.perturbed_token_detection import sample_sentences
 from carl.text_io import write_text_atomic
 from carl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from carl.training.run_info import environment_info
@@ -89,7 +90,8 @@ class CarlTrainer:
         )
         self.mse_loss = VARegressionLoss()
         self.ptd = PerturbedTokenDetection(
-            ratio=cfg.objective.ptd.ratio, selection=cfg.objective.ptd.selection,
+            ratio=cfg.objective.ptd.ratio, sentence_fraction=cfg.objective.ptd.sentence_fraction,
+            selection=cfg.objective.ptd.selection,
             replacement=cfg.objective.ptd.replacement, special_ids=self.tokenizer.all_special_ids,
             mask_token_id=self.tokenizer.mask_token_id,
             vocab_size=backbone.get_input_embeddings().weight.shape[0],
@@ -178,15 +180,16 @@ class CarlTrainer:
         total = float(clean_loss.detach())
         if self.use_ptd:
             embedding_matrix = core.backbone.get_input_embeddings().weight.detach()
-            perturbed, positions = self.ptd.perturb(batch["input_ids"], batch["word_index"],
-                                                    core.input_gradient(), embedding_matrix)
+            mask, ids, words, grad = sample_sentences(self.ptd.sentence_fraction, batch["attention_mask"],
+                                                      batch["input_ids"], batch["word_index"], core.input_gradient())
+            perturbed, positions = self.ptd.perturb(ids, words, grad, embedding_matrix)
             with acc.autocast():
-                out_p = self.model(perturbed, batch["attention_mask"], heads=("token_logits",))
-            det = self.ptd(out_p.token_logits, positions, batch["attention_mask"])
+                out_p = self.model(perturbed, mask, heads=("token_logits",))
+            det = self.ptd(out_p.token_logits, positions, mask)
             self._check_finite(det.loss, logs)
             acc.backward(w.ptd_weight * det.loss)
             total += w.ptd_weight * float(det.loss.detach())
-            logs.update(ptd=float(det.loss.detach()), **det.diagnostics)
+            logs.update(ptd=float(det.loss.detach()), ptd_sentences=float(mask.shape[0]), **det.diagnostics)
         logs["loss"] = total
         return logs
 
