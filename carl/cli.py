@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override one config key, e.g. --set objective.name=mcl (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    evaluate = sub.add_parser("evaluate", help="ridge probe of frozen embeddings on EmoBank (VA Pearson r)")
+    evaluate = sub.add_parser(
+        "evaluate", help="ridge probe of frozen embeddings on EmoBank (VA Pearson r)",
+        description="Ridge probe of frozen embeddings on EmoBank. Under torchrun or accelerate launch the "
+                    "texts are sharded over the processes and the embeddings gathered (each once); the main "
+                    "process prints and writes.")
     _add_model_arg(evaluate)
     evaluate.add_argument("--output", "-o", help="write the metrics as JSON here")
     evaluate.add_argument("--limit", type=int, default=0, help="use the first N sentences of each split (0 = all)")
@@ -113,12 +118,29 @@ def _train(args) -> int:
     return 0
 
 
+def _join_launched_processes(args) -> bool:
+    """Under ``torchrun``/``accelerate launch`` (WORLD_SIZE > 1): join the process group (gloo for
+    ``--device cpu``, else NCCL with this rank's GPU) so that inference is sharded over the ranks.
+    Returns whether this process is the main one (the only one that prints and writes)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    from accelerate import PartialState
+
+    state = PartialState(cpu=args.device == "cpu")
+    if args.device != "cpu":
+        args.device = str(state.device)
+    return state.is_main_process
+
+
 def _evaluate(args) -> int:
     from carl.evaluation.va_probe import evaluate_emobank
 
+    main_process = _join_launched_processes(args)
     encoder = _load_encoder(args)
-    result = evaluate_emobank(encoder, batch_size=args.batch_size, show_progress=not args.no_progress,
+    result = evaluate_emobank(encoder, batch_size=args.batch_size, show_progress=not args.no_progress and main_process,
                               limit=args.limit)
+    if not main_process:
+        return 0
     m = result.metrics
     print(f"\nEmoBank test, ridge probe on frozen embeddings of {args.model}")
     print("| dimension | Pearson r | Spearman rho | MSE (0-1 scale) | ridge alpha |")

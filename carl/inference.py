@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from carl.explain import Explanation
 
 
+def _world_size() -> int:
+    """Processes in the default torch.distributed group (1 without one)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return 1
+    return torch.distributed.get_world_size()
+
+
 class Prediction(NamedTuple):
     """Valence [N] and arousal [N] on the model's declared scale (unpacks as a 2-tuple)."""
 
@@ -181,13 +188,21 @@ class AffectEncoder:
               show_progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Embeddings [N, H] float32 and standardised VA [N, 2] (``with_va``), in input order.
 
-        One forward pass gives both; :meth:`encode` and :meth:`predict` are views of it.
+        One forward pass gives both; :meth:`encode` and :meth:`predict` are views of it. Inside
+        a torch.distributed process group every rank embeds a share and gets the whole result.
         """
         texts = list(texts)
         if not texts:
             raise ValueError("no texts given")
         if with_va:
             self.require_heads("predict")
+        if _world_size() > 1:
+            return self._infer_sharded(texts, batch_size=batch_size, with_va=with_va, show_progress=show_progress)
+        return self._infer_local(texts, batch_size=batch_size, with_va=with_va, show_progress=show_progress)
+
+    def _infer_local(self, texts: list[str], *, batch_size: int, with_va: bool,
+                     show_progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """This process's pass over ``texts``: embeddings [N, H] and VA [N, 2] or None."""
         embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
         va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
         total = (len(texts) + batch_size - 1) // max(batch_size, 1)
@@ -197,6 +212,36 @@ class AffectEncoder:
             embeddings[rows] = emb.float().cpu().numpy()
             if va is not None:
                 va[rows] = z.float().cpu().numpy()
+        return embeddings, va
+
+    def _infer_sharded(self, texts: list[str], *, batch_size: int, with_va: bool,
+                       show_progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Under a process group: each rank embeds a contiguous share of the N texts, the shares
+        are gathered on every rank and written back by index, each row exactly once.
+
+        Every rank returns the full [N, H] (and [N, 2]) result, in input order.
+        """
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+        shares = np.array_split(np.arange(len(texts)), world)
+        mine = shares[rank]
+        local = (np.empty((0, self.dim), np.float32), np.empty((0, 2), np.float32) if with_va else None)
+        if len(mine):
+            local = self._infer_local([texts[i] for i in mine], batch_size=batch_size, with_va=with_va,
+                                      show_progress=show_progress and rank == 0)
+        parts: list = [None] * world
+        dist.all_gather_object(parts, (mine, *local))
+        seen = np.concatenate([rows for rows, _, _ in parts])
+        if len(seen) != len(texts) or len(np.unique(seen)) != len(texts):
+            raise RuntimeError(f"sharded inference covered {len(np.unique(seen))} of {len(texts)} texts "
+                               f"with {len(seen)} rows: the ranks disagree on the input")
+        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
+        va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
+        for rows, emb, z in parts:
+            embeddings[rows] = emb
+            if va is not None:
+                va[rows] = z
         return embeddings, va
 
     # -- public API -------------------------------------------------------------------------
