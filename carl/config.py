@@ -74,7 +74,7 @@ class PTDConfig:
     """Gradient-saliency perturbed token detection."""
 
     ratio: float = 0.15
-    sentence_fraction: float = 1.0  # share of each batch's sentences perturbed and detected
+    sentence_fraction: float = 0.5  # share of each batch's sentences perturbed and detected
     selection: str = "saliency"
     replacement: str = "hotflip"
     detector_hidden: int = 0  # 0: a linear token head; >0: one hidden layer of this size

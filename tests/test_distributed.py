@@ -69,9 +69,11 @@ def test_two_processes_with_split_batches_match_one_process(no_dropout_encoder, 
 
     Deliberate difference: token-level terms (the PTD BCE and detection accuracies) are means
     per rank, then averaged over ranks, which differs from a global token mean when the ranks
-    hold different numbers of tokens; so accuracies are not compared and losses get 5e-4.
+    hold different numbers of tokens; so accuracies are not compared and losses get 5e-4. The
+    PTD sentence share is drawn per rank (each rank detects on at least one of its sentences), so
+    the comparison perturbs every sentence (``sentence_fraction = 1``).
     """
-    overrides = _overrides(no_dropout_encoder, synthetic_csv)
+    overrides = _overrides(no_dropout_encoder, synthetic_csv) + ["objective.ptd.sentence_fraction=1.0"]
     sets = [arg for o in overrides for arg in ("--set", o)]
     single, double = tmp_path / "one", tmp_path / "two"
     one = subprocess.run([sys.executable, "-m", "carl.cli", "train", "--output", str(single), "--no-progress", *sets],
