@@ -1,7 +1,8 @@
 """Run under ``torchrun --nproc_per_node 2``: train briefly, then compare per-rank state.
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT_JSON RUN_DIR KEY=VALUE...
-Rank 0 writes whether the queues, queue labels and momentum encoders are identical on all ranks.
+Rank 0 writes whether the queues, queue labels and momentum encoders are identical on all ranks,
+and which sentences each rank's loader yields in one epoch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def main() -> None:
         "query_encoder": torch.cat([p.detach().flatten() for p in core.backbone.parameters()]),
     }
     report = {"world_size": dist.get_world_size(), "filled": int(core.queue.filled)}
+    trainer.sampler.set_epoch(0)  # one epoch of this rank's batches, as the loop draws them
+    batches = [b["index"].tolist() for b in trainer.loader]
+    per_rank: list = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, batches)
+    report["epoch_batches_per_rank"] = [len(b) for b in per_rank]
+    report["epoch_indices"] = sorted(i for rank in per_rank for batch in rank for i in batch)
+    report["train_size"] = len(trainer.train_data)
     for name, tensor in local.items():
         gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, tensor)

@@ -54,7 +54,9 @@ def _trace(run_dir: Path) -> list[dict]:
 
 def test_two_processes_share_one_queue_and_key_encoder(tiny_encoder, synthetic_csv, tmp_path):
     out = tmp_path / "ranks.json"
-    cmd = _torchrun(str(WORKER), str(out), str(tmp_path / "run"), *_overrides(tiny_encoder, synthetic_csv))
+    # 397 sentences in global batches of 2 x 16: 12 full batches and one of 13, split 7 + 6
+    cmd = _torchrun(str(WORKER), str(out), str(tmp_path / "run"), *_overrides(tiny_encoder, synthetic_csv),
+                    "data.limit=397")
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -62,6 +64,10 @@ def test_two_processes_share_one_queue_and_key_encoder(tiny_encoder, synthetic_c
     assert report["filled"] == 48  # 6 steps x 2 ranks x 16 keys, wrapped into 48 slots
     for name in ("queue_keys", "queue_labels", "key_encoder", "query_encoder"):
         assert report[f"{name}_max_diff"] == 0.0, name
+    # data sharding: one epoch covers every sentence exactly once, same step count on both ranks
+    assert report["train_size"] == 397
+    assert report["epoch_indices"] == list(range(397))
+    assert report["epoch_batches_per_rank"] == [13, 13]
 
 
 def test_two_processes_with_split_batches_match_one_process(no_dropout_encoder, synthetic_csv, tmp_path):

@@ -67,24 +67,39 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Shuffled batches of similar length; the order depends only on (seed, epoch).
 
     Indices are shuffled, cut into groups of ``group_batches`` batches, sorted by length within
-    each group, batched, and the batches shuffled again.
+    each group, cut into global batches of ``batch_size`` and the batches shuffled again.
+
+    With ``num_shards`` processes, every process builds the same global batches and takes the
+    ``shard``-th of ``num_shards`` contiguous, near-equal slices of each. So every sentence is
+    seen once per epoch by one process, all processes take the same number of steps, and a
+    short last batch is split unevenly (sizes differ by at most one) rather than padded with
+    repeated sentences; a batch smaller than ``num_shards`` joins the batch before it.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0,
-                 group_batches: int = 50):
+                 group_batches: int = 50, num_shards: int = 1, shard: int = 0):
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard {shard} outside 0..{num_shards - 1}")
+        if len(lengths) < num_shards:
+            raise ValueError(f"{len(lengths)} training sentences cannot be shared by {num_shards} processes")
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.group = batch_size * group_batches
+        self.num_shards, self.shard = num_shards, shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        n, b = len(self.lengths), self.batch_size
+        full_groups, rest = divmod(n, self.group)
+        count = full_groups * (self.group // b) + (rest + b - 1) // b
+        short = rest % b
+        return count - (1 if count > 1 and 0 < short < self.num_shards else 0)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _global_batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
@@ -92,5 +107,17 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         for start in range(0, len(order), self.group):
             group = sorted(order[start : start + self.group], key=self.lengths.__getitem__)
             batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < self.num_shards:
+            short = batches.pop()
+            batches[-1] = batches[-1] + short
         rng.shuffle(batches)
-        return iter(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            if self.num_shards == 1:
+                yield batch
+            else:
+                size, extra = divmod(len(batch), self.num_shards)
+                start = self.shard * size + min(self.shard, extra)
+                yield batch[start : start + size + (1 if self.shard < extra else 0)]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.linalg import LinAlgWarning
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold
@@ -91,8 +92,10 @@ def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev
     metrics, chosen = {}, {}
     predictions = np.zeros((len(test_x), len(DIMENSIONS)))
     for d, name in enumerate(DIMENSIONS):
-        best = _best(alphas, lambda a: pearson(Ridge(alpha=a).fit(tr, train_y[:, d]).predict(dv), dev_y[:, d]))
-        pred = Ridge(alpha=best).fit(tr, train_y[:, d]).predict(te)
+        with warnings.catch_warnings():  # the smallest alphas of the grid meet collinear features
+            warnings.simplefilter("ignore", LinAlgWarning)
+            best = _best(alphas, lambda a: pearson(Ridge(alpha=a).fit(tr, train_y[:, d]).predict(dv), dev_y[:, d]))
+            pred = Ridge(alpha=best).fit(tr, train_y[:, d]).predict(te)
         metrics.update(regression_metrics(pred, test_y[:, d], prefix=f"{name}_"))
         chosen[name] = best
         predictions[:, d] = pred

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -63,7 +63,6 @@ class CarlTrainer:
             # without a GPU, accelerate needs cpu=True to form a gloo group under torchrun
             cpu=not torch.cuda.is_available(),
             mixed_precision=config.train.mixed_precision,
-            dataloader_config=DataLoaderConfiguration(split_batches=config.train.split_batches),
             gradient_accumulation_steps=config.train.gradient_accumulation_steps,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
@@ -99,14 +98,17 @@ class CarlTrainer:
 
         dataset = TokenizedDataset(self.train_data.texts, self.train_data.labels, self.tokenizer,
                                    cfg.data.max_length)
-        self.sampler = LengthGroupedBatchSampler(dataset.lengths(), cfg.train.batch_size, seed=cfg.train.seed)
+        # every process draws the same global batches and takes its slice of each (the sampler
+        # shards, not accelerate, whose even_batches would repeat sentences to fill a short batch)
+        self.sampler = LengthGroupedBatchSampler(dataset.lengths(), self._global_batch(), seed=cfg.train.seed,
+                                                 num_shards=acc.num_processes, shard=acc.process_index)
         # the loader's own generator keeps iterator creation from consuming the global RNG,
         # so that a resumed run draws the same dropout masks as an uninterrupted one
-        loader = DataLoader(dataset, batch_sampler=self.sampler,
-                            collate_fn=PaddingCollator(self.tokenizer.pad_token_id),
-                            generator=torch.Generator().manual_seed(cfg.train.seed))
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler,
+                                 collate_fn=PaddingCollator(self.tokenizer.pad_token_id),
+                                 generator=torch.Generator().manual_seed(cfg.train.seed))
         optimizer = torch.optim.AdamW(self._parameter_groups(), lr=cfg.train.learning_rate)
-        self.model, self.optimizer, self.loader = acc.prepare(self.model, optimizer, loader)
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self.steps_per_epoch = max(1, len(self.loader) // cfg.train.gradient_accumulation_steps)
         self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
         self.scheduler = get_linear_schedule_with_warmup(
@@ -239,6 +241,7 @@ class CarlTrainer:
         loader = acc.skip_first_batches(self.loader, self.batch_in_epoch) if self.batch_in_epoch else self.loader
         started, pending = time.perf_counter(), []
         for batch in loader:
+            batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             self.batch_in_epoch += 1
             with acc.accumulate(self.model):
                 pending.append(self.training_step(batch))
