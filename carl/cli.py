@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from carl.config import config_defaults, load_config
@@ -113,29 +114,42 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     started = time.time()
     trainer = CarlTrainer(cfg, args.output, show_progress=not args.no_progress)
-    model_dir = trainer.train()
+    try:
+        model_dir = trainer.train()
+    finally:
+        trainer.close()
     trainer.accelerator.print(f"trained {cfg.objective.name} in {time.time() - started:.0f} s; model: {model_dir}")
     return 0
 
 
-def _join_launched_processes(args) -> bool:
+@contextmanager
+def _launched_processes(args):
     """Under ``torchrun``/``accelerate launch`` (WORLD_SIZE > 1): join the process group (gloo for
-    ``--device cpu``, else NCCL with this rank's GPU) so that inference is sharded over the ranks.
-    Returns whether this process is the main one (the only one that prints and writes)."""
+    ``--device cpu``, else NCCL with this rank's GPU) so that inference is sharded over the ranks,
+    and leave it at the end. Yields whether this process is the main one (the only one that
+    prints and writes)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return True
+        yield True
+        return
     from accelerate import PartialState
 
     state = PartialState(cpu=args.device == "cpu")
     if args.device != "cpu":
         args.device = str(state.device)
-    return state.is_main_process
+    try:
+        yield state.is_main_process
+    finally:
+        state.destroy_process_group()
 
 
 def _evaluate(args) -> int:
+    with _launched_processes(args) as main_process:
+        return _evaluate_here(args, main_process)
+
+
+def _evaluate_here(args, main_process: bool) -> int:
     from carl.evaluation.va_probe import evaluate_emobank
 
-    main_process = _join_launched_processes(args)
     encoder = _load_encoder(args)
     result = evaluate_emobank(encoder, batch_size=args.batch_size, show_progress=not args.no_progress and main_process,
                               limit=args.limit)

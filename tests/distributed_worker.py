@@ -43,6 +43,7 @@ def main() -> None:
     if dist.get_rank() == 0:
         with open(out_json, "w", encoding="utf-8") as f:
             json.dump(report, f)
+    trainer.close()
 
 
 if __name__ == "__main__":

