@@ -142,3 +142,20 @@ def test_sharded_inference_gathers_every_text_once_in_order(tiny_encoder, synthe
         assert got["embeddings"].shape == embeddings.shape and got["va"].shape == va.shape
         np.testing.assert_allclose(got["embeddings"], embeddings, atol=1e-5)
         np.testing.assert_allclose(got["va"], va, atol=1e-5)
+
+
+def test_carl_evaluate_under_torchrun_prints_once_and_matches_one_process(tiny_encoder, tmp_path):
+    """``carl evaluate`` on 2 gloo processes: one table, one JSON, the 1-process numbers."""
+    common = ["-m", "carl.cli", "evaluate", tiny_encoder, "--limit", "40", "--no-progress", "--batch-size", "8"]
+    one = subprocess.run([sys.executable, *common, "--output", str(tmp_path / "one.json")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(_torchrun(*common, "--output", str(tmp_path / "two.json")),
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("EmoBank test, ridge probe") == 1
+    a = json.loads((tmp_path / "one.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "two.json").read_text())["metrics"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
