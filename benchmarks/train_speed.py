@@ -7,7 +7,9 @@
 Each cell runs ``carl train`` (through torchrun when N > 1) on the first sentences of EmoBank
 for ``--steps`` optimizer steps with the same backbone and per-process batch, reads the per-step
 times from metrics.jsonl (the first ``--warmup`` steps dropped) and reports samples per second and
-each objective's step time relative to mse at the same process count. Torch threads per process
+each objective's step time relative to mse at the same process count (with ``--repeats R`` the
+cells run R times interleaved; the ratio is taken within each repeat and its median, minimum and
+maximum reported, because this machine's speed drifts between runs). Torch threads per process
 are ``cores // N`` so that 1 and N processes use the same cores. An objective may carry its own
 overrides after ``+`` (comma-separated); ``--set`` applies to every cell (e.g.
 ``train.mixed_precision=bf16``). On a CUDA machine each process takes one GPU, so N is at most
@@ -60,14 +62,31 @@ def run_cell(variant: str, processes: int, args, workdir: Path) -> dict:
             "median_step_s": step, "samples_per_s": args.batch_size * processes / step, "steps_timed": len(times)}
 
 
-def report(cells: list[dict], command: str, env: dict) -> str:
-    base = {c["processes"]: c["median_step_s"] for c in cells if c["objective"] == "mse"}
-    lines = ["| objective | processes | threads each | median step (s) | samples/s | step time / mse |",
-             "|---|---|---|---|---|---|"]
+def summarise(cells: list[dict]) -> list[dict]:
+    """One row per (objective, processes): median over repeats of the step time, and the ratio to
+    mse taken within each repeat (median, min, max), so machine drift between repeats cancels."""
+    rows: dict[tuple[str, int], dict] = {}
     for c in cells:
-        ratio = c["median_step_s"] / base[c["processes"]] if c["processes"] in base else float("nan")
-        lines.append(f"| {c['objective']} | {c['processes']} | {c['threads_per_process']} | "
-                     f"{c['median_step_s']:.3f} | {c['samples_per_s']:.1f} | {ratio:.2f} |")
+        row = rows.setdefault((c["objective"], c["processes"]), {**c, "steps": [], "ratios": []})
+        row["steps"].append(c["median_step_s"])
+        base = next((b for b in cells if b["objective"] == "mse" and b["processes"] == c["processes"]
+                     and b["repeat"] == c["repeat"]), None)
+        if base:
+            row["ratios"].append(c["median_step_s"] / base["median_step_s"])
+    for row in rows.values():
+        row["median_step_s"] = statistics.median(row["steps"])
+        row["samples_per_s"] = row["samples_per_s"] * row["steps"][0] / row["median_step_s"]
+    return list(rows.values())
+
+
+def report(cells: list[dict], command: str, env: dict) -> str:
+    lines = ["| objective | processes | threads each | median step (s) | samples/s | step time / mse (median; min-max over repeats) |",
+             "|---|---|---|---|---|---|"]
+    for r in summarise(cells):
+        ratio = (f"{statistics.median(r['ratios']):.2f}; {min(r['ratios']):.2f}-{max(r['ratios']):.2f}"
+                 if r["ratios"] else "n/a")
+        lines.append(f"| {r['objective']} | {r['processes']} | {r['threads_per_process']} | "
+                     f"{r['median_step_s']:.3f} | {r['samples_per_s']:.1f} | {ratio} |")
     hw = f"{env.get('processor')} ({env.get('cpu_count')} cores), torch {env['versions'].get('torch')}"
     if env.get("gpus"):
         hw += f", GPU: {', '.join(env['gpus'])}"
@@ -84,14 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default="minilm-l6")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every cell, e.g. train.mixed_precision=bf16")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every cell this many times, interleaved (default 1)")
     parser.add_argument("--out", default="benchmarks/results/train_speed")
     args = parser.parse_args(argv)
     cells = []
     with tempfile.TemporaryDirectory() as tmp:
-        for processes in args.processes:
-            for objective in args.objectives:
-                cells.append(run_cell(objective, processes, args, Path(tmp)))
-                print(json.dumps(cells[-1]), flush=True)
+        for repeat in range(args.repeats):
+            for processes in args.processes:
+                for objective in args.objectives:
+                    cells.append({**run_cell(objective, processes, args, Path(tmp)), "repeat": repeat})
+                    print(json.dumps(cells[-1]), flush=True)
     env = environment_info()
     command = "python " + " ".join(sys.argv)
     out = Path(args.out)
