@@ -22,16 +22,10 @@ from tqdm.auto import tqdm
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.export import load_heads
+from carl.model.momentum import world_size
 
 if TYPE_CHECKING:
     from carl.explain import Explanation
-
-
-def _world_size() -> int:
-    """Processes in the default torch.distributed group (1 without one)."""
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return 1
-    return torch.distributed.get_world_size()
 
 
 class Prediction(NamedTuple):
@@ -196,7 +190,7 @@ class AffectEncoder:
             raise ValueError("no texts given")
         if with_va:
             self.require_heads("predict")
-        if _world_size() > 1:
+        if world_size() > 1:
             return self._infer_sharded(texts, batch_size=batch_size, with_va=with_va, show_progress=show_progress)
         return self._infer_local(texts, batch_size=batch_size, with_va=with_va, show_progress=show_progress)
 

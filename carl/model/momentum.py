@@ -9,14 +9,19 @@ import torch.distributed as dist
 from torch import nn
 
 
+def world_size() -> int:
+    """Processes in the default torch.distributed group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def gather_across_processes(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` [n_rank, ...] from every process along dim 0 (rank order).
 
     A no-op without an initialised process group; handles unequal ``n_rank``.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    world = world_size()
+    if world == 1:
         return tensor
-    world = dist.get_world_size()
     size = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
