@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -130,3 +131,22 @@ def test_exploding_learning_rate_raises_training_diverged(tmp_path, tiny_overrid
     # the last good checkpoint holds finite weights
     weights = load_file(str(last / "model.safetensors"))
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
+
+
+@pytest.mark.parametrize("objective", [["objective.name=mse"], ["objective.name=mcl", "objective.mcl.queue_size=0"]],
+                         ids=["mse", "mcl-no-queue"])
+def test_runs_with_an_empty_queue_resume(tmp_path, resume_overrides, objective):
+    """Without a queue (mse; mcl with in-batch keys) a checkpoint loads and the resumed trace matches."""
+    overrides = resume_overrides + objective + ["train.max_steps=4", "train.checkpoint_every=2"]
+    CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
+    want = metrics(tmp_path)
+    # rewind to the step-2 checkpoint, as if the run had been killed after step 3
+    shutil.rmtree(tmp_path / "checkpoints" / "step-4")
+    shutil.rmtree(tmp_path / "model")
+    (tmp_path / "checkpoints" / "latest").write_text("step-2\n")
+    CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
+    got = metrics(tmp_path)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(got, want):
+        for key in set(a) - TIMING_KEYS:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), (a["step"], key)

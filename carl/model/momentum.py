@@ -42,8 +42,10 @@ class MomentumQueue(nn.Module):
     def __init__(self, size: int, dim: int, label_dim: int = 2):
         super().__init__()
         self.size = size
-        self.register_buffer("keys", torch.zeros(size, dim))
-        self.register_buffer("labels", torch.zeros(size, label_dim))
+        # an empty queue (no key encoder, or in-batch keys only) is not saved: its two empty
+        # buffers would share one null storage, which safetensors de-duplicates on save
+        self.register_buffer("keys", torch.zeros(size, dim), persistent=size > 0)
+        self.register_buffer("labels", torch.zeros(size, label_dim), persistent=size > 0)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
 
