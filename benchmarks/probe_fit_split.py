@@ -17,14 +17,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import pearsonr
 from sklearn.linear_model import RidgeCV
 
 from carl.data.emobank import load_emobank
+from carl.evaluation.metrics import pearson
+from carl.evaluation.probe import DIMENSIONS
 from carl.inference import AffectEncoder
 
+# leave-one-out alpha on the fitting set itself, not carl's dev-selected ``ridge_probe``: the
+# dev-fitted probe must not choose its alpha on the other split
 ALPHAS = np.logspace(-3, 3, 13)
-DIMENSIONS = ("valence", "arousal")
 
 
 def probe_test_r(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], fit: str) -> dict[str, float]:
@@ -32,7 +34,7 @@ def probe_test_r(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
     scores = {}
     for j, name in enumerate(DIMENSIONS):
         ridge = RidgeCV(alphas=ALPHAS).fit(features[fit], labels[fit][:, j])
-        scores[name] = float(pearsonr(ridge.predict(features["test"]), labels["test"][:, j])[0])
+        scores[name] = pearson(ridge.predict(features["test"]), labels["test"][:, j])
     return scores
 
 

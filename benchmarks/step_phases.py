@@ -1,10 +1,10 @@
 """Where a training step's time goes, per objective: forward passes, backward, HotFlip, optimizer, EMA.
 
     python benchmarks/step_phases.py [--objectives mse mcl carl] [--steps 20] [--warmup 5] \
-        [--out benchmarks/results/step_phases] [--set KEY=VALUE]
+        [--batch-size 32] [--out benchmarks/results/step_phases] [--set KEY=VALUE]
 
 Each objective trains ``--steps`` steps of the default configuration on the first EmoBank
-sentences (one process, torch's thread count), with the trainer's model passes, backward calls,
+sentences (one process, torch's thread count; the overrides of ``train_speed.py``), with the trainer's model passes, backward calls,
 PTD perturbation, optimizer step and momentum update wrapped by wall-clock timers. Reports the mean
 milliseconds per step of each phase after ``--warmup`` steps, the rest of the step (data, logging,
 clipping) and each objective's whole step relative to mse. Writes results.json and report.md.
@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from carl.config import load_config
-from carl.training.trainer import CarlTrainer
 from carl.training.run_info import environment_info
+from carl.training.trainer import CarlTrainer
+from train_speed import timing_overrides
 
 
 class PhaseTimer:
@@ -45,12 +46,15 @@ class PhaseTimer:
 
 
 def profile(objective: str, args) -> dict:
-    cfg = load_config(None, [f"objective.name={objective}", f"train.max_steps={args.steps + args.warmup}",
-                             "train.checkpoint_every=0", f"data.limit={(args.steps + args.warmup) * 32 + 64}",
-                             "objective.mcl.queue_size=64", "train.warmup_ratio=0", *args.overrides])
+    with tempfile.TemporaryDirectory(prefix="carl-phases-") as run_dir:
+        return _profile_in(objective, args, Path(run_dir))
+
+
+def _profile_in(objective: str, args, run_dir: Path) -> dict:
+    cfg = load_config(None, [*timing_overrides(objective, args.steps + args.warmup, args.batch_size), *args.overrides])
     # the timer wraps optimizer.step after the scheduler was built, which torch warns about
     warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
-    trainer = CarlTrainer(cfg, tempfile.mkdtemp(prefix="carl-phases-"), show_progress=False)
+    trainer = CarlTrainer(cfg, run_dir, show_progress=False)
     timer, model = PhaseTimer(args.warmup), trainer.model
     model.forward = timer.wrap(lambda *a, heads=(), **k: "forward " + "+".join(heads), model.forward)
     model.encode_keys = timer.wrap("key encoder forward", model.encode_keys)
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=["mse", "mcl", "carl"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_phases"))
     args = parser.parse_args()
@@ -90,7 +95,7 @@ def main() -> None:
     lines = ["# Where a training step's time goes (ms per step)", "",
              f"Hardware: {info['processor']} ({info['cpu_count']} cores), torch {info['versions'].get('torch')}, "
              f"{torch.get_num_threads()} threads; "
-             f"{args.steps} timed steps after {args.warmup} warm-up steps, batch 32.", ""]
+             f"{args.steps} timed steps after {args.warmup} warm-up steps, batch {args.batch_size}.", ""]
     for r in rows:
         ratio = f", {r['step_ms'] / base:.2f}x mse" if base else ""
         lines += [f"## {r['objective']}: {r['step_ms']:.0f} ms per step{ratio}", "", "| phase | ms |", "|---|---:|"]

@@ -37,15 +37,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def timing_overrides(objective: str, steps: int, batch_size: int, processes: int = 1) -> list[str]:
+    """Config overrides of a timing run: ``steps`` steps at full learning rate on just enough of the
+    first EmoBank sentences, a 64-key queue (filled within the first steps), no checkpoints."""
+    return [f"objective.name={objective}", f"train.max_steps={steps}", f"train.batch_size={batch_size}",
+            f"data.limit={steps * batch_size * processes + 64}", "objective.mcl.queue_size=64",
+            "train.warmup_ratio=0", "train.checkpoint_every=0"]
+
+
 def run_cell(variant: str, processes: int, args, workdir: Path) -> dict:
     """``variant`` is an objective name, optionally ``+key=value,key=value`` after it."""
     objective, _, extra = variant.partition("+")
     threads = max(1, (os.cpu_count() or 1) // processes)
     out = workdir / f"cell{len(list(workdir.iterdir()))}-p{processes}"
-    sets = [f"objective.name={objective}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
-            f"model.encoder={args.encoder}", f"train.num_threads={threads}", "train.checkpoint_every=0",
-            f"data.limit={args.steps * args.batch_size * processes + 64}", "objective.mcl.queue_size=64",
-            "train.warmup_ratio=0", *args.overrides, *filter(None, extra.split(","))]
+    sets = [*timing_overrides(objective, args.steps, args.batch_size, processes), f"model.encoder={args.encoder}",
+            f"train.num_threads={threads}", *args.overrides, *filter(None, extra.split(","))]
     cli = ["-m", "carl.cli", "train", "--output", str(out), "--no-progress",
            *[a for s in sets for a in ("--set", s)]]
     launcher = [sys.executable] if processes == 1 else [

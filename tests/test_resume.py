@@ -140,7 +140,7 @@ def test_runs_with_an_empty_queue_resume(tmp_path, resume_overrides, objective):
     overrides = resume_overrides + objective + ["train.max_steps=4", "train.checkpoint_every=2"]
     CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
     want = metrics(tmp_path)
-    # rewind to the step-2 checkpoint, as if the run had been killed after step 3
+    # rewind to the step-2 checkpoint, as if the run had been killed before its step-4 checkpoint
     shutil.rmtree(tmp_path / "checkpoints" / "step-4")
     shutil.rmtree(tmp_path / "model")
     (tmp_path / "checkpoints" / "latest").write_text("step-2\n")
