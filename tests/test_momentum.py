@@ -107,6 +107,22 @@ def test_queue_state_is_saved_as_buffers():
     other.load_state_dict(state)
     assert torch.equal(other.contents()[0], queue.contents()[0])
     assert int(other.ptr) == 3
+    # the loaded position and fill count carry on: the next keys go to slots 3, 4 and wrap to 0
+    for q in (queue, other):
+        q.enqueue(*numbered_keys(3, 3))
+    assert torch.equal(other.keys, queue.keys) and torch.equal(other.labels, queue.labels)
+    assert int(other.ptr) == int(queue.ptr) == 1 and int(other.filled) == 5
+
+
+def test_queue_loaded_into_a_used_queue_replaces_its_position():
+    saved = MomentumQueue(5, 3)
+    saved.enqueue(*numbered_keys(0, 2))
+    used = MomentumQueue(5, 3)
+    used.enqueue(*numbered_keys(10, 4))
+    used.load_state_dict(saved.state_dict())
+    assert len(used.contents()[0]) == 2
+    used.enqueue(*numbered_keys(2, 1))
+    assert int(used.ptr) == 3 and int(used.filled) == 3
 
 
 def test_gather_is_identity_without_process_group():

@@ -241,10 +241,10 @@ def test_detection_loss_hand_example():
     terms = [softplus(-2.0), softplus(-1.0), softplus(0.5), softplus(-3.0), softplus(1.0)]
     assert out.loss.item() == pytest.approx(sum(terms) / 5, abs=1e-6)
     # perturbed valid: (0,0) predicted yes -> hit; (1,1) predicted no -> miss
-    assert out.diagnostics["ptd_acc_perturbed"] == pytest.approx(0.5)
+    assert float(out.diagnostics["ptd_acc_perturbed"]) == pytest.approx(0.5)
     # clean valid: (0,1) no -> hit; (0,2) yes -> miss; (1,0) no -> hit
-    assert out.diagnostics["ptd_acc_clean"] == pytest.approx(2 / 3)
-    assert out.diagnostics["ptd_perturbed_fraction"] == pytest.approx(2 / 5)
+    assert float(out.diagnostics["ptd_acc_clean"]) == pytest.approx(2 / 3)
+    assert float(out.diagnostics["ptd_perturbed_fraction"]) == pytest.approx(2 / 5)
 
 
 def test_detection_loss_matches_masked_bce():

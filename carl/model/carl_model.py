@@ -7,12 +7,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from carl.model.heads import ProjectionHead, RegressionHead, TokenDetectionHead
 from carl.model.momentum import MomentumEncoder, MomentumQueue
 from carl.model.pooling import pool
+
+# Attention kernels of every encoder pass: all but cuDNN's. torch prefers cuDNN's for bf16/fp16 on
+# Hopper GPUs, and it builds a new execution plan for every new sequence length (about 10 ms per
+# layer and call on an H100: a bf16 training step with length-grouped batches ran 8x slower than
+# fp32); carl's batches bring a new length nearly every step. Measured in
+# benchmarks/results/profile_step_gpu/.
+ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -76,7 +84,8 @@ class CarlModel(nn.Module):
 
     def _encode(self, backbone: nn.Module, input_ids, attention_mask, inputs_embeds=None):
         kwargs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
-        hidden = backbone(attention_mask=attention_mask, **kwargs).last_hidden_state  # [B, T, H]
+        with sdpa_kernel(ATTENTION_KERNELS):
+            hidden = backbone(attention_mask=attention_mask, **kwargs).last_hidden_state  # [B, T, H]
         return hidden, pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,

@@ -36,7 +36,9 @@ def gather_across_processes(tensor: torch.Tensor) -> torch.Tensor:
 class MomentumQueue(nn.Module):
     """FIFO queue of ``size`` past keys [Q, P] with their labels [Q, L], as buffers.
 
-    The enqueue wraps around for any batch size; only filled slots are returned.
+    The enqueue wraps around for any batch size; only filled slots are returned. The write
+    position and fill count are buffers (saved with checkpoints) mirrored by host integers, so
+    that neither ``contents`` nor ``enqueue`` waits for the device.
     """
 
     def __init__(self, size: int, dim: int, label_dim: int = 2):
@@ -48,10 +50,21 @@ class MomentumQueue(nn.Module):
         self.register_buffer("labels", torch.zeros(size, label_dim), persistent=size > 0)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self._host_counts: tuple[int, int] | None = (0, 0)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_counts = None  # re-read the loaded buffers on next use
+
+    def _counts(self) -> tuple[int, int]:
+        """(ptr, filled) as host integers."""
+        if self._host_counts is None:
+            self._host_counts = (int(self.ptr), int(self.filled))
+        return self._host_counts
 
     def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Filled keys [F, P] and labels [F, L], F <= Q."""
-        n = int(self.filled)
+        n = self._counts()[1]
         return self.keys[:n], self.labels[:n]
 
     @torch.no_grad()
@@ -61,11 +74,13 @@ class MomentumQueue(nn.Module):
             return
         keys, labels = keys[-self.size :], labels[-self.size :]
         n = keys.shape[0]
-        index = (int(self.ptr) + torch.arange(n, device=self.keys.device)) % self.size
+        ptr, filled = self._counts()
+        index = (ptr + torch.arange(n, device=self.keys.device)) % self.size
         self.keys[index] = keys.detach().to(self.keys.dtype)
         self.labels[index] = labels.detach().to(self.labels.dtype)
-        self.ptr.fill_((int(self.ptr) + n) % self.size)
-        self.filled.fill_(min(int(self.filled) + n, self.size))
+        self._host_counts = ((ptr + n) % self.size, min(filled + n, self.size))
+        self.ptr.fill_(self._host_counts[0])
+        self.filled.fill_(self._host_counts[1])
 
 
 class MomentumEncoder(nn.Module):
@@ -81,6 +96,10 @@ class MomentumEncoder(nn.Module):
     @torch.no_grad()
     def update(self, modules: dict[str, nn.Module]) -> None:
         """EMA step from the query modules (same names as at construction)."""
+        keys, queries = [], []
         for name, query in modules.items():
-            for key_param, query_param in zip(self.parts[name].parameters(), query.parameters()):
-                key_param.mul_(self.momentum).add_(query_param.detach(), alpha=1.0 - self.momentum)
+            keys += list(self.parts[name].parameters())
+            queries += [p.detach() for p in query.parameters()]
+        # one multi-tensor kernel per operation instead of two launches per parameter
+        torch._foreach_mul_(keys, self.momentum)
+        torch._foreach_add_(keys, queries, alpha=1.0 - self.momentum)

@@ -81,10 +81,10 @@ class MomentumContrastiveLoss(nn.Module):
             rows = torch.arange(len(own_index), device=logits.device)
             entropy = -(targets * targets.clamp(min=1e-12).log()).sum(-1).mean()
             diagnostics = {
-                "mcl_kl": float(loss - entropy),
-                "mcl_target_entropy": float(entropy),
-                "mcl_own_key_prob": float(log_probs[rows, own_index].exp().mean()),
-                "mcl_top1_own": float((logits.argmax(-1) == own_index).float().mean()),
+                "mcl_kl": loss.detach() - entropy,
+                "mcl_target_entropy": entropy,
+                "mcl_own_key_prob": log_probs[rows, own_index].exp().mean(),
+                "mcl_top1_own": (logits.argmax(-1) == own_index).float().mean(),
                 "mcl_num_keys": float(keys.shape[0]),
             }
         return ObjectiveOutput(loss=loss, diagnostics=diagnostics)

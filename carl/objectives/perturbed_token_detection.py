@@ -101,19 +101,21 @@ def random_replacements(input_ids: torch.Tensor, banned: torch.Tensor) -> torch.
 
 
 def detection_loss(logits: torch.Tensor, perturbed: torch.Tensor, attention_mask: torch.Tensor) -> ObjectiveOutput:
-    """BCE of token logits [B, T] against perturbed positions [B, T] over non-padding tokens."""
-    valid = attention_mask.bool()
-    target = perturbed.float()
-    loss = F.binary_cross_entropy_with_logits(logits.float()[valid], target[valid])
+    """BCE of token logits [B, T] against perturbed positions [B, T], averaged over non-padding tokens.
+
+    Masked sums rather than boolean indexing, so that nothing waits for the device.
+    """
+    valid = attention_mask.float()
+    per_token = F.binary_cross_entropy_with_logits(logits.float(), perturbed.float(), reduction="none")
+    loss = (per_token * valid).sum() / valid.sum()
     with torch.no_grad():
-        predicted = logits > 0
-        hit = predicted == perturbed
-        on_perturbed = perturbed & valid
-        on_clean = ~perturbed & valid
-        diagnostics = {
-            "ptd_acc_perturbed": float(hit[on_perturbed].float().mean()) if on_perturbed.any() else 0.0,
-            "ptd_acc_clean": float(hit[on_clean].float().mean()) if on_clean.any() else 0.0,
-            "ptd_perturbed_fraction": float(on_perturbed.sum() / valid.sum()),
+        hit = ((logits > 0) == perturbed).float()
+        on_perturbed = perturbed.float() * valid
+        on_clean = valid - on_perturbed
+        diagnostics = {  # 0 where a batch has no such token
+            "ptd_acc_perturbed": (hit * on_perturbed).sum() / on_perturbed.sum().clamp(min=1),
+            "ptd_acc_clean": (hit * on_clean).sum() / on_clean.sum().clamp(min=1),
+            "ptd_perturbed_fraction": on_perturbed.sum() / valid.sum(),
         }
     return ObjectiveOutput(loss, diagnostics)
 
@@ -153,15 +155,16 @@ class PerturbedTokenDetection(nn.Module):
             noise = torch.rand(word_index.shape, device=input_ids.device)
             scores = _scatter_words(noise, word_index)
         positions = positions_from_words(select_words(scores, self.ratio), word_index)
-        original = input_ids[positions]  # [N]
+        where = positions.nonzero(as_tuple=True)  # one device read of N, not one per indexing
+        original = input_ids[where]  # [N]
         if self.replacement == "hotflip":
-            new = hotflip_replacements(original, input_grad[positions], embedding_matrix, self.banned)
+            new = hotflip_replacements(original, input_grad[where], embedding_matrix, self.banned)
         elif self.replacement == "random":
             new = random_replacements(original, self.banned)
         else:
             new = torch.full_like(original, self.mask_token_id)
         perturbed = input_ids.clone()
-        perturbed[positions] = new
+        perturbed[where] = new
         return perturbed, positions
 
     def forward(self, token_logits, positions, attention_mask) -> ObjectiveOutput:

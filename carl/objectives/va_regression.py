@@ -16,4 +16,4 @@ class VARegressionLoss(nn.Module):
         loss = F.mse_loss(predictions.float(), labels.float())
         with torch.no_grad():
             per_dim = (predictions.float() - labels.float()).pow(2).mean(0)
-        return ObjectiveOutput(loss, {"mse_valence": float(per_dim[0]), "mse_arousal": float(per_dim[1])})
+        return ObjectiveOutput(loss, {"mse_valence": per_dim[0], "mse_arousal": per_dim[1]})

@@ -152,8 +152,9 @@ class CarlTrainer:
                 for (no_decay, is_head), params in groups.items()]
 
     # --------------------------------------------------------------- one step
-    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Forward, backward (clean and, for carl, perturbed pass); returns logged values."""
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
+        """Forward, backward (clean and, for carl, perturbed pass); returns the values to log,
+        left on the device (``_log`` reads a step's values in one transfer)."""
         acc, w = self.accelerator, self.cfg.objective
         core = acc.unwrap_model(self.model)
         labels = core.standardise(batch["labels"])
@@ -161,7 +162,7 @@ class CarlTrainer:
             heads = ("query",) * self.use_mcl + ("va",) * self.use_mse
             out = self.model(batch["input_ids"], batch["attention_mask"], heads=heads,
                              track_input_grad=self.use_ptd)
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor | float] = {}
         clean_loss = out.embedding.new_zeros((), dtype=torch.float32)
         if self.use_mcl:
             with acc.autocast():
@@ -171,16 +172,15 @@ class CarlTrainer:
             key_labels = core.standardise(torch.cat([batch_labels, queue_labels]))
             mcl = self.mcl_loss(out.query, torch.cat([batch_keys, queue_keys]), labels, key_labels, own)
             clean_loss = clean_loss + w.mcl_weight * mcl.loss
-            logs.update(mcl=float(mcl.loss.detach()), **mcl.diagnostics)
+            logs.update(mcl=mcl.loss.detach(), **mcl.diagnostics)
             self._pending_enqueue = (batch_keys, batch_labels)
         if self.use_mse:
             mse = self.mse_loss(out.va, labels)
             weight = 1.0 if self.cfg.objective.name == "mse" else w.mse_weight
             clean_loss = clean_loss + weight * mse.loss
-            logs.update(mse=float(mse.loss.detach()), **mse.diagnostics)
-        self._check_finite(clean_loss, logs)
+            logs.update(mse=mse.loss.detach(), **mse.diagnostics)
         acc.backward(clean_loss)
-        total = float(clean_loss.detach())
+        total = clean_loss.detach()
         if self.use_ptd:
             embedding_matrix = core.backbone.get_input_embeddings().weight.detach()
             mask, ids, words, grad = sample_sentences(self.ptd.sentence_fraction, batch["attention_mask"],
@@ -189,29 +189,20 @@ class CarlTrainer:
             with acc.autocast():
                 out_p = self.model(perturbed, mask, heads=("token_logits",))
             det = self.ptd(out_p.token_logits, positions, mask)
-            self._check_finite(det.loss, logs)
             acc.backward(w.ptd_weight * det.loss)
-            total += w.ptd_weight * float(det.loss.detach())
-            logs.update(ptd=float(det.loss.detach()), ptd_sentences=float(mask.shape[0]), **det.diagnostics)
+            total = total + w.ptd_weight * det.loss.detach()
+            logs.update(ptd=det.loss.detach(), ptd_sentences=float(mask.shape[0]), **det.diagnostics)
         logs["loss"] = total
         return logs
 
     def _gather_batch_keys(self, keys, labels):
         """Keys [B, P] and raw labels [B, 2] from every process; own-key columns [B] of this rank."""
-        acc = self.accelerator
-        sizes = gather_across_processes(torch.tensor([keys.shape[0]], device=keys.device))
-        offset = int(sizes[: acc.process_index].sum())
+        acc, offset = self.accelerator, 0
+        if acc.num_processes > 1:
+            sizes = gather_across_processes(torch.tensor([keys.shape[0]], device=keys.device))
+            offset = int(sizes[: acc.process_index].sum())
         own = offset + torch.arange(keys.shape[0], device=keys.device)
         return gather_across_processes(keys), gather_across_processes(labels.float()), own
-
-    def _check_finite(self, loss: torch.Tensor, logs: dict) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.accelerator.device)
-        if float(self.accelerator.reduce(bad, reduction="sum")) > 0:
-            last = latest_checkpoint(self.out)
-            raise TrainingDiverged(
-                f"non-finite loss at step {self.step + 1} (components: {logs}); stopping. "
-                f"The last good checkpoint is {last or 'none yet'}. Check the data, or train into a "
-                f"new --output with a lower train.learning_rate.")
 
     def close(self) -> None:
         """Release the (DDP-wrapped) model and optimizer, then leave the process group.
@@ -267,10 +258,9 @@ class CarlTrainer:
             self.scheduler.step()
             self.accelerator.unwrap_model(self.model).momentum_update()
             self.step += 1
-            elapsed = time.perf_counter() - started
-            self._log(pending, grad_norm, elapsed)
+            loss = self._log(pending, grad_norm, started)
             bar.update(1)
-            bar.set_postfix(loss=f"{pending[-1]['loss']:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             started, pending = time.perf_counter(), []
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self._save()
@@ -287,18 +277,31 @@ class CarlTrainer:
             self._pending_enqueue = None
 
     # ------------------------------------------------------------ bookkeeping
-    def _log(self, micro_logs: list[dict], grad_norm, elapsed: float) -> None:
-        """Average the step's values over micro-batches and processes; rank 0 appends a line."""
+    def _log(self, micro_logs: list[dict], grad_norm, started: float) -> float:
+        """Average the step's values over micro-batches and processes (the step's one read from
+        the device, which ends its timing at ``started``); stop on a non-finite loss; rank 0
+        appends a line. Returns the loss."""
         keys = list(micro_logs[0])
-        local = torch.tensor([[m[k] for k in keys] for m in micro_logs], dtype=torch.float64).mean(0)
-        values = self.accelerator.reduce(local.to(self.accelerator.device), reduction="mean").tolist()
-        if not self.accelerator.is_main_process:
-            return
-        record = {"step": self.step, "epoch": self.epoch, **dict(zip(keys, values))}
-        record.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), step_time=elapsed,
-                      samples_per_s=self._global_batch() * len(micro_logs) / max(elapsed, 1e-9))
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        device = self.accelerator.device
+        local = torch.stack([torch.stack([torch.as_tensor(m[k], dtype=torch.float64, device=device) for k in keys])
+                             for m in micro_logs]).mean(0)
+        local = torch.cat([local, torch.as_tensor(grad_norm, dtype=torch.float64, device=device).reshape(1)])
+        *values, grad_norm = self.accelerator.reduce(local, reduction="mean").tolist()
+        elapsed = time.perf_counter() - started
+        record = dict(zip(keys, values))
+        if not math.isfinite(record["loss"]):
+            last = latest_checkpoint(self.out)
+            raise TrainingDiverged(
+                f"non-finite loss at step {self.step} (components: {record}); stopping. "
+                f"The last good checkpoint is {last or 'none yet'}. Check the data, or train into a "
+                f"new --output with a lower train.learning_rate.")
+        if self.accelerator.is_main_process:
+            record = {"step": self.step, "epoch": self.epoch, **record}
+            record.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, step_time=elapsed,
+                          samples_per_s=self._global_batch() * len(micro_logs) / max(elapsed, 1e-9))
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        return record["loss"]
 
     def _global_batch(self) -> int:
         t = self.cfg.train
