@@ -278,9 +278,9 @@ class CarlTrainer:
 
     # ------------------------------------------------------------ bookkeeping
     def _log(self, micro_logs: list[dict], grad_norm, started: float) -> float:
-        """Average the step's values over micro-batches and processes (the step's one read from
-        the device, which ends its timing at ``started``); stop on a non-finite loss; rank 0
-        appends a line. Returns the loss."""
+        """Average the step's values over micro-batches and processes in the step's one read from
+        the device (its time runs from ``started`` to that read); stop on a non-finite loss on any
+        process; rank 0 appends a line. Returns the loss."""
         keys = list(micro_logs[0])
         device = self.accelerator.device
         local = torch.stack([torch.stack([torch.as_tensor(m[k], dtype=torch.float64, device=device) for k in keys])
