@@ -283,9 +283,14 @@ class CarlTrainer:
         process; rank 0 appends a line. Returns the loss."""
         keys = list(micro_logs[0])
         device = self.accelerator.device
-        local = torch.stack([torch.stack([torch.as_tensor(m[k], dtype=torch.float64, device=device) for k in keys])
-                             for m in micro_logs]).mean(0)
-        local = torch.cat([local, torch.as_tensor(grad_norm, dtype=torch.float64, device=device).reshape(1)])
+
+        def on_device(value) -> torch.Tensor:  # a Python number is filled in on the device, not copied
+            if torch.is_tensor(value):
+                return value.detach().to(device, torch.float64).reshape(())
+            return torch.full((), value, dtype=torch.float64, device=device)
+
+        local = torch.stack([torch.stack([on_device(m[k]) for k in keys]) for m in micro_logs]).mean(0)
+        local = torch.cat([local, on_device(grad_norm).reshape(1)])
         *values, grad_norm = self.accelerator.reduce(local, reduction="mean").tolist()
         elapsed = time.perf_counter() - started
         record = dict(zip(keys, values))
