@@ -127,9 +127,10 @@ def test_queue_loaded_into_a_used_queue_replaces_its_position():
 
 def test_gather_is_identity_without_process_group():
     x = torch.randn(4, 3)
-    assert gather_across_processes(x) is x
+    gathered, offset = gather_across_processes(x)
+    assert gathered is x and offset == 0
     empty = torch.zeros(0, 3)
-    assert gather_across_processes(empty).shape == (0, 3)
+    assert gather_across_processes(empty)[0].shape == (0, 3)
 
 
 # --------------------------------------------------------------------------- MomentumEncoder

@@ -45,19 +45,14 @@ def test_a_step_reads_the_device_once_besides_the_sizes_it_needs(tmp_path, tiny_
                                               "train.checkpoint_every=0"])
     trainer = CarlTrainer(cfg, tmp_path, show_progress=False)
     counter = HostReadCounter()
-    step_fn = trainer.training_step
 
-    def counted_step(batch):
-        with counter:
-            return step_fn(batch)
+    def counted(fn):
+        def wrapped(*args):
+            with counter:
+                return fn(*args)
+        return wrapped
 
-    log_fn = trainer._log
-
-    def counted_log(*args):
-        with counter:
-            return log_fn(*args)
-
-    trainer.training_step, trainer._log = counted_step, counted_log
+    trainer.training_step, trainer._log = counted(trainer.training_step), counted(trainer._log)
     trainer.train()
     assert set(counter.sites) == allowed, counter.sites
     assert all(n == steps for n in counter.sites.values()), counter.sites  # once per step each

@@ -14,23 +14,25 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def gather_across_processes(tensor: torch.Tensor) -> torch.Tensor:
+def gather_across_processes(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate ``tensor`` [n_rank, ...] from every process along dim 0 (rank order).
 
-    A no-op without an initialised process group; handles unequal ``n_rank``.
+    Returns the gathered rows and the row at which this process's own rows start. A no-op
+    (offset 0) without an initialised process group; handles unequal ``n_rank``.
     """
     world = world_size()
     if world == 1:
-        return tensor
+        return tensor, 0
     size = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    counts = torch.cat(sizes).tolist()
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+    gathered = torch.cat([p[:n] for p, n in zip(parts, counts)])
+    return gathered, sum(counts[: dist.get_rank()])
 
 
 class MomentumQueue(nn.Module):

@@ -196,13 +196,12 @@ class CarlTrainer:
         return logs
 
     def _gather_batch_keys(self, keys, labels):
-        """Keys [B, P] and raw labels [B, 2] from every process; own-key columns [B] of this rank."""
-        acc, offset = self.accelerator, 0
-        if acc.num_processes > 1:
-            sizes = gather_across_processes(torch.tensor([keys.shape[0]], device=keys.device))
-            offset = int(sizes[: acc.process_index].sum())
+        """Keys [B, P] and raw labels [B, 2] from every process; own-key columns [B] of this rank.
+
+        Keys and labels travel as one [B, P + 2] tensor: one gather per step."""
+        rows, offset = gather_across_processes(torch.cat([keys, labels.to(keys.dtype)], dim=1))
         own = offset + torch.arange(keys.shape[0], device=keys.device)
-        return gather_across_processes(keys), gather_across_processes(labels.float()), own
+        return rows[:, : keys.shape[1]], rows[:, keys.shape[1]:], own
 
     def close(self) -> None:
         """Release the (DDP-wrapped) model and optimizer, then leave the process group.
