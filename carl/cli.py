@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from carl.config import config_defaults, load_config
+from carl.training.errors import TrainingDiverged
 
 EPILOG_KEYS = "\n".join(f"  {key} (default {value!r})" for key, value in config_defaults().items())
 
@@ -181,7 +182,7 @@ def _load_encoder(args):
 
 
 def _embed(args) -> int:
-    from carl.streaming import embed_stream, open_source
+    from carl.inference.streaming import embed_stream, open_source
 
     source = open_source(args.input, args.column)
     embed_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
@@ -190,7 +191,7 @@ def _embed(args) -> int:
 
 
 def _predict(args) -> int:
-    from carl.streaming import open_source, predict_stream
+    from carl.inference.streaming import open_source, predict_stream
 
     source = open_source(args.input, args.column)
     predict_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
@@ -199,7 +200,7 @@ def _predict(args) -> int:
 
 
 def _explain(args) -> int:
-    from carl.streaming import explain_stream, open_source
+    from carl.inference.streaming import explain_stream, open_source
 
     source = open_source(args.input, args.column)
     explain_stream(_load_encoder(args), source, args.output, html=args.html, html_limit=args.html_limit,
@@ -221,7 +222,7 @@ def _serve(args) -> int:
 
 
 def _export_onnx(args) -> int:
-    from carl.model.onnx_export import export_onnx
+    from carl.inference.onnx_export import export_onnx
 
     path = export_onnx(_load_encoder(args), args.output)
     print(f"wrote {path}")
@@ -241,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     handlers["benchmark"] = _benchmark
     try:
         return handlers[args.command](args)
+    except TrainingDiverged as err:  # the run stopped itself; its last good checkpoint is kept
+        print(f"carl {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, RuntimeError, OSError) as err:  # ConfigError and DataError are ValueErrors
         print(f"carl {args.command}: error: {err}", file=sys.stderr)
-        return 1 if type(err).__name__ == "TrainingDiverged" else 2
+        return 2
 
 
 if __name__ == "__main__":

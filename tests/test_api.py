@@ -93,7 +93,7 @@ def test_save_and_load_in_sentence_transformers_format(affect_model, tmp_path, s
 
 @pytest.mark.real_model
 def test_docstring_examples_run():
-    import carl.inference
+    import carl.inference.encoder
 
-    result = doctest.testmod(carl.inference, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(carl.inference.encoder, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0

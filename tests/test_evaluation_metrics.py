@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from carl.data.tasks import load_mr
+from carl.data.classification import load_mr
 from carl.evaluation.geometry import (alignment, geometry_metrics, label_pairs, pair_alignment, uniformity,
                                       va_pairs)
 from carl.evaluation.metrics import (accuracy, classification_metrics, macro_f1, mse, pearson, per_class_f1,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from carl.data import DataError
-from carl.data.tasks import (EKMAN_CLASSES, load_goemotions_ekman, load_mr, load_sst2, load_sst5,
+from carl.data.classification import (EKMAN_CLASSES, load_goemotions_ekman, load_mr, load_sst2, load_sst5,
                              load_user_classification, read_labelled_lines)
 from carl.evaluation.probe import EncoderNotFrozen, parameter_fingerprint
 from carl.evaluation.tasks import TaskSettings, evaluate_encoder, load_task_data, missing_user_corpora

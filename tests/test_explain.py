@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from carl.explain import Explanation, _word_table
+from carl.inference.explain import Explanation, _word_table
 from carl.inference import AffectEncoder
 from carl.testing import affect_word_positions
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from carl.cli import main
-from carl.explain_html import COLOURS
+from carl.inference.explain_html import COLOURS
 
 LEGEND_BOTTOM_PX = 140  # title and legend sit above this line; the explained texts below it
 

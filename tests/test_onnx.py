@@ -7,7 +7,7 @@ import pytest
 
 from carl.cli import main
 from carl.inference import AffectEncoder
-from carl.model.onnx_export import export_onnx, onnx_encode
+from carl.inference.onnx_export import export_onnx, onnx_encode
 
 TEXTS = ["serene", "they were furious after the long meeting in the office", "", "a tired, gloomy week",
          " ".join(["thrilled"] * 300)]  # the last is truncated to the model's max length

@@ -19,9 +19,9 @@ import pytest
 from carl.cli import main
 from carl.data.errors import DataError
 from carl.inference import AffectEncoder
-from carl.streaming import embed_stream, run_chunks
-from carl.text_io import TextSource, read_texts
-from carl.writers import NPY_HEADER_BYTES, NpyStreamWriter, RowWriter
+from carl.inference.streaming import embed_stream, run_chunks
+from carl.inference.text_io import TextSource, read_texts
+from carl.inference.writers import NPY_HEADER_BYTES, NpyStreamWriter, RowWriter
 
 TEXTS = ["a serene morning", "they were furious, again", "tired", "the 'quoted' \"text\"", "é ü 漢字"]
 

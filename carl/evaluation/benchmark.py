@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carl.atomic import write_text_atomic
 from carl.config import load_config
 from carl.evaluation.baselines.simcse import SimCSEConfig, train_simcse
 from carl.evaluation.tasks import TaskSettings, evaluate_encoder, load_task_data
@@ -174,13 +175,6 @@ def _spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -284,7 +278,7 @@ def run_cell(cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_p
         del encoder
     record["wall_seconds"] = time.time() - started
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _write_json_atomic(out / "cells" / f"{cell.name}.json", record)
+    write_text_atomic(out / "cells" / f"{cell.name}.json", json.dumps(record, indent=2, default=_json_default))
     gc.collect()
     log(f"[benchmark] {cell.name}: done in {record['wall_seconds']:.0f} s; {headline(record)}")
     return record
@@ -352,7 +346,7 @@ def run_benchmark(out: str | Path, settings: BenchmarkSettings | None = None, *,
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=_json_default))
     write_report(results, out)
     log(f"[benchmark] wrote {out / 'results.json'} and {out / 'report.md'}")
     return results

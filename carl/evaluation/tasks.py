@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from carl.data.emobank import load_emobank
 from carl.data.errors import DataError
 from carl.data.readers import AffectDataset, load_table, read_records
-from carl.data.tasks import (ClassificationDataset, load_goemotions_ekman, load_mr, load_sst2,
+from carl.data.classification import (ClassificationDataset, load_goemotions_ekman, load_mr, load_sst2,
                              load_sst5, load_user_classification)
 from carl.data.user_corpora import USER_CORPORA, _corpus_key, load_user_corpus
 from carl.evaluation.features import Features, FeatureTable, embed_table

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
 from carl.model.carl_model import CarlModel
-from carl.text_io import write_text_atomic
+from carl.atomic import write_text_atomic
 
 CARL_SUBDIR = "carl"
 HEAD_PREFIXES = ("projection.", "regression.", "detector.", "label_mean", "label_std")

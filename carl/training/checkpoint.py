@@ -15,7 +15,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from carl.text_io import write_text_atomic
+from carl.atomic import write_text_atomic
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, keep: int) -> Path:

@@ -33,7 +33,8 @@ from carl.model.export import export_model
 from carl.model.momentum import gather_across_processes
 from carl.objectives import MomentumContrastiveLoss, PerturbedTokenDetection, VARegressionLoss
 from carl.objectives.perturbed_token_detection import sample_sentences
-from carl.text_io import write_text_atomic
+from carl.atomic import write_text_atomic
+from carl.training.errors import TrainingDiverged
 from carl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from carl.training.run_info import environment_info
 
@@ -41,10 +42,6 @@ CONTRASTIVE = ("carl", "mcl", "supcon-hard")
 # settings that may change between a run and its resumption (they do not alter the maths)
 RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints")
 
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 class CarlTrainer:

@@ -19,7 +19,7 @@ from torch import nn
 
 
 if TYPE_CHECKING:
-    from carl.inference import AffectEncoder
+    from carl.inference.encoder import AffectEncoder
 
 
 class _EmbeddingGraph(nn.Module):

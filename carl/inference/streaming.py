@@ -1,8 +1,8 @@
 """Chunked embed / predict / explain over a text stream of any size, with a progress bar.
 
-The input is read ``chunk_size`` texts at a time (:class:`carl.text_io.TextSource` never holds
+The input is read ``chunk_size`` texts at a time (:class:`carl.inference.text_io.TextSource` never holds
 more than a line), each chunk is length-sorted and batched by :class:`carl.AffectEncoder`, and its
-results go straight to a streaming writer (:mod:`carl.writers`). Peak memory is one chunk of texts
+results go straight to a streaming writer (:mod:`carl.inference.writers`). Peak memory is one chunk of texts
 and results, independent of the input's size; output rows keep the input order.
 """
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from carl.inference import AffectEncoder
-from carl.text_io import TextSource, chunked, write_text_atomic
-from carl.writers import NpyStreamWriter, RowWriter, is_npy
+from carl.inference.encoder import AffectEncoder
+from carl.atomic import write_text_atomic
+from carl.inference.text_io import TextSource, chunked
+from carl.inference.writers import NpyStreamWriter, RowWriter, is_npy
 
 DEFAULT_CHUNK = 4096
 
@@ -106,7 +107,7 @@ def explain_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
 
     The HTML page shows the first ``html_limit`` texts (a page for millions of texts is no use).
     """
-    from carl.explain_html import render_html
+    from carl.inference.explain_html import render_html
 
     encoder.require_heads("explain")
     if is_npy(output):

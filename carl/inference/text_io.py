@@ -1,6 +1,6 @@
-"""Read texts for ``embed``/``predict``/``explain`` as a stream; atomic text writes.
+"""Read texts for ``embed``/``predict``/``explain`` as a stream.
 
-Streaming writers for results are in :mod:`carl.writers`.
+Streaming writers for results are in :mod:`carl.inference.writers`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from carl.data.errors import DataError
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class TextSource:

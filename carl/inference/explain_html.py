@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from carl.explain import Explanation
+from carl.inference.explain import Explanation
 
 # dimension -> (rgb for a positive attribution, rgb for a negative one)
 COLOURS = {"valence": ((0, 170, 60), (220, 30, 30)), "arousal": ((255, 140, 0), (30, 90, 230))}

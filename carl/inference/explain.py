@@ -24,7 +24,7 @@ import torch
 from carl.model.pooling import pool
 
 if TYPE_CHECKING:
-    from carl.inference import AffectEncoder
+    from carl.inference.encoder import AffectEncoder
 
 
 @dataclass

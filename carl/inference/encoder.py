@@ -25,7 +25,7 @@ from carl.model.export import load_heads
 from carl.model.momentum import world_size
 
 if TYPE_CHECKING:
-    from carl.explain import Explanation
+    from carl.inference.explain import Explanation
 
 
 class Prediction(NamedTuple):
@@ -273,13 +273,13 @@ class AffectEncoder:
         >>> e = enc.explain("What a lovely day!")               # doctest: +SKIP
         >>> e.words, e.valence_scores                           # doctest: +SKIP
         """
-        from carl.explain import explain_texts
+        from carl.inference.explain import explain_texts
 
         return explain_texts(self, [text])[0]
 
     def explain_batch(self, texts: Sequence[str], *, batch_size: int = 16) -> list["Explanation"]:
         """:meth:`explain` for many texts, batched (results in input order)."""
-        from carl.explain import explain_texts
+        from carl.inference.explain import explain_texts
 
         return explain_texts(self, texts, batch_size=batch_size)
 

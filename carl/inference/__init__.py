@@ -1,0 +1,10 @@
+"""Inference: load a model folder, then embed, predict, explain, stream and export.
+
+:class:`AffectEncoder` (``encoder.py``) is the entry point; ``explain.py`` and
+``explain_html.py`` give per-word attributions and their page; ``text_io.py``, ``writers.py``
+and ``streaming.py`` stream texts in and results out; ``onnx_export.py`` writes an ONNX graph.
+"""
+
+from carl.inference.encoder import AffectEncoder, Prediction, resolve_dtype
+
+__all__ = ["AffectEncoder", "Prediction", "resolve_dtype"]

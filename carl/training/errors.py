@@ -1,0 +1,5 @@
+"""Errors a training run raises on purpose (importable without torch)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
