@@ -11,8 +11,8 @@ finished cells and resumes an interrupted training from its last checkpoint. A c
 under other settings is refused (train into a new ``--out``).
 
 When all cells are done, ``OUT/results.json`` (every number, seed, configuration, software
-versions, hardware, runtimes) and ``OUT/report.md`` with its PNG plots are written
-(:mod:`carl.evaluation.report`).
+versions, hardware, runtimes; the per-point arrays behind the plots stay in the cell files) and
+``OUT/report.md`` with its PNG plots are written (:mod:`carl.evaluation.report`).
 """
 
 from __future__ import annotations
@@ -185,6 +185,39 @@ def _json_default(value):
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
+# per-point arrays of a cell (test predictions and labels, the 2-D projection): kept in the cell
+# file for the plots, left out of results.json; floats inside lists are rounded to POINT_DECIMALS
+PER_POINT_KEYS = ("test_predictions", "test_labels", "emobank_test_2d")
+POINT_DECIMALS = 5
+
+
+def _rounded(value, in_list: bool = False):
+    """Floats inside lists rounded to POINT_DECIMALS; scalar metrics keep full precision."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, True) for v in value]
+    if in_list and isinstance(value, float):
+        return round(value, POINT_DECIMALS)
+    return value
+
+
+def _without_points(value):
+    """A copy of a cell without its per-point arrays (what results.json keeps of each cell)."""
+    if isinstance(value, dict):
+        return {k: _without_points(v) for k, v in value.items() if k not in PER_POINT_KEYS}
+    return value
+
+
+def dump_json(value, *, compact: bool = False) -> str:
+    """JSON text of a cell (``compact``: no indentation) or of the results, floats in lists rounded."""
+    if compact:
+        return json.dumps(_rounded(value), separators=(",", ":"), default=_json_default)
+    return json.dumps(_rounded(value), indent=1, default=_json_default)
+
+
 def load_cached(path: Path, spec: dict) -> dict | None:
     """The finished cell at ``path`` when its spec matches; None when absent."""
     if not path.is_file():
@@ -278,7 +311,7 @@ def run_cell(cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_p
         del encoder
     record["wall_seconds"] = time.time() - started
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_text_atomic(out / "cells" / f"{cell.name}.json", json.dumps(record, indent=2, default=_json_default))
+    write_text_atomic(out / "cells" / f"{cell.name}.json", dump_json(record, compact=True))
     gc.collect()
     log(f"[benchmark] {cell.name}: done in {record['wall_seconds']:.0f} s; {headline(record)}")
     return record
@@ -314,7 +347,8 @@ def check_inputs(settings: BenchmarkSettings) -> None:
 
 def run_benchmark(out: str | Path, settings: BenchmarkSettings | None = None, *, show_progress: bool = True,
                   command: str | None = None, log=print) -> dict:
-    """Run (or resume) every cell, then write ``results.json`` and the report; returns the results."""
+    """Run (or resume) every cell, then write ``results.json`` and the report; returns what
+    ``results.json`` holds."""
     from carl.evaluation.report import write_report
 
     settings = settings or BenchmarkSettings()
@@ -339,14 +373,15 @@ def run_benchmark(out: str | Path, settings: BenchmarkSettings | None = None, *,
         "methods": {name: dataclasses.asdict(METHODS[name]) for name in settings.methods},
         "task_sizes": {name: task.sizes() for name, task in data.items()},
         "task_protocols": {name: task.protocol for name, task in data.items()},
-        "cells": cells,
+        "cells": cells,  # whole in memory for the report; results.json keeps them without point arrays
         "computed_this_run": computed,
         "runtime": {"this_invocation_seconds": time.time() - started,
                     "all_cells_seconds": float(sum(c.get("wall_seconds", 0.0) for c in cells.values()))},
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=_json_default))
+    saved = dump_json({**results, "cells": _without_points(cells)})
+    write_text_atomic(out / "results.json", saved)
     write_report(results, out)
     log(f"[benchmark] wrote {out / 'results.json'} and {out / 'report.md'}")
-    return results
+    return json.loads(saved)

@@ -2,7 +2,7 @@
 
 :func:`summarise` aggregates the cells of ``results.json`` per method; :func:`write_report`
 writes ``report.md`` and the PNG plots (:mod:`carl.evaluation.plots`) next to it;
-:func:`readme_section` / :func:`update_readme` put the main tables into a README between the
+:func:`readme_section` / :func:`update_readme` put one compact table into a README between the
 markers ``<!-- benchmark-results:start -->`` and ``<!-- benchmark-results:end -->``.
 """
 
@@ -246,15 +246,26 @@ def write_report(results: dict, out: str | Path) -> Path:
     return path
 
 
+# the README's one compact table: the headline metric of each task, frozen-embedding probes
+README_COLUMNS: list[tuple[str, str, str, int]] = [
+    ("emobank", "valence_pearson", "EmoBank valence r", 1), ("emobank", "arousal_pearson", "arousal r", 1),
+    ("sst2", "accuracy", "SST-2 acc", 1), ("mr", "accuracy", "MR acc", 1),
+    ("sst5", "macro_f1", "SST-5 macro-F1", 1), ("goemotions", "macro_f1", "GoEmotions macro-F1", 1),
+    ("geometry:emobank_test", "uniformity", "uniformity", -1)]
+
+
 def readme_section(results: dict, report_path: str = "benchmarks/results/main/report.md") -> str:
-    """The README's results section: command, runtime, machine and the four main tables."""
-    summary = summarise(results)
-    seeds = _seed_counts(results)
-    lines = [README_START, "", *header_lines(results), "",
-             f"Mean ± std over seeds; best per column in bold. Full report with plots: `{report_path}`.", ""]
-    for title, columns in TABLES.values():
-        lines += [f"**{title}**", "", markdown_table(summary, columns, seeds), ""]
-    lines.append(README_END)
+    """The README's results section: the command, one compact table and where the rest is."""
+    settings = results["settings"]
+    env = results.get("environment", {})
+    lines = [README_START, "",
+             f"`{results.get('command', 'carl benchmark')}`: encoder `{settings['encoder']}`, seeds "
+             f"{list(settings['seeds'])}, {', '.join(f'`{o}`' for o in settings['overrides']) or 'carl defaults'}; "
+             f"{env.get('cpu_count', '?')}-core {env.get('processor', '?')} machine, "
+             f"{_hours(results.get('runtime', {}).get('all_cells_seconds', 0.0))} in all.", "",
+             markdown_table(summarise(results), README_COLUMNS, _seed_counts(results)), "",
+             f"Mean ± std over seeds, best in bold; probes on frozen embeddings. Every metric, the "
+             f"plots and the machine: `{report_path}`.", "", README_END]
     return "\n".join(lines)
 
 
