@@ -159,7 +159,7 @@ def resume_checkpoint(accelerator: Accelerator, run_dir: Path, parts: TrainingSt
             resumed = _load(accelerator, folder, parts)
         except CheckpointError as err:
             failures.append(f"{folder.name}: {err}")
-            _say(accelerator, f"checkpoint {folder} is unusable: {err}")
+            _say(accelerator, f"checkpoint {folder.name} is unusable: {err}")
             continue
         if folder != target:
             _say(accelerator, f"falling back to {folder}, the newest good checkpoint")
