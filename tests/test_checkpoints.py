@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from carl.config import ConfigError, load_config
 from carl.training.checkpoint import latest_checkpoint
 from carl.training.errors import CheckpointError
 from carl.training.manifest import verify_manifest, write_manifest
+from carl.training.rng_state import load_rng_state, save_rng_state
 from carl.training.trainer import CarlTrainer
 
 TIMING_KEYS = {"step_time", "samples_per_s"}
@@ -88,6 +92,17 @@ def test_checkpoint_holds_only_safetensors_and_json(finished_run):
             head = (folder / name).read_bytes()[:2]
             assert head[:1] != b"\x80" and head != b"PK", f"{name} looks like a pickle or a torch.save zip"
     assert latest_checkpoint(finished_run).name == "step-9"
+
+
+def test_rng_state_round_trips_through_json(tmp_path):
+    def draw():
+        return random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()
+
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
+    save_rng_state(tmp_path / "rng.json")
+    want = draw()
+    assert load_rng_state(tmp_path / "rng.json") == []
+    assert draw() == want
 
 
 def test_payload_is_live(tmp_path):

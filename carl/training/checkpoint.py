@@ -93,7 +93,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, parts: TrainingStat
 
 def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     saved = optimizer.state_dict()
-    tensors, scalars = {}, {}
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
     for param, values in saved["state"].items():
         for name, value in values.items():
             if torch.is_tensor(value):

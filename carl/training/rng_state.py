@@ -23,10 +23,10 @@ def rng_file_name(rank: int) -> str:
 def save_rng_state(path: Path) -> None:
     """Write this process's generator states to ``path``."""
     version, mt, gauss = random.getstate()
-    name, key, pos, has_gauss, cached = np.random.get_state()
+    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state = {
         "python": {"version": version, "state": list(mt), "gauss_next": gauss},
-        "numpy": {"bit_generator": name, "key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+        "numpy": {"bit_generator": name, "key": np.asarray(key).tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
                   "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state().tolist(),
     }
