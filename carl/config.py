@@ -21,6 +21,7 @@ OBJECTIVES = ("carl", "mcl", "mse", "supcon-hard")
 POOLINGS = ("mean", "cls")
 SELECTIONS = ("saliency", "random")
 REPLACEMENTS = ("hotflip", "random", "mask")
+RESUME_MISMATCH = ("error", "warn")
 
 
 class ConfigError(ValueError):
@@ -108,9 +109,12 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # no | bf16 | fp16
     seed: int = 42
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
+    checkpoint_every: int = 100  # 0: only at the end
+    keep_checkpoints: int = 2  # >= 1: the newest checkpoints kept in <run>/checkpoints
     num_threads: int = 0  # 0: torch's default
+    # resuming when the training data or encoder changed, or a process's RNG state is missing:
+    # error (refuse) or warn (resume anyway; the run no longer reproduces an uninterrupted one)
+    resume_mismatch: str = "error"
 
 
 @dataclass
@@ -130,6 +134,7 @@ class CarlConfig:
             ("objective.ptd.selection", self.objective.ptd.selection, SELECTIONS),
             ("objective.ptd.replacement", self.objective.ptd.replacement, REPLACEMENTS),
             ("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16")),
+            ("train.resume_mismatch", self.train.resume_mismatch, RESUME_MISMATCH),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
@@ -151,6 +156,13 @@ class CarlConfig:
             value = _get(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} = {value!r} must be a non-negative finite number")
+        for key, low, high in (("train.warmup_ratio", 0, 1), ("train.keep_checkpoints", 1, None),
+                               ("train.checkpoint_every", 0, None), ("train.num_threads", 0, None),
+                               ("train.seed", 0, 2**32 - 1)):
+            value = _get(self, key)
+            if value < low or (high is not None and value > high):
+                bound = f"lie in [{low}, {high}]" if high is not None else f"be at least {low}"
+                raise ConfigError(f"{key} = {value!r} must {bound}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -227,3 +227,24 @@ def test_overrides_do_not_leak_between_loads():
     fresh = load_config()
     assert fresh.train.batch_size == 32
     assert fresh.objective.mcl.queue_size == 4096
+
+
+@pytest.mark.parametrize("item, bound", [
+    ("train.keep_checkpoints=0", "at least 1"),
+    ("train.checkpoint_every=-1", "at least 0"),
+    ("train.num_threads=-3", "at least 0"),
+    ("train.warmup_ratio=1.5", "[0, 1]"),
+    ("train.seed=-1", "[0, 4294967295]"),
+])
+def test_train_setting_ranges(item, bound):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [item])
+    assert item.split("=")[0] in str(info.value) and bound in str(info.value)
+
+
+def test_train_setting_edges_accepted():
+    cfg = load_config(None, ["train.keep_checkpoints=1", "train.checkpoint_every=0", "train.num_threads=0",
+                             "train.warmup_ratio=1", "train.seed=0", "train.resume_mismatch=warn"])
+    assert (cfg.train.keep_checkpoints, cfg.train.checkpoint_every, cfg.train.resume_mismatch) == (1, 0, "warn")
+    with pytest.raises(ConfigError, match="train.resume_mismatch"):
+        load_config(None, ["train.resume_mismatch=ignore"])

@@ -102,3 +102,14 @@ def load_backbone(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokeniz
         raise RuntimeError(f"{source}: carl needs a fast tokenizer (for word ids)")
     backbone = AutoModel.from_pretrained(source)
     return backbone, tokenizer
+
+
+def position_limit(backbone: PreTrainedModel) -> int | None:
+    """The most tokens ``backbone`` embeds: ``max_position_embeddings`` less the positions it skips
+    (RoBERTa-style encoders number positions from ``padding_idx + 1``); None without a limit."""
+    limit = getattr(backbone.config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    positions = getattr(getattr(backbone, "embeddings", None), "position_embeddings", None)
+    padding_idx = getattr(positions, "padding_idx", None)
+    return limit - (padding_idx + 1 if padding_idx is not None else 0)

@@ -14,6 +14,7 @@ import gc
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -24,23 +25,25 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from carl.atomic import write_text_atomic
 from carl.config import CarlConfig, ConfigError, flatten, load_config
 from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
 from carl.data.sources import describe_data, load_training_data
 from carl.model.carl_model import CarlModel
-from carl.model.encoder import load_backbone, resolve_encoder
+from carl.model.encoder import load_backbone, position_limit, resolve_encoder
 from carl.model.export import export_model
 from carl.model.momentum import gather_across_processes
 from carl.objectives import MomentumContrastiveLoss, PerturbedTokenDetection, VARegressionLoss
 from carl.objectives.perturbed_token_detection import sample_sentences
-from carl.atomic import write_text_atomic
+from carl.training.checkpoint import TrainingState, latest_checkpoint, resume_checkpoint, save_checkpoint
 from carl.training.errors import TrainingDiverged
-from carl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from carl.training.fingerprint import fingerprint_changes, run_fingerprint
 from carl.training.run_info import environment_info
 
 CONTRASTIVE = ("carl", "mcl", "supcon-hard")
 # settings that may change between a run and its resumption (they do not alter the maths)
-RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints")
+RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.resume_mismatch")
 
 
 
@@ -111,7 +114,6 @@ class CarlTrainer:
         self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps)
-        acc.register_for_checkpointing(self.scheduler)
 
     def _check_queue_size(self, n_train: int) -> None:
         """Refuse a queue that could hold a sentence's own key from its previous visit."""
@@ -215,14 +217,11 @@ class CarlTrainer:
     def train(self) -> Path:
         """Run (or resume) training, then export the model to ``<output>/model``."""
         acc, cfg = self.accelerator, self.cfg
+        self._check_max_length()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        resume = latest_checkpoint(self.out)
-        if resume is not None:
-            self._check_resume_config()
-            state = load_checkpoint(acc, resume)
-            self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-            acc.print(f"resuming from {resume} (step {self.step}/{self.total_steps})")
-        self._start_run_folder(resumed=resume is not None)
+        self.fingerprint = run_fingerprint(self.train_data, cfg.model.encoder)
+        resumed = self._resume()
+        self._start_run_folder(resumed=resumed)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.objective.name}",
                    unit="step", disable=not (self.show_progress and acc.is_local_main_process), dynamic_ncols=True)
         while self.step < self.total_steps:
@@ -308,9 +307,45 @@ class CarlTrainer:
         t = self.cfg.train
         return t.batch_size * (1 if t.split_batches else self.accelerator.num_processes)
 
+    def _check_max_length(self) -> None:
+        """Refuse a ``data.max_length`` beyond the positions the encoder embeds."""
+        limit = position_limit(self.accelerator.unwrap_model(self.model).backbone)
+        if limit is not None and self.cfg.data.max_length > limit:
+            raise ConfigError(f"data.max_length = {self.cfg.data.max_length} exceeds the {limit} positions of the "
+                              f"encoder {self.cfg.model.encoder!r}; set data.max_length to at most {limit}")
+
+    def _training_state(self) -> TrainingState:
+        return TrainingState(self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
+
+    def _resume(self) -> bool:
+        """Restore the newest good checkpoint, if any; refuse (or warn, by ``train.resume_mismatch``)
+        when the data or encoder changed or a process's RNG state is missing."""
+        acc = self.accelerator
+        if (self.out / "checkpoints").is_dir():
+            self._check_resume_config()
+        resumed = resume_checkpoint(acc, self.out, self._training_state())
+        if resumed is None:
+            return False
+        problems = [f"{path} is missing: this process would draw other random numbers than the uninterrupted run"
+                    for path in resumed.missing_rng]
+        problems += fingerprint_changes(resumed.state.get("fingerprint"), self.fingerprint)
+        if problems and self.cfg.train.resume_mismatch == "error":
+            raise ConfigError(f"refusing to resume from {resumed.path}: {'; '.join(problems)}. Resume anyway with "
+                              f"--set train.resume_mismatch=warn, or train into a new --output")
+        for problem in problems if acc.is_main_process else []:
+            print(f"carl: warning: resuming from {resumed.path} although {problem}", file=sys.stderr, flush=True)
+        state = resumed.state
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        acc.step = state["accelerator_step"]
+        acc.print(f"resuming from {resumed.path} (step {self.step}/{self.total_steps})")
+        acc.wait_for_everyone()
+        return True
+
     def _save(self) -> None:
-        state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-        save_checkpoint(self.accelerator, self.out, state, self.cfg.train.keep_checkpoints)
+        state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                 "accelerator_step": self.accelerator.step, "num_processes": self.accelerator.num_processes,
+                 "fingerprint": self.fingerprint}
+        save_checkpoint(self.accelerator, self.out, self._training_state(), state, self.cfg.train.keep_checkpoints)
 
     def _check_resume_config(self) -> None:
         """Refuse to resume a run folder under settings other than those it was started with."""
