@@ -163,6 +163,8 @@ def test_goemotions_28_labels_from_the_shared_label_code():
         expected = np.mean([emotion_to_va(label) for label in rows[i][1]], axis=0)
         np.testing.assert_allclose(data.labels[i], expected, rtol=1e-6)
     assert (data.targets.sum(1) >= 1).all() and (data.targets.sum(1) > 1).any()
+    with pytest.raises(ValueError, match="unknown split"):
+        load_goemotions("validation")
 
 
 # --------------------------------------------------------------------------- bad input

@@ -236,8 +236,8 @@ def load_goemotions(split: str) -> AffectDataset:
 
     Each example's VA is the mean of its labels' coordinates in the ``goemotions`` mapping.
     """
-    path = str(_bundled("goemotions", f"{split}.tsv"))
     rows = read_goemotions(split)
+    path = str(_bundled("goemotions", f"{split}.tsv"))
     names = goemotions_label_names()
     mapping = get_mapping("goemotions")
     label_rows = [labels for _, labels in rows]
