@@ -30,11 +30,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the training sentences and their VA labels come from.
+    """Where the training sentences, their VA labels and their emotion classes come from.
 
     ``path`` empty means the bundled EmoBank (official split). A user file is CSV, TSV or
-    JSONL with a text column and either continuous VA columns on ``scale`` or a categorical
-    ``label_column`` mapped to VA through ``label_mapping``.
+    JSONL with a text column and continuous VA columns on ``scale``, a categorical
+    ``label_column``, or both (multi-task). A labelled row's VA comes from its VA columns when
+    the file has them, else from ``label_mapping``; its classes come from the label column,
+    whose label set is read from the training file.
     """
 
     path: str = ""
@@ -48,6 +50,22 @@ class DataConfig:
     label_mapping: str = "goemotions"
     max_length: int = 128
     limit: int = 0  # use only the first N training sentences (0 = all); for smoke runs
+    multi_label: bool = False  # several labels per text (multi-hot targets); needs label_column
+    label_delimiter: str = ""  # multi-label: the one character between labels in a cell ("": JSON lists only)
+    dev_fraction: float = 0.0  # >0 and no dev_path: hold out this stratified share of train as dev
+    dev_seed: int = 0  # seed of the held-out dev split
+
+    def check(self) -> None:
+        """Check the label and dev-split keys; raise ConfigError naming the key."""
+        if not (math.isfinite(self.dev_fraction) and 0.0 <= self.dev_fraction < 1.0):
+            raise ConfigError(f"data.dev_fraction = {self.dev_fraction!r} must lie in [0, 1)")
+        if self.multi_label and not self.label_column:
+            raise ConfigError("data.multi_label = true needs data.label_column (the column holding the labels)")
+        if self.label_delimiter and not self.multi_label:
+            raise ConfigError(f"data.label_delimiter = {self.label_delimiter!r} needs data.multi_label = true")
+        if self.label_delimiter and (len(self.label_delimiter) != 1 or self.label_delimiter in '"\r\n'):
+            raise ConfigError(f"data.label_delimiter = {self.label_delimiter!r} must be one character, "
+                              "not a quote or a line break")
 
 
 @dataclass

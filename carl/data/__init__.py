@@ -1,6 +1,6 @@
 """Data layer: reading labelled text, rating scales, emotion-label VA mapping, EmoBank.
 
-Public API: :class:`AffectDataset` (texts + labels ``[N, 2]`` VA in [0, 1]), :class:`DataError`,
+Public API: :class:`AffectDataset` (texts, VA labels ``[N, 2]`` in [0, 1], optional class targets), :class:`DataError`,
 :class:`Scale`, :func:`load_table`, :func:`load_emobank`, :func:`emotion_to_va`.
 (``carl.data.batching`` holds the torch-side batching and is not imported here.)
 """

@@ -8,7 +8,9 @@ names). Sources, licences and counts are in the README of each folder under ``ca
 * ``mr/``: MR (Pang and Lee, 2005), 5,331 positive + 5,331 negative, no official split
   (10-fold cross-validation); :func:`load_mr`. The files are Windows-1252.
 * ``goemotions/``: GoEmotions mapped to Ekman's six emotions plus neutral, single-label for
-  that task; :func:`load_goemotions_ekman` (filtering and counts in ``goemotions/README.md``).
+  that task; :func:`load_goemotions_ekman` (filtering and counts in ``goemotions/README.md``);
+  and its 28 labels, multi-label, as an :class:`~carl.data.readers.AffectDataset` with
+  multi-hot targets; :func:`load_goemotions`.
 
 :func:`load_user_classification` reads a user CSV/TSV/JSONL with a text column and a
 categorical label column (e.g. an IEMOCAP export). Malformed input raises
@@ -29,8 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .emotion_va import get_mapping, lookup
 from .errors import DataError
-from .readers import raw_value, read_records, require_columns, text_value
+from .labels import encode_labels, label_set, parse_label_cell
+from .readers import AffectDataset, raw_value, read_records, require_columns, text_value
+from .scales import UNIT
 
 PathArg = str | PathLike[str]
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
@@ -226,6 +231,23 @@ def load_goemotions_ekman(split: str, filtering: str = "ekman") -> Classificatio
     return ClassificationDataset(texts, labels, EKMAN_CLASSES, str(_bundled("goemotions", f"{split}.tsv")))
 
 
+def load_goemotions(split: str) -> AffectDataset:
+    """GoEmotions with its 28 labels (id order) as multi-hot targets ``[N, 28]``.
+
+    Each example's VA is the mean of its labels' coordinates in the ``goemotions`` mapping.
+    """
+    rows = read_goemotions(split)
+    path = str(_bundled("goemotions", f"{split}.tsv"))
+    names = goemotions_label_names()
+    mapping = get_mapping("goemotions")
+    label_rows = [labels for _, labels in rows]
+    va = np.array([np.mean([lookup(label, mapping) for label in labels], axis=0) for labels in label_rows])
+    # lines are only for error messages; read_goemotions has checked every label id already
+    targets = encode_labels(label_rows, range(1, len(rows) + 1), names, multi_label=True, path=path,
+                            column="labels", known_from="emotions.txt")
+    return AffectDataset([text for text, _ in rows], va.astype(np.float32), UNIT, path, tuple(names), targets)
+
+
 # --------------------------------------------------------------------------- user data
 
 
@@ -241,16 +263,13 @@ def load_user_classification(path: PathArg, *, text_column: str = "text", label_
     require_columns(table, [text_column, label_column])
     if not table.records:
         raise DataError("no data rows (the file has only a header)", path=path)
-    texts, raw = [], []
+    texts, label_rows = [], []
     for line, record in table.records:
         texts.append(text_value(table, line, record, text_column))
-        value = str(raw_value(table, line, record, label_column)).strip()
-        if not value:
-            raise DataError("empty label", path=path, line=line, field=label_column)
-        if classes is not None and value not in classes:
-            raise DataError(f"label {value!r} is not one of {list(classes)}", path=path, line=line,
-                            field=label_column)
-        raw.append(value)
-    names = tuple(classes) if classes is not None else tuple(sorted(set(raw)))
-    index = {name: i for i, name in enumerate(names)}
-    return ClassificationDataset(texts, [index[v] for v in raw], names, str(path))
+        label_rows.append(parse_label_cell(raw_value(table, line, record, label_column),
+                                           text_table=table.file_format != "jsonl", path=table.path, line=line,
+                                           field=label_column))
+    names = tuple(classes) if classes is not None else label_set(label_rows)
+    targets = encode_labels(label_rows, [line for line, _ in table.records], names, multi_label=False,
+                            path=table.path, column=label_column, known_from="the given classes")
+    return ClassificationDataset(texts, targets, names, str(path))

@@ -1,11 +1,13 @@
 """Reading labelled text tables (CSV, TSV, JSON Lines) into an :class:`AffectDataset`.
 
-Two labelling modes:
+Labels:
 
 * continuous: a valence and an arousal column on a declared :class:`~carl.data.scales.Scale`,
   normalised to [0, 1];
-* categorical: one emotion-label column mapped to VA coordinates with
-  :mod:`carl.data.emotion_va`.
+* categorical: an emotion-label column (one label per row, or several: see
+  :mod:`carl.data.labels`), read as class targets; the row's VA comes from its VA columns when
+  the file has both, else from the labels' coordinates in :mod:`carl.data.emotion_va` (the mean
+  of them for several labels).
 
 Every bad cell raises :class:`~carl.data.errors.DataError` with file, line and field; no
 record is silently dropped (only completely empty lines are skipped, and rows of other splits
@@ -29,6 +31,7 @@ import numpy as np
 
 from .emotion_va import get_mapping, lookup
 from .errors import DataError
+from .labels import encode_labels, label_set, parse_label_cell
 from .scales import UNIT, Scale, as_scale
 
 PathArg = str | PathLike[str]
@@ -43,19 +46,24 @@ _FORMAT_NAMES = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "json": "jsonl", 
 
 @dataclass
 class AffectDataset:
-    """Texts with (valence, arousal) targets.
+    """Texts with (valence, arousal) targets and, for labelled data, emotion-class targets.
 
     Attributes:
         texts: N strings.
         labels: ``[N, 2]`` float32, columns (valence, arousal), normalised to [0, 1].
-        scale: the scale the labels were read on (``0-1`` for categorical labels).
+        scale: the scale the labels were read on (``0-1`` for VA from the emotion mapping).
         source: where the rows came from (the file path as given).
+        classes: the C class names, index order (empty without a label column).
+        targets: ``[N]`` int64 class indices (single-label), ``[N, C]`` float32 multi-hot
+            (multi-label), or None without a label column.
     """
 
     texts: list[str]
     labels: np.ndarray
     scale: Scale
     source: str
+    classes: tuple[str, ...] = ()
+    targets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.texts = list(self.texts)
@@ -68,9 +76,19 @@ class AffectDataset:
             raise ValueError(f"{len(self.texts)} texts but {self.labels.shape[0]} label rows")
         self.scale = as_scale(self.scale)
         self.source = str(self.source)
+        self.classes = tuple(self.classes)
+        if self.targets is not None:
+            self.targets = _checked_targets(np.asarray(self.targets), len(self.texts), len(self.classes))
+        elif self.classes:
+            raise ValueError("classes without targets")
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def multi_label(self) -> bool:
+        """True when :attr:`targets` is a multi-hot ``[N, C]`` matrix."""
+        return self.targets is not None and self.targets.ndim == 2
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> AffectDataset:
         """Rows at ``indices`` (ints, or a boolean mask of length N), in that order."""
@@ -80,15 +98,23 @@ class AffectDataset:
                 raise ValueError(f"boolean mask must have shape ({len(self)},), got {idx.shape}")
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64).reshape(-1)
+        targets = None if self.targets is None else self.targets[idx].copy()
         return AffectDataset([self.texts[i] for i in idx], self.labels[idx].copy(), self.scale,
-                             self.source)
+                             self.source, self.classes, targets)
 
     def original_labels(self) -> np.ndarray:
         """``[N, 2]`` float64 labels back on :attr:`scale`."""
         return self.scale.denormalise(self.labels.astype(np.float64))
 
+    def class_counts(self) -> dict[str, int]:
+        """Rows carrying each class (a multi-label row counts once for each of its labels)."""
+        if self.targets is None:
+            return {}
+        counts = self.targets.sum(0) if self.multi_label else np.bincount(self.targets, minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts)}
+
     def summary(self) -> str:
-        """Rows read, file, scale and per-dimension min/mean/max on the original scale."""
+        """Rows read, file, scale, per-dimension min/mean/max on the original scale, class counts."""
         lines = [f"rows read: {len(self)}", f"file: {self.source}",
                  f"scale: {self.scale} (labels stored normalised to [0, 1])"]
         if len(self) == 0:
@@ -99,7 +125,27 @@ class AffectDataset:
             values = original[:, col]
             lines.append(f"{name} (on {self.scale}): min {values.min():.3f}  "
                          f"mean {values.mean():.3f}  max {values.max():.3f}")
+        if self.targets is not None:
+            kind = "multi-label" if self.multi_label else "single-label"
+            counts = ", ".join(f"{name} {n}" for name, n in self.class_counts().items())
+            lines.append(f"classes ({len(self.classes)}, {kind}): {counts}")
         return "\n".join(lines)
+
+
+def _checked_targets(targets: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    if targets.ndim == 1:
+        targets = targets.astype(np.int64)
+        if len(targets) and (targets.min() < 0 or targets.max() >= n_classes):
+            raise ValueError(f"class indices must lie in [0, {n_classes})")
+    elif targets.ndim == 2 and targets.shape[1] == n_classes:
+        targets = targets.astype(np.float32)
+        if not np.isin(targets, (0.0, 1.0)).all():
+            raise ValueError("multi-hot targets must be 0 or 1")
+    else:
+        raise ValueError(f"targets must have shape [N] or [N, {n_classes}], got {targets.shape}")
+    if targets.shape[0] != n:
+        raise ValueError(f"{n} texts but {targets.shape[0]} target rows")
+    return targets
 
 
 # --------------------------------------------------------------------------- raw records
@@ -330,30 +376,36 @@ def load_table(path: PathArg, *, text_column: str = "text", valence_column: str 
                arousal_column: str = "arousal", scale: Scale | str = "1-5",
                file_format: str | None = None, label_column: str | None = None,
                label_mapping: str | PathArg | None = None, split_column: str | None = None,
-               split: str | None = None) -> AffectDataset:
+               split: str | None = None, multi_label: bool = False, label_delimiter: str = "",
+               classes: Sequence[str] | None = None) -> AffectDataset:
     """Read a CSV (.csv), TSV (.tsv) or JSON Lines (.jsonl/.json) file of labelled texts.
 
     Continuous mode (default): ``valence_column``/``arousal_column`` hold numbers on ``scale``
     (``"1-5"``, ``"1-9"``, ``"-1:1"``, ...); labels are normalised to [0, 1].
-    Categorical mode (``label_column`` given): each row's single emotion label is mapped by
-    ``label_mapping`` (``"goemotions"`` (default), ``"ekman"`` or a JSON file path); ``scale``
-    is then ignored and the dataset scale is 0-1.
+    Categorical mode (``label_column`` given): each row's emotion label(s) (several only with
+    ``multi_label``, split at ``label_delimiter`` or given as a JSON list) become class targets
+    over ``classes`` (default: the sorted labels of this file; give the training file's for
+    dev and test). The row's VA comes from the VA columns when the file has both (on ``scale``),
+    else from ``label_mapping`` (``"goemotions"`` (default), ``"ekman"`` or a JSON file path;
+    the mean coordinates of several labels; the dataset scale is then 0-1).
     ``split_column`` + ``split`` keep only rows whose split value equals ``split``.
 
-    Returns an :class:`AffectDataset` with labels ``[N, 2]`` float32 (valence, arousal).
+    Returns an :class:`AffectDataset` with labels ``[N, 2]`` float32 (valence, arousal) and, in
+    categorical mode, ``classes`` and ``targets`` (``[N]`` int64 or multi-hot ``[N, C]``).
     Raises :class:`DataError` (file, line, field) for any bad input; see the module docstring.
     """
     if split is not None and split_column is None:
         raise ValueError("split= needs split_column= (the column holding the split names)")
     categorical = label_column is not None
-    target_scale = UNIT if categorical else as_scale(scale)
-    mapping = get_mapping(label_mapping or "goemotions") if categorical else None
+    table = read_records(path, file_format)
+    va_columns = not categorical or _has_va_columns(table, valence_column, arousal_column)
+    target_scale = as_scale(scale) if va_columns else UNIT
+    mapping = {} if va_columns else get_mapping(label_mapping or "goemotions")
     mapping_name = f"mapping {str(label_mapping or 'goemotions')!r}"
 
-    table = read_records(path, file_format)
-    needed = [text_column] + ([label_column] if categorical else [valence_column, arousal_column])
-    if split_column is not None:
-        needed.append(split_column)
+    needed = [text_column] + ([valence_column, arousal_column] if va_columns else [])
+    needed += [label_column] if label_column is not None else []
+    needed += [split_column] if split_column is not None else []
     require_columns(table, needed)
     if not table.records:
         raise DataError("no data rows" + (" (the file has only a header)"
@@ -362,15 +414,36 @@ def load_table(path: PathArg, *, text_column: str = "text", valence_column: str 
 
     texts: list[str] = []
     labels = np.empty((len(records), 2), dtype=np.float64)
+    label_rows: list[list[str]] = []
     for i, (line, record) in enumerate(records):
         texts.append(text_value(table, line, record, text_column))
-        if categorical:
-            label = text_value(table, line, record, label_column)
-            labels[i] = lookup(label, mapping, mapping_name=mapping_name, path=table.path,
-                               line=line, field=label_column)
-        else:
+        if label_column is not None:
+            label_rows.append(parse_label_cell(
+                raw_value(table, line, record, label_column), text_table=table.file_format != "jsonl",
+                multi_label=multi_label, delimiter=label_delimiter, path=table.path, line=line,
+                field=label_column))
+        if va_columns:
             labels[i, 0] = number_value(table, line, record, valence_column, target_scale)
             labels[i, 1] = number_value(table, line, record, arousal_column, target_scale)
-    if not categorical:
+        else:
+            labels[i] = np.mean([lookup(label, mapping, mapping_name=mapping_name, path=table.path, line=line,
+                                        field=label_column) for label in label_rows[-1]], axis=0)
+    if va_columns:
         labels = target_scale.normalise(labels)
-    return AffectDataset(texts, labels.astype(np.float32), target_scale, str(path))
+    if label_column is None:
+        return AffectDataset(texts, labels.astype(np.float32), target_scale, str(path))
+    names = label_set(label_rows) if classes is None else tuple(classes)
+    targets = encode_labels(label_rows, [line for line, _ in records], names, multi_label=multi_label,
+                            path=table.path, column=label_column, known_from="the training data")
+    return AffectDataset(texts, labels.astype(np.float32), target_scale, str(path), names, targets)
+
+
+def _has_va_columns(table: RawTable, valence_column: str, arousal_column: str) -> bool:
+    """Whether a labelled file also has VA columns: both (True), neither (False), or one (error)."""
+    present = [c for c in (valence_column, arousal_column) if c in table.columns]
+    if len(present) == 1:
+        missing = arousal_column if present[0] == valence_column else valence_column
+        line = table.header_line if table.header_line is not None else table.records[0][0]
+        raise _missing_column(table, missing, table.columns, line,
+                              "key" if table.file_format == "jsonl" else "column")
+    return len(present) == 2

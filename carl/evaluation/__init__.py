@@ -2,7 +2,9 @@
 
 | module | responsibility |
 |---|---|
-| ``metrics`` | Pearson r, Spearman rho, MSE, accuracy, (macro/per-class) F1 |
+| ``metrics`` | Pearson r, Spearman rho, MSE, accuracy, (macro/per-class, multi-label) F1 |
+| ``calibration`` | temperature scaling fitted on dev, expected calibration error |
+| ``thresholds`` | per-class multi-label decision thresholds tuned on dev, macro-F1 at thresholds |
 | ``probe`` | ridge and logistic-regression probes, k-fold logic, the frozen-encoder check |
 | ``va_probe`` | VA regression on EmoBank or any VA file (``evaluate_emobank``, ``evaluate_va_file``) |
 | ``features`` | embed each distinct text once; look rows up by text |

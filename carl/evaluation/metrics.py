@@ -1,7 +1,7 @@
 """Evaluation metrics: correlation and error for VA regression, accuracy and F1 for classes.
 
-All functions take 1-D arrays and return Python floats (lists for per-class values), so that
-results serialise to JSON as they are.
+All functions take 1-D arrays (multi-hot ``[N, C]`` ones for ``multilabel_per_class_f1``) and
+return Python floats (lists for per-class values), so that results serialise to JSON as they are.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ def per_class_f1(pred: np.ndarray, true: np.ndarray, n_classes: int) -> list[flo
         fn = float(np.sum((pred != c) & (true == c)))
         scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
     return scores
+
+
+def multilabel_per_class_f1(pred: np.ndarray, true: np.ndarray) -> list[float]:
+    """F1 of each column of multi-hot predictions and targets [N, C] (0 when the class has no true positive)."""
+    pred, true = np.asarray(pred) > 0.5, np.asarray(true) > 0.5
+    tp = (pred & true).sum(0).astype(np.float64)
+    denominator = pred.sum(0) + true.sum(0)  # 2 TP + FP + FN
+    return np.where(tp > 0, 2 * tp / np.maximum(denominator, 1), 0.0).tolist()
 
 
 def macro_f1(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:

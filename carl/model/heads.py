@@ -1,4 +1,4 @@
-"""Small heads on top of the encoder: contrastive projection, VA regression, token detection."""
+"""Small heads on top of the encoder: contrastive projection, VA regression, token detection, classes."""
 
 from __future__ import annotations
 
@@ -47,3 +47,18 @@ class TokenDetectionHead(nn.Module):
 
     def forward(self, token_states: torch.Tensor) -> torch.Tensor:
         return self.net(token_states).squeeze(-1)
+
+
+class ClassificationHead(nn.Module):
+    """Linear emotion classifier on the sentence embedding: [B, H] -> class logits [B, C].
+
+    The logits feed a softmax (single-label) or one sigmoid per class (multi-label); see
+    :mod:`carl.objectives.classification`.
+    """
+
+    def __init__(self, hidden_size: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.linear(embedding)

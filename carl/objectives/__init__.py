@@ -1,6 +1,10 @@
 """The CARL objectives, one per file; each returns an ``ObjectiveOutput``."""
 
 from carl.objectives.base import ObjectiveOutput
+from carl.objectives.classification import (
+    MultiLabelClassificationLoss,
+    SingleLabelClassificationLoss,
+)
 from carl.objectives.momentum_contrastive import (
     MomentumContrastiveLoss,
     hard_label_targets,
@@ -12,8 +16,10 @@ from carl.objectives.va_regression import VARegressionLoss
 
 __all__ = [
     "MomentumContrastiveLoss",
+    "MultiLabelClassificationLoss",
     "ObjectiveOutput",
     "PerturbedTokenDetection",
+    "SingleLabelClassificationLoss",
     "VARegressionLoss",
     "hard_label_targets",
     "soft_contrastive_loss",
