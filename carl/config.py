@@ -146,6 +146,7 @@ class CarlConfig:
 
     def validate(self) -> "CarlConfig":
         """Check enumerations and ranges; raise ConfigError naming the key."""
+        self.data.check()
         checks = [
             ("objective.name", self.objective.name, OBJECTIVES),
             ("model.pooling", self.model.pooling, POOLINGS),
