@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import BatchEncoding
 
+from carl.data.batching import length_sorted_batches
+from carl.data.scales import Scale
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.export import load_heads
@@ -109,7 +112,7 @@ class AffectEncoder:
 
     @classmethod
     def load(cls, path_or_alias: str, *, device: str | torch.device = "cpu", max_length: int | None = None,
-             dtype: str | torch.dtype | None = "auto", num_threads: int | None = None) -> "AffectEncoder":
+             dtype: str | torch.dtype | None = "auto", num_threads: int | None = None) -> AffectEncoder:
         """Load a carl model folder, a run folder, an alias (``minilm-l6``) or a Hugging Face encoder.
 
         ``dtype="auto"`` runs bfloat16 (or float16) on CUDA and float32 on CPU. ``num_threads``
@@ -145,30 +148,22 @@ class AffectEncoder:
 
     # -- batching ---------------------------------------------------------------------------
 
+    def tokenize(self, texts: Sequence[str], *, offsets: bool = False) -> BatchEncoding:
+        """Token ids of ``texts`` in one fast-tokenizer call, truncated to ``max_length`` (unpadded);
+        ``offsets`` adds each token's character span (``offset_mapping``) for word attributions."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                              return_offsets_mapping=offsets, return_attention_mask=False,
+                              return_token_type_ids=False)
+
     def padded_batches(self, texts: Sequence[str], batch_size: int
                        ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-        """``(positions [B], input_ids [B, T], attention_mask [B, T])`` in token-length order.
+        """``(positions [B], input_ids [B, T], attention_mask [B, T])``, longest texts first, each
+        batch padded to its longest row (:func:`carl.data.batching.length_sorted_batches`)."""
+        return length_sorted_batches(self.tokenize(texts)["input_ids"], batch_size, self.pad_token_id)
 
-        The texts are tokenised in one call (fast tokenizer), sorted by token count (longest
-        first, so that a too-large batch fails at once) and padded per batch to its longest row.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(-lengths, kind="stable")
-        pad = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            longest = int(lengths[rows[0]])
-            batch = np.full((len(rows), longest), pad, dtype=np.int64)
-            mask = np.zeros((len(rows), longest), dtype=np.int64)
-            for r, i in enumerate(rows):
-                n = lengths[i]
-                batch[r, :n] = ids[i]
-                mask[r, :n] = 1
-            yield rows, torch.from_numpy(batch), torch.from_numpy(mask)
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  with_va: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -260,13 +255,12 @@ class AffectEncoder:
 
     def to_scale(self, z: np.ndarray) -> Prediction:
         """Standardised VA [N, 2] from the regression head -> :class:`Prediction` on ``self.scale``."""
-        mean = self.model.label_mean.float().cpu().numpy()
-        std = self.model.label_std.float().cpu().numpy()
-        low, high = self.scale
-        values = low + (z * std + mean) * (high - low)
+        self.require_heads("predict")
+        unit = self.model.destandardise(torch.from_numpy(np.asarray(z, dtype=np.float32))).numpy()  # [N, 2]
+        values = Scale(*self.scale).denormalise(unit)
         return Prediction(values[:, 0], values[:, 1])
 
-    def explain(self, text: str) -> "Explanation":
+    def explain(self, text: str) -> Explanation:
         """Per-word valence and arousal attributions (gradient x input, summed over sub-words).
 
         >>> enc = AffectEncoder.load("runs/x")                  # doctest: +SKIP
@@ -277,7 +271,7 @@ class AffectEncoder:
 
         return explain_texts(self, [text])[0]
 
-    def explain_batch(self, texts: Sequence[str], *, batch_size: int = 16) -> list["Explanation"]:
+    def explain_batch(self, texts: Sequence[str], *, batch_size: int = 16) -> list[Explanation]:
         """:meth:`explain` for many texts, batched (results in input order)."""
         from carl.inference.explain import explain_texts
 
