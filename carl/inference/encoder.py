@@ -32,10 +32,22 @@ if TYPE_CHECKING:
 
 
 class Prediction(NamedTuple):
-    """Valence [N] and arousal [N] on the model's declared scale (unpacks as a 2-tuple)."""
+    """Valence [N] and arousal [N] on the model's declared scale (unpacks as a 2-tuple); two
+    floats for a single text given as a bare ``str``."""
 
-    valence: np.ndarray
-    arousal: np.ndarray
+    valence: np.ndarray | float
+    arousal: np.ndarray | float
+
+
+def as_texts(texts: str | Sequence[str]) -> list[str]:
+    """``texts`` as a non-empty list of str: a bare ``str`` is one text, not a sequence of characters."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts given")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+    return texts
 
 
 def _pooling_of(folder: Path) -> str:
@@ -173,16 +185,15 @@ class AffectEncoder:
         return out.embedding, out.va
 
     @torch.inference_mode()
-    def infer(self, texts: Sequence[str], *, batch_size: int = 64, with_va: bool = False,
+    def infer(self, texts: str | Sequence[str], *, batch_size: int = 64, with_va: bool = False,
               show_progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Embeddings [N, H] float32 and standardised VA [N, 2] (``with_va``), in input order.
 
         One forward pass gives both; :meth:`encode` and :meth:`predict` are views of it. Inside
         a torch.distributed process group every rank embeds a share and gets the whole result.
+        A bare ``str`` is one text (N = 1).
         """
-        texts = list(texts)
-        if not texts:
-            raise ValueError("no texts given")
+        texts = as_texts(texts)
         if with_va:
             self.require_heads("predict")
         if world_size() > 1:
@@ -235,23 +246,32 @@ class AffectEncoder:
 
     # -- public API -------------------------------------------------------------------------
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 64, normalize: bool = False,
+    def encode(self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = False,
                show_progress: bool = False) -> np.ndarray:
-        """Sentence embeddings [N, H] (float32), in input order; ``normalize`` gives unit L2 norm."""
+        """Sentence embeddings [N, H] (float32), in input order; ``normalize`` gives unit L2 norm.
+
+        A bare ``str`` is one text and gives one embedding [H], as sentence-transformers does.
+        """
         emb, _ = self.infer(texts, batch_size=batch_size, show_progress=show_progress)
         if normalize:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
-        return emb
+        return emb[0] if isinstance(texts, str) else emb
 
-    def predict(self, texts: Sequence[str], *, batch_size: int = 64,
+    def predict(self, texts: str | Sequence[str], *, batch_size: int = 64,
                 show_progress: bool = False) -> Prediction:
         """Valence [N] and arousal [N] on the training data's declared scale (``self.scale``).
 
+        A bare ``str`` is one text: its valence and arousal are then two floats.
+
         >>> enc = AffectEncoder.load("runs/x")                  # doctest: +SKIP
         >>> valence, arousal = enc.predict(["What a lovely day!"])  # doctest: +SKIP
+        >>> enc.predict("What a lovely day!").valence           # doctest: +SKIP
         """
         _, z = self.infer(texts, batch_size=batch_size, with_va=True, show_progress=show_progress)
-        return self.to_scale(z)
+        prediction = self.to_scale(z)
+        if isinstance(texts, str):
+            return Prediction(float(prediction.valence[0]), float(prediction.arousal[0]))
+        return prediction
 
     def to_scale(self, z: np.ndarray) -> Prediction:
         """Standardised VA [N, 2] from the regression head -> :class:`Prediction` on ``self.scale``."""
@@ -272,10 +292,10 @@ class AffectEncoder:
         return explain_texts(self, [text])[0]
 
     def explain_batch(self, texts: Sequence[str], *, batch_size: int = 16) -> list[Explanation]:
-        """:meth:`explain` for many texts, batched (results in input order)."""
+        """:meth:`explain` for many texts, batched (results in input order; a bare ``str`` is one text)."""
         from carl.inference.explain import explain_texts
 
-        return explain_texts(self, texts, batch_size=batch_size)
+        return explain_texts(self, as_texts(texts), batch_size=batch_size)
 
     def save(self, path: str | Path) -> Path:
         """Write this model as a sentence-transformers folder (plus carl's heads and model card)."""

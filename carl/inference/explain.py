@@ -23,6 +23,7 @@ import torch
 
 from carl.data.batching import length_sorted_batches
 from carl.data.scales import Scale
+from carl.inference.encoder import as_texts
 
 if TYPE_CHECKING:
     from carl.inference.encoder import AffectEncoder
@@ -85,9 +86,7 @@ def explain_texts(encoder: AffectEncoder, texts: Sequence[str], *, batch_size: i
     tracked), then :meth:`CarlModel.input_attribution` of the predicted valence and arousal.
     """
     encoder.require_heads("explain")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("no texts given")
+    texts = as_texts(texts)
     tok = encoder.tokenize(texts, offsets=True)
     model, scale = encoder.model, Scale(*encoder.scale)
     results: list[Explanation | None] = [None] * len(texts)
