@@ -8,9 +8,9 @@ with tracemalloc on a 200,000-line input (reading it whole would hold ~20 MB of 
 from __future__ import annotations
 
 import csv
-import subprocess
 import io
 import json
+import subprocess
 import sys
 import tracemalloc
 
@@ -203,7 +203,7 @@ def run_cli_bytes(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess
     from conftest import cli_env
 
     result = subprocess.run([sys.executable, "-m", "carl.cli", *args, "--no-progress", "--threads", "1"],
-                            input=stdin, capture_output=True, env=cli_env(), timeout=120)
+                            input=stdin, capture_output=True, env=cli_env(), timeout=120, check=False)
     result.stdout, result.stderr = (x.decode("utf-8", "replace") for x in (result.stdout, result.stderr))
     return result
 
@@ -248,8 +248,8 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys):
     src.write_text("a serene day\n", encoding="utf-8")
     (tmp_path / "folder.npy").mkdir()
     (tmp_path / "afile").write_text("x", encoding="utf-8")
-    cases = [(["embed", "-o", str(tmp_path / "emb.parquet")], "unknown output format '.parquet'; name a .npy, "
-              ".jsonl, .csv file or '-' for stdout"),
+    cases = [(["embed", "-o", str(tmp_path / "emb.parquet")],
+              "unknown output format '.parquet'; name a .npy, .jsonl, .csv file or '-' for stdout"),
              (["predict", "-o", str(tmp_path / "noext")], "unknown output format '(no extension)'"),
              (["explain", "-o", str(tmp_path / "x.npy")], "unknown output format '.npy'; name a .jsonl, .csv"),
              (["explain", "--html", str(tmp_path / "page.txt")], "name a .html, .htm file"),

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from carl.data.errors import DataError
 
-
 DECODE_ERRORS = ("strict", "replace")
 
 
