@@ -10,7 +10,6 @@ False
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -24,7 +23,13 @@ from carl.data.batching import length_sorted_batches
 from carl.data.scales import Scale
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
-from carl.model.export import load_heads
+from carl.model.folder import (
+    HEAD_PREFIXES,
+    ModelFolderError,
+    check_heads,
+    load_heads,
+    read_json_object,
+)
 from carl.model.momentum import world_size
 
 if TYPE_CHECKING:
@@ -55,7 +60,7 @@ def _pooling_of(folder: Path) -> str:
     config = folder / "1_Pooling" / "config.json"
     if not config.is_file():
         return "mean"
-    data = json.loads(config.read_text(encoding="utf-8"))
+    data = read_json_object(config)
     mode = data.get("pooling_mode")
     if isinstance(mode, list):
         mode = mode[0]
@@ -70,7 +75,9 @@ def _max_length_of(folder: Path, backbone, tokenizer, requested: int | None) -> 
         config = folder / "sentence_bert_config.json"
         requested = 256
         if config.is_file():
-            requested = int(json.loads(config.read_text(encoding="utf-8")).get("max_seq_length") or 256)
+            requested = read_json_object(config).get("max_seq_length") or 256
+            if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+                raise ModelFolderError(config, f"'max_seq_length' must be a positive integer, got {requested!r}")
     limits = [requested]
     positions = getattr(backbone.config, "max_position_embeddings", None)
     if positions:
@@ -139,19 +146,18 @@ class AffectEncoder:
         folder = Path(resolve_encoder(path_or_alias))
         backbone, tokenizer = load_backbone(str(folder))
         heads = load_heads(folder) if folder.is_dir() else None
-        pooling = heads[0]["pooling"] if heads else _pooling_of(folder)
-        model = CarlModel(backbone, pooling=pooling, use_key_encoder=False,
-                          projection_dim=heads[0]["projection_dim"] if heads else 128,
-                          detector_hidden=heads[0]["detector_hidden"] if heads else 0)
+        info, tensors = heads if heads else ({}, {})
+        model = CarlModel(backbone, pooling=info.get("pooling") or _pooling_of(folder), use_key_encoder=False,
+                          projection_dim=info.get("projection_dim", 128),
+                          detector_hidden=info.get("detector_hidden", 0))
         if heads:
-            missing = model.load_state_dict(heads[1], strict=False)
-            unexpected = missing.unexpected_keys
-            if unexpected:
-                raise RuntimeError(f"{folder}: unexpected head tensors {unexpected}")
-        return cls(model, tokenizer, scale=tuple(heads[0]["scale"]) if heads else None,
-                   has_heads=heads is not None, max_length=_max_length_of(folder, backbone, tokenizer, max_length),
-                   device=device, dtype=dtype,
-                   info=heads[0] if heads else None, source=str(folder))
+            check_heads(folder, tensors, {k: v.shape for k, v in model.state_dict().items()
+                                          if k.startswith(HEAD_PREFIXES)})
+            model.load_state_dict(tensors, strict=False)
+        scale = tuple(info["scale"]) if info.get("scale") is not None else None
+        return cls(model, tokenizer, scale=scale, has_heads=scale is not None,
+                   max_length=_max_length_of(folder, backbone, tokenizer, max_length),
+                   device=device, dtype=dtype, info=info or None, source=str(folder))
 
     @property
     def dim(self) -> int:

@@ -15,14 +15,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
 from carl.atomic import temporary_beside, write_text_atomic
 from carl.model.carl_model import CarlModel
-
-CARL_SUBDIR = "carl"
-HEAD_PREFIXES = ("projection.", "regression.", "detector.", "label_mean", "label_std")
+from carl.model.folder import CARL_SUBDIR, HEAD_PREFIXES, load_heads
 
 
 def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, *,
@@ -78,15 +76,6 @@ def _write_model_folder(model: CarlModel, tokenizer: PreTrainedTokenizerBase, fo
 def _detector_hidden(model: CarlModel) -> int:
     net = model.detector.net
     return net[0].out_features if isinstance(net, torch.nn.Sequential) else 0
-
-
-def load_heads(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    """``(carl.json contents, head tensors)`` of an exported folder, or None for a plain model."""
-    folder = Path(path) / CARL_SUBDIR
-    if not (folder / "carl.json").is_file():
-        return None
-    info = json.loads((folder / "carl.json").read_text(encoding="utf-8"))
-    return info, load_file(str(folder / "heads.safetensors"))
 
 
 def record_metrics(path: str | Path, metrics: dict[str, float]) -> bool:
