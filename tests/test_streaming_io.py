@@ -191,8 +191,8 @@ def test_inference_subcommands_document_their_options(command, capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: carl {command}")
-    for flag in {"embed": ["--chunk-size", "--threads", "--dtype", "--normalize"],
-                 "predict": ["--chunk-size", "--no-progress"], "explain": ["--html", "--html-limit"],
+    for flag in {"embed": ["--chunk-size", "--threads", "--dtype", "--normalize", "--errors", "blank"],
+                 "predict": ["--chunk-size", "--no-progress", "--errors"], "explain": ["--html", "--html-limit", "--errors"],
                  "serve": ["--host", "--port", "--max-texts", "--max-chars", "--max-wait-ms", "--max-body-bytes"],
                  "export-onnx": ["--output"]}[command]:
         assert flag in text
@@ -263,8 +263,11 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "no-model" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.npy", "t.txt"]  # nothing written
-    unknown = run_cli_bytes("embed", missing_model, "-o", str(tmp_path / "emb.parquet"), stdin=b"a day\n")
-    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr and ".parquet" in unknown.stderr
+    for output, message in ((tmp_path / "emb.parquet", "unknown output format '.parquet'"),
+                            (tmp_path / "folder.npy", "folder.npy: is a folder")):
+        result = run_cli_bytes("embed", missing_model, "-o", str(output), stdin=b"a day\n")
+        assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.npy", "t.txt"]
 
 
 def test_a_failed_rename_leaves_no_temporary(tmp_path):
