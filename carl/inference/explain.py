@@ -95,7 +95,7 @@ def explain_texts(encoder: AffectEncoder, texts: Sequence[str], *, batch_size: i
             out = model(ids.to(encoder.device), mask.to(encoder.device), heads=("va",), track_input_grad=True)
             values = scale.denormalise(model.destandardise(out.va.float()))  # [B, 2] on the scale
             attribution = model.input_attribution(values).cpu().numpy()  # [B, T, 2]
-        values = values.detach().cpu().numpy()
+        predicted = values.detach().cpu().numpy()  # [B, 2]
         for r, i in enumerate(rows):
             n = len(tok["input_ids"][i])
             spans, slot = _word_table(tok.word_ids(i), tok["offset_mapping"][i])
@@ -105,7 +105,7 @@ def explain_texts(encoder: AffectEncoder, texts: Sequence[str], *, batch_size: i
             results[i] = Explanation(
                 text=texts[i], words=[texts[i][s:e] for s, e in spans], spans=spans,
                 valence_scores=scores[:, 0].tolist(), arousal_scores=scores[:, 1].tolist(),
-                valence=float(values[r, 0]), arousal=float(values[r, 1]),
+                valence=float(predicted[r, 0]), arousal=float(predicted[r, 1]),
                 scale=(scale.low, scale.high), truncated=n >= encoder.max_length and bool(spans)
                 and spans[-1][1] < len(texts[i].rstrip()))
     return results  # type: ignore[return-value]
