@@ -27,7 +27,11 @@ def _add_model_arg(parser: argparse.ArgumentParser) -> None:
 
 def _add_input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", "-i", default="-",
-                        help="plain text (one per line), .csv/.tsv or .jsonl file; '-' = stdin (default)")
+                        help="plain text (one per line; a blank line is a text too, embedded as the empty string "
+                             "is, so output row i is line i), .csv/.tsv or .jsonl file; '-' = stdin (default)")
+    parser.add_argument("--errors", default="strict", choices=["strict", "replace"],
+                        help="input that is not valid UTF-8: strict stops naming the line (default), "
+                             "replace reads each invalid byte as U+FFFD")
     parser.add_argument("--column", default="text", help="text column for CSV/TSV/JSONL (default text)")
     parser.add_argument("--chunk-size", type=int, default=4096,
                         help="texts read, processed and written at a time (bounds memory; default %(default)s)")
@@ -183,8 +187,10 @@ def _load_encoder(args):
 
 def _embed(args) -> int:
     from carl.inference.streaming import embed_stream, open_source
+    from carl.inference.writers import EMBED_OUTPUTS, check_output
 
-    source = open_source(args.input, args.column)
+    source = open_source(args.input, args.column, args.errors)
+    check_output(args.output, EMBED_OUTPUTS)
     embed_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
                  chunk_size=args.chunk_size, normalize=args.normalize, show_progress=not args.no_progress)
     return 0
@@ -192,8 +198,10 @@ def _embed(args) -> int:
 
 def _predict(args) -> int:
     from carl.inference.streaming import open_source, predict_stream
+    from carl.inference.writers import EMBED_OUTPUTS, check_output
 
-    source = open_source(args.input, args.column)
+    source = open_source(args.input, args.column, args.errors)
+    check_output(args.output, EMBED_OUTPUTS)
     predict_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
                    chunk_size=args.chunk_size, show_progress=not args.no_progress)
     return 0
@@ -201,8 +209,11 @@ def _predict(args) -> int:
 
 def _explain(args) -> int:
     from carl.inference.streaming import explain_stream, open_source
+    from carl.inference.writers import EXPLAIN_OUTPUTS, HTML_OUTPUTS, check_output
 
-    source = open_source(args.input, args.column)
+    source = open_source(args.input, args.column, args.errors)
+    check_output(args.output, EXPLAIN_OUTPUTS)
+    check_output(args.html, HTML_OUTPUTS)
     explain_stream(_load_encoder(args), source, args.output, html=args.html, html_limit=args.html_limit,
                    batch_size=args.batch_size, chunk_size=args.chunk_size, show_progress=not args.no_progress)
     return 0
@@ -223,7 +234,9 @@ def _serve(args) -> int:
 
 def _export_onnx(args) -> int:
     from carl.inference.onnx_export import export_onnx
+    from carl.inference.writers import check_output
 
+    check_output(args.output, (".onnx",))
     path = export_onnx(_load_encoder(args), args.output)
     print(f"wrote {path}")
     return 0

@@ -12,9 +12,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from carl.inference.explain import Explanation, _word_table
 from carl.inference import AffectEncoder
+from carl.inference.explain import Explanation, _word_table
 from carl.testing import affect_word_positions
 
 TOP1_MIN = 0.75  # measured ~0.91
@@ -67,6 +68,42 @@ def test_explain_matches_predict_and_batching(encoder, synthetic_csv):
         np.testing.assert_allclose(single.valence_scores, e.valence_scores, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(single.arousal_scores, e.arousal_scores, rtol=1e-4, atol=1e-6)
     json.dumps([e.to_dict() for e in batched])  # JSON-ready
+
+
+def reference_attributions(encoder: AffectEncoder, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient x input per token [T, 2] and the prediction [2], written out without CarlModel.forward:
+    a leaf copy of the word embeddings through the backbone, pooling, VA head, label statistics, scale."""
+    from carl.model.pooling import pool
+
+    model = encoder.model
+    ids = torch.tensor([encoder.tokenizer(text, truncation=True, max_length=encoder.max_length)["input_ids"]])
+    mask = torch.ones_like(ids)
+    low, high = encoder.scale
+    embeds = model.backbone.get_input_embeddings()(ids).detach().requires_grad_(True)
+    hidden = model.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    z = model.regression(pool(hidden, mask, model.pooling))
+    values = low + (z * model.label_std + model.label_mean) * (high - low)  # [1, 2]
+    grads = [torch.autograd.grad(values[0, k], embeds, retain_graph=True)[0] for k in range(2)]
+    return torch.stack([(g * embeds).sum(-1)[0] for g in grads], -1).detach().numpy(), values[0].detach().numpy()
+
+
+def test_attributions_equal_a_reference_gradient_x_input(encoder, synthetic_csv):
+    """Batched explain (padding, length sorting, ATTENTION_KERNELS) gives the reference numbers."""
+    texts = synthetic_csv.heldout_texts[:12] + ["serene", "a furious , tired week"]
+    for text, e in zip(texts, encoder.explain_batch(texts, batch_size=5)):
+        tokens, values = reference_attributions(encoder, text)
+        np.testing.assert_allclose([e.valence, e.arousal], values, rtol=1e-5, atol=1e-6)
+        per_word = tokens[1:-1]  # the synthetic vocabulary is whole words: one token per word, then [SEP]
+        np.testing.assert_allclose(e.valence_scores, per_word[:, 0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(e.arousal_scores, per_word[:, 1], rtol=1e-4, atol=1e-6)
+        assert np.abs(per_word).max() > 1e-3  # the attributions are not trivially zero
+
+
+def test_explain_leaves_no_gradients_or_graph_behind(encoder):
+    encoder.explain_batch(["a serene day", "furious"])
+    assert all(p.grad is None for p in encoder.model.parameters())
+    with pytest.raises(RuntimeError, match="no tracked input"):
+        encoder.model.input_attribution(torch.zeros(1, 2))
 
 
 def test_explain_edge_cases(encoder):

@@ -73,3 +73,22 @@ def test_run_folder_and_model_folder_load_the_same(tiny_run, mixed_length_texts)
     np.testing.assert_array_equal(from_run.encode(mixed_length_texts), from_model.encode(mixed_length_texts))
     for a, b in zip(from_run.predict(mixed_length_texts), from_model.predict(mixed_length_texts)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_bare_string_is_one_text(affect_model):
+    """As in sentence-transformers: encode(str) gives one embedding [H]; predict(str) two floats."""
+    encoder = AffectEncoder.load(str(affect_model))
+    text = "a serene morning by the river"
+    emb = encoder.encode(text)
+    assert emb.shape == (encoder.dim,)
+    np.testing.assert_array_equal(emb, encoder.encode([text])[0])
+    np.testing.assert_allclose(np.linalg.norm(encoder.encode(text, normalize=True)), 1.0, atol=1e-6)
+    prediction = encoder.predict(text)
+    assert isinstance(prediction.valence, float) and isinstance(prediction.arousal, float)
+    batch = encoder.predict([text])
+    assert prediction == pytest.approx((batch.valence[0], batch.arousal[0]))
+    assert encoder.infer(text)[0].shape == (1, encoder.dim)
+    [explanation] = encoder.explain_batch(text)
+    assert explanation.words == text.split()
+    with pytest.raises(TypeError, match=r"texts\[1\] is int, not str"):
+        encoder.encode(["fine", 3])

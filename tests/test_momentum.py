@@ -280,6 +280,24 @@ def test_only_requested_heads_are_computed(batch):
         model(*batch, heads=("nope",))
 
 
+def test_input_attribution_is_gradient_times_input(batch):
+    """Per column k: the tracked embeddings' gradient of outputs[:, k].sum(), times the embeddings,
+    summed over H; no parameter gradient, and the training path (backward, input_gradient) unchanged."""
+    model = make_model().eval()
+    out = model(*batch, track_input_grad=True)
+    embeds = model._input_embeds
+    attribution = model.input_attribution(out.va)
+    assert attribution.shape == (B, T, 2) and all(p.grad is None for p in model.parameters())
+    with pytest.raises(RuntimeError, match="no tracked input"):
+        model.input_attribution(out.va)  # the pass's graph was released
+    for k in range(2):
+        tracked = model(*batch, track_input_grad=True)
+        tracked.va[:, k].sum().backward()
+        expected = (model.input_gradient() * embeds.detach()).sum(-1)
+        torch.testing.assert_close(attribution[..., k], expected, atol=1e-6, rtol=1e-5)
+        model.zero_grad(set_to_none=True)
+
+
 def test_track_input_grad_off_under_no_grad(batch):
     model = make_model().eval()
     with torch.no_grad():
@@ -368,6 +386,8 @@ def test_label_statistics_and_standardise():
     torch.testing.assert_close(model.label_std, torch.tensor([0.2, 0.4]))
     z = model.standardise(labels)
     torch.testing.assert_close(z, torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]))
+    torch.testing.assert_close(model.destandardise(z), labels)  # the inverse, in z's dtype
+    assert model.destandardise(z.double()).dtype == torch.float64
     # constant labels: std clamped, no division by zero
     model.set_label_statistics(torch.full((4, 2), 0.5))
     assert torch.all(model.label_std > 0)

@@ -39,3 +39,31 @@ def test_onnx_matches_pytorch_on_minilm(tmp_path):
     emb, va = onnx_encode(path, encoder, TEXTS[:4], batch_size=2)
     assert va is None
     np.testing.assert_allclose(emb, encoder.encode(TEXTS[:4]), rtol=0, atol=1e-4)
+
+
+def test_temporaries_of_killed_exports_are_removed_by_the_next(affect_model, tmp_path):
+    """A writer SIGKILLed mid-export leaves its hidden temporaries; the next export of the same
+    target removes them (dead writer, older than the running process), not those in use."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from carl.atomic import temporary_beside
+
+    onnx_target, model_target = tmp_path / "m.onnx", tmp_path / "copy"
+    child = ("import os, signal, sys; from carl.atomic import temporary_beside; "
+             "(temporary_beside(sys.argv[2], folder=True) / 'weights').write_bytes(b'x' * 4096); "
+             "temporary_beside(sys.argv[1], folder=False).write_bytes(b'partial'); "
+             "os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", child, str(onnx_target), str(model_target)], check=False)
+    assert killed.returncode == -9
+    stale = sorted(tmp_path.glob(".*.tmp"))
+    assert len(stale) == 2
+    for path in stale:  # as when the next run is a later process
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    in_use = temporary_beside(onnx_target, folder=False)  # this process's own: kept
+    assert main(["export-onnx", str(affect_model), "-o", str(onnx_target), "--threads", "1"]) == 0
+    AffectEncoder.load(str(affect_model)).save(model_target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([in_use.name, "copy", "m.onnx"])
+    assert (model_target / "carl" / "heads.safetensors").is_file()

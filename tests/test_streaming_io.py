@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 import sys
 import tracemalloc
 
@@ -46,13 +47,16 @@ def inputs(tmp_path_factory):
 def test_every_format_streams_the_same_texts(inputs, name, column):
     source = TextSource(str(inputs / name), column)
     assert source.total_bytes == (inputs / name).stat().st_size and source.bytes_read() == 0
-    assert list(source) == TEXTS
+    # a blank line of plain text is a text (row i is line i); a blank JSONL line holds no record
+    assert list(source) == (TEXTS[:2] + [""] + TEXTS[2:] if name == "t.txt" else TEXTS)
     assert source.bytes_read() == source.total_bytes
 
 
 def test_stdin(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("one\n\ntwo\r\n"))
-    assert read_texts("-") == ["one", "two"]
+    assert read_texts("-") == ["one", "", "two"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfone\n  \ncaf\xc3\xa9\n")))
+    assert read_texts("-") == ["one", "  ", "café"]  # read as bytes, BOM dropped, whitespace kept
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -171,7 +175,7 @@ def test_cli_reads_stdin_and_reports_bad_input(affect_model, tmp_path, capsys):
                              "--threads", "1"], input="a serene day\n\nfurious\n", capture_output=True, text=True,
                             env=cli_env(), timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["a serene day", "furious"]
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["a serene day", "", "furious"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "no"}\n', encoding="utf-8")
     out = tmp_path / "never.npy"
@@ -187,8 +191,89 @@ def test_inference_subcommands_document_their_options(command, capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: carl {command}")
-    for flag in {"embed": ["--chunk-size", "--threads", "--dtype", "--normalize"],
-                 "predict": ["--chunk-size", "--no-progress"], "explain": ["--html", "--html-limit"],
+    for flag in {"embed": ["--chunk-size", "--threads", "--dtype", "--normalize", "--errors", "blank"],
+                 "predict": ["--chunk-size", "--no-progress", "--errors"], "explain": ["--html", "--html-limit", "--errors"],
                  "serve": ["--host", "--port", "--max-texts", "--max-chars", "--max-wait-ms", "--max-body-bytes"],
                  "export-onnx": ["--output"]}[command]:
         assert flag in text
+
+
+def run_cli_bytes(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """``python -m carl.cli`` with raw bytes on stdin; stdout and stderr decoded leniently."""
+    from conftest import cli_env
+
+    result = subprocess.run([sys.executable, "-m", "carl.cli", *args, "--no-progress", "--threads", "1"],
+                            input=stdin, capture_output=True, env=cli_env(), timeout=120, check=False)
+    result.stdout, result.stderr = (x.decode("utf-8", "replace") for x in (result.stdout, result.stderr))
+    return result
+
+
+def test_invalid_utf8_names_the_line_or_is_replaced(affect_model, tmp_path):
+    out = tmp_path / "o.jsonl"
+    strict = run_cli_bytes("predict", str(affect_model), "-o", str(out), stdin=b"ok\ncaf\xe9\n")
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert "<stdin>, line 2: invalid UTF-8 (byte 0xe9 at byte 4 of the line)" in strict.stderr
+    assert "--errors replace" in strict.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"id,text\n1,fine\n2,na\xefve\n")
+    with pytest.raises(DataError, match=r"bad.csv, line 3: invalid UTF-8 \(byte 0xef at byte 5"):
+        list(TextSource(str(bad)))
+    assert list(TextSource(str(bad), errors="replace")) == ["fine", "na\ufffdve"]
+    assert main(["predict", str(affect_model), "-i", str(bad), "-o", str(out), "--errors", "replace",
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == ["fine", "na\ufffdve"]
+    with pytest.raises(ValueError, match="unknown decoding policy 'ignore'"):
+        TextSource(str(bad), errors="ignore")
+
+
+def test_blank_lines_keep_their_rows(affect_model, tmp_path):
+    """Row i of the .npy is line i of the input: blank and whitespace-only lines are embedded
+    like the empty string, never dropped."""
+    src, out = tmp_path / "t.txt", tmp_path / "e.npy"
+    src.write_text("a serene day\n\n   \nfurious\n", encoding="utf-8")
+    assert main(["embed", str(affect_model), "-i", str(src), "-o", str(out), "--no-progress", "--chunk-size", "2"]) == 0
+    emb = np.load(out)
+    encoder = AffectEncoder.load(str(affect_model))
+    assert emb.shape == (4, encoder.dim)
+    np.testing.assert_allclose(emb, encoder.encode(["a serene day", "", "   ", "furious"]), atol=1e-5)
+    np.testing.assert_allclose(emb[1], encoder.encode(""), atol=1e-5)
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys):
+    """The model argument does not exist: each error below must come before it is looked at."""
+    missing_model = str(tmp_path / "no-model")
+    src = tmp_path / "t.txt"
+    src.write_text("a serene day\n", encoding="utf-8")
+    (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    cases = [(["embed", "-o", str(tmp_path / "emb.parquet")],
+              "unknown output format '.parquet'; name a .npy, .jsonl, .csv file or '-' for stdout"),
+             (["predict", "-o", str(tmp_path / "noext")], "unknown output format '(no extension)'"),
+             (["explain", "-o", str(tmp_path / "x.npy")], "unknown output format '.npy'; name a .jsonl, .csv"),
+             (["explain", "--html", str(tmp_path / "page.txt")], "name a .html, .htm file"),
+             (["embed", "-o", str(tmp_path / "folder.npy")], "folder.npy: is a folder"),
+             (["predict", "-o", str(tmp_path / "afile" / "p.csv")], "afile is a file, not a folder"),
+             (["export-onnx", "-o", str(tmp_path / "m.bin")], "name a .onnx file")]
+    for args, message in cases:
+        command, rest = args[0], args[1:]
+        extra = ["-i", str(src), "--no-progress"] if command != "export-onnx" else []
+        assert main([command, missing_model, *rest, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "no-model" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.npy", "t.txt"]  # nothing written
+    for output, message in ((tmp_path / "emb.parquet", "unknown output format '.parquet'"),
+                            (tmp_path / "folder.npy", "folder.npy: is a folder")):
+        result = run_cli_bytes("embed", missing_model, "-o", str(output), stdin=b"a day\n")
+        assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.npy", "t.txt"]
+
+
+def test_a_failed_rename_leaves_no_temporary(tmp_path):
+    writer = RowWriter(tmp_path / "out.jsonl")
+    writer.write([{"text": "x"}])
+    (tmp_path / "out.jsonl").mkdir()  # appears while the run works: the final rename fails
+    with pytest.raises(OSError):
+        writer.close()
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -40,6 +40,33 @@ class TokenizedDataset(Dataset):
         return item
 
 
+def pad_to_longest(rows: Sequence[Sequence[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B rows of ids (any lengths) -> ``(padded [B, T], attention_mask [B, T])``, T the longest row."""
+    lengths = [len(row) for row in rows]
+    padded = np.full((len(rows), max(lengths)), pad_value, dtype=np.int64)
+    mask = np.zeros(padded.shape, dtype=np.int64)
+    for r, (row, n) in enumerate(zip(rows, lengths)):
+        padded[r, :n] = row
+        mask[r, :n] = 1
+    return torch.from_numpy(padded), torch.from_numpy(mask)
+
+
+def length_sorted_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_value: int
+                          ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """``(positions [B], input_ids [B, T], attention_mask [B, T])`` over ``rows`` sorted by length.
+
+    Longest first (so that a too-large batch fails at once), stable among equal lengths, each
+    batch padded to its own longest row: the least padding for ``batch_size``. For inference.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+    order = np.argsort(-lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        positions = order[start:start + batch_size]
+        yield (positions, *pad_to_longest([rows[i] for i in positions], pad_value))
+
+
 class PaddingCollator:
     """Pad items to the longest in the batch: ids/mask/word_index [B, T], labels [B, 2]."""
 
@@ -47,15 +74,8 @@ class PaddingCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(item["input_ids"]) for item in items)
-        ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(items), longest), dtype=torch.long)
-        words = torch.full((len(items), longest), -1, dtype=torch.long)
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            ids[row, :n] = torch.tensor(item["input_ids"])
-            mask[row, :n] = 1
-            words[row, :n] = torch.tensor(item["word_index"])
+        ids, mask = pad_to_longest([item["input_ids"] for item in items], self.pad_token_id)
+        words, _ = pad_to_longest([item["word_index"] for item in items], -1)
         batch = {"input_ids": ids, "attention_mask": mask, "word_index": words,
                  "index": torch.tensor([item["index"] for item in items])}
         if "labels" in items[0]:

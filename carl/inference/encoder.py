@@ -10,7 +10,6 @@ False
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -18,10 +17,19 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import BatchEncoding
 
+from carl.data.batching import length_sorted_batches
+from carl.data.scales import Scale
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
-from carl.model.export import load_heads
+from carl.model.folder import (
+    HEAD_PREFIXES,
+    ModelFolderError,
+    check_heads,
+    load_heads,
+    read_json_object,
+)
 from carl.model.momentum import world_size
 
 if TYPE_CHECKING:
@@ -29,10 +37,22 @@ if TYPE_CHECKING:
 
 
 class Prediction(NamedTuple):
-    """Valence [N] and arousal [N] on the model's declared scale (unpacks as a 2-tuple)."""
+    """Valence [N] and arousal [N] on the model's declared scale (unpacks as a 2-tuple); two
+    floats for a single text given as a bare ``str``."""
 
-    valence: np.ndarray
-    arousal: np.ndarray
+    valence: np.ndarray | float
+    arousal: np.ndarray | float
+
+
+def as_texts(texts: str | Sequence[str]) -> list[str]:
+    """``texts`` as a non-empty list of str: a bare ``str`` is one text, not a sequence of characters."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts given")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+    return texts
 
 
 def _pooling_of(folder: Path) -> str:
@@ -40,7 +60,7 @@ def _pooling_of(folder: Path) -> str:
     config = folder / "1_Pooling" / "config.json"
     if not config.is_file():
         return "mean"
-    data = json.loads(config.read_text(encoding="utf-8"))
+    data = read_json_object(config)
     mode = data.get("pooling_mode")
     if isinstance(mode, list):
         mode = mode[0]
@@ -55,7 +75,9 @@ def _max_length_of(folder: Path, backbone, tokenizer, requested: int | None) -> 
         config = folder / "sentence_bert_config.json"
         requested = 256
         if config.is_file():
-            requested = int(json.loads(config.read_text(encoding="utf-8")).get("max_seq_length") or 256)
+            requested = read_json_object(config).get("max_seq_length") or 256
+            if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+                raise ModelFolderError(config, f"'max_seq_length' must be a positive integer, got {requested!r}")
     limits = [requested]
     positions = getattr(backbone.config, "max_position_embeddings", None)
     if positions:
@@ -109,7 +131,7 @@ class AffectEncoder:
 
     @classmethod
     def load(cls, path_or_alias: str, *, device: str | torch.device = "cpu", max_length: int | None = None,
-             dtype: str | torch.dtype | None = "auto", num_threads: int | None = None) -> "AffectEncoder":
+             dtype: str | torch.dtype | None = "auto", num_threads: int | None = None) -> AffectEncoder:
         """Load a carl model folder, a run folder, an alias (``minilm-l6``) or a Hugging Face encoder.
 
         ``dtype="auto"`` runs bfloat16 (or float16) on CUDA and float32 on CPU. ``num_threads``
@@ -124,19 +146,18 @@ class AffectEncoder:
         folder = Path(resolve_encoder(path_or_alias))
         backbone, tokenizer = load_backbone(str(folder))
         heads = load_heads(folder) if folder.is_dir() else None
-        pooling = heads[0]["pooling"] if heads else _pooling_of(folder)
-        model = CarlModel(backbone, pooling=pooling, use_key_encoder=False,
-                          projection_dim=heads[0]["projection_dim"] if heads else 128,
-                          detector_hidden=heads[0]["detector_hidden"] if heads else 0)
+        info, tensors = heads if heads else ({}, {})
+        model = CarlModel(backbone, pooling=info.get("pooling") or _pooling_of(folder), use_key_encoder=False,
+                          projection_dim=info.get("projection_dim", 128),
+                          detector_hidden=info.get("detector_hidden", 0))
         if heads:
-            missing = model.load_state_dict(heads[1], strict=False)
-            unexpected = missing.unexpected_keys
-            if unexpected:
-                raise RuntimeError(f"{folder}: unexpected head tensors {unexpected}")
-        return cls(model, tokenizer, scale=tuple(heads[0]["scale"]) if heads else None,
-                   has_heads=heads is not None, max_length=_max_length_of(folder, backbone, tokenizer, max_length),
-                   device=device, dtype=dtype,
-                   info=heads[0] if heads else None, source=str(folder))
+            check_heads(folder, tensors, {k: v.shape for k, v in model.state_dict().items()
+                                          if k.startswith(HEAD_PREFIXES)})
+            model.load_state_dict(tensors, strict=False)
+        scale = tuple(info["scale"]) if info.get("scale") is not None else None
+        return cls(model, tokenizer, scale=scale, has_heads=scale is not None,
+                   max_length=_max_length_of(folder, backbone, tokenizer, max_length),
+                   device=device, dtype=dtype, info=info or None, source=str(folder))
 
     @property
     def dim(self) -> int:
@@ -145,30 +166,22 @@ class AffectEncoder:
 
     # -- batching ---------------------------------------------------------------------------
 
+    def tokenize(self, texts: Sequence[str], *, offsets: bool = False) -> BatchEncoding:
+        """Token ids of ``texts`` in one fast-tokenizer call, truncated to ``max_length`` (unpadded);
+        ``offsets`` adds each token's character span (``offset_mapping``) for word attributions."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                              return_offsets_mapping=offsets, return_attention_mask=False,
+                              return_token_type_ids=False)
+
     def padded_batches(self, texts: Sequence[str], batch_size: int
                        ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-        """``(positions [B], input_ids [B, T], attention_mask [B, T])`` in token-length order.
+        """``(positions [B], input_ids [B, T], attention_mask [B, T])``, longest texts first, each
+        batch padded to its longest row (:func:`carl.data.batching.length_sorted_batches`)."""
+        return length_sorted_batches(self.tokenize(texts)["input_ids"], batch_size, self.pad_token_id)
 
-        The texts are tokenised in one call (fast tokenizer), sorted by token count (longest
-        first, so that a too-large batch fails at once) and padded per batch to its longest row.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(-lengths, kind="stable")
-        pad = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            longest = int(lengths[rows[0]])
-            batch = np.full((len(rows), longest), pad, dtype=np.int64)
-            mask = np.zeros((len(rows), longest), dtype=np.int64)
-            for r, i in enumerate(rows):
-                n = lengths[i]
-                batch[r, :n] = ids[i]
-                mask[r, :n] = 1
-            yield rows, torch.from_numpy(batch), torch.from_numpy(mask)
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  with_va: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -178,16 +191,15 @@ class AffectEncoder:
         return out.embedding, out.va
 
     @torch.inference_mode()
-    def infer(self, texts: Sequence[str], *, batch_size: int = 64, with_va: bool = False,
+    def infer(self, texts: str | Sequence[str], *, batch_size: int = 64, with_va: bool = False,
               show_progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Embeddings [N, H] float32 and standardised VA [N, 2] (``with_va``), in input order.
 
         One forward pass gives both; :meth:`encode` and :meth:`predict` are views of it. Inside
         a torch.distributed process group every rank embeds a share and gets the whole result.
+        A bare ``str`` is one text (N = 1).
         """
-        texts = list(texts)
-        if not texts:
-            raise ValueError("no texts given")
+        texts = as_texts(texts)
         if with_va:
             self.require_heads("predict")
         if world_size() > 1:
@@ -240,33 +252,41 @@ class AffectEncoder:
 
     # -- public API -------------------------------------------------------------------------
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 64, normalize: bool = False,
+    def encode(self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = False,
                show_progress: bool = False) -> np.ndarray:
-        """Sentence embeddings [N, H] (float32), in input order; ``normalize`` gives unit L2 norm."""
+        """Sentence embeddings [N, H] (float32), in input order; ``normalize`` gives unit L2 norm.
+
+        A bare ``str`` is one text and gives one embedding [H], as sentence-transformers does.
+        """
         emb, _ = self.infer(texts, batch_size=batch_size, show_progress=show_progress)
         if normalize:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
-        return emb
+        return emb[0] if isinstance(texts, str) else emb
 
-    def predict(self, texts: Sequence[str], *, batch_size: int = 64,
+    def predict(self, texts: str | Sequence[str], *, batch_size: int = 64,
                 show_progress: bool = False) -> Prediction:
         """Valence [N] and arousal [N] on the training data's declared scale (``self.scale``).
 
+        A bare ``str`` is one text: its valence and arousal are then two floats.
+
         >>> enc = AffectEncoder.load("runs/x")                  # doctest: +SKIP
         >>> valence, arousal = enc.predict(["What a lovely day!"])  # doctest: +SKIP
+        >>> enc.predict("What a lovely day!").valence           # doctest: +SKIP
         """
         _, z = self.infer(texts, batch_size=batch_size, with_va=True, show_progress=show_progress)
-        return self.to_scale(z)
+        prediction = self.to_scale(z)
+        if isinstance(texts, str):
+            return Prediction(float(prediction.valence[0]), float(prediction.arousal[0]))
+        return prediction
 
     def to_scale(self, z: np.ndarray) -> Prediction:
         """Standardised VA [N, 2] from the regression head -> :class:`Prediction` on ``self.scale``."""
-        mean = self.model.label_mean.float().cpu().numpy()
-        std = self.model.label_std.float().cpu().numpy()
-        low, high = self.scale
-        values = low + (z * std + mean) * (high - low)
+        self.require_heads("predict")
+        unit = self.model.destandardise(torch.from_numpy(np.asarray(z, dtype=np.float32))).numpy()  # [N, 2]
+        values = Scale(*self.scale).denormalise(unit)
         return Prediction(values[:, 0], values[:, 1])
 
-    def explain(self, text: str) -> "Explanation":
+    def explain(self, text: str) -> Explanation:
         """Per-word valence and arousal attributions (gradient x input, summed over sub-words).
 
         >>> enc = AffectEncoder.load("runs/x")                  # doctest: +SKIP
@@ -277,11 +297,11 @@ class AffectEncoder:
 
         return explain_texts(self, [text])[0]
 
-    def explain_batch(self, texts: Sequence[str], *, batch_size: int = 16) -> list["Explanation"]:
-        """:meth:`explain` for many texts, batched (results in input order)."""
+    def explain_batch(self, texts: Sequence[str], *, batch_size: int = 16) -> list[Explanation]:
+        """:meth:`explain` for many texts, batched (results in input order; a bare ``str`` is one text)."""
         from carl.inference.explain import explain_texts
 
-        return explain_texts(self, texts, batch_size=batch_size)
+        return explain_texts(self, as_texts(texts), batch_size=batch_size)
 
     def save(self, path: str | Path) -> Path:
         """Write this model as a sentence-transformers folder (plus carl's heads and model card)."""

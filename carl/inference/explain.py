@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from carl.model.pooling import pool
+from carl.data.batching import length_sorted_batches
+from carl.data.scales import Scale
+from carl.inference.encoder import as_texts
 
 if TYPE_CHECKING:
     from carl.inference.encoder import AffectEncoder
@@ -77,53 +79,33 @@ def _word_table(word_ids: list[int | None], offsets: list[tuple[int, int]]
     return [(s, e) for s, e in spans], slot
 
 
-def explain_texts(encoder: "AffectEncoder", texts: Sequence[str], *, batch_size: int = 16) -> list[Explanation]:
-    """:class:`Explanation` for each text, batched by length; raises without a VA head."""
+def explain_texts(encoder: AffectEncoder, texts: Sequence[str], *, batch_size: int = 16) -> list[Explanation]:
+    """:class:`Explanation` for each text, batched by length; raises without a VA head.
+
+    One query pass per batch through ``CarlModel.forward`` (VA head only, word embeddings
+    tracked), then :meth:`CarlModel.input_attribution` of the predicted valence and arousal.
+    """
     encoder.require_heads("explain")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("no texts given")
-    tok = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length,
-                            return_offsets_mapping=True, return_attention_mask=False,
-                            return_token_type_ids=False)
-    model = encoder.model
-    low, high = encoder.scale
-    width = float(high - low)
+    texts = as_texts(texts)
+    tok = encoder.tokenize(texts, offsets=True)
+    model, scale = encoder.model, Scale(*encoder.scale)
     results: list[Explanation | None] = [None] * len(texts)
-    order = sorted(range(len(texts)), key=lambda i: -len(tok["input_ids"][i]))
-    pad = encoder.tokenizer.pad_token_id or 0
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        longest = max(len(tok["input_ids"][i]) for i in rows)
-        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for r, i in enumerate(rows):
-            n = len(tok["input_ids"][i])
-            ids[r, :n] = torch.tensor(tok["input_ids"][i])
-            mask[r, :n] = 1
-        ids, mask = ids.to(encoder.device), mask.to(encoder.device)
+    for rows, ids, mask in length_sorted_batches(tok["input_ids"], batch_size, encoder.pad_token_id):
         with torch.inference_mode(False), torch.enable_grad():
-            embeds = model.backbone.get_input_embeddings()(ids).detach().requires_grad_(True)
-            hidden = model.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            z = model.regression(pool(hidden, mask, model.pooling)).float()  # [B, 2] standardised
-            values = low + (z * model.label_std.float() + model.label_mean.float()) * width  # [B, 2]
-            grad_v, = torch.autograd.grad(values[:, 0].sum(), embeds, retain_graph=True)
-            grad_a, = torch.autograd.grad(values[:, 1].sum(), embeds)
-            token_v = (grad_v.float() * embeds.float()).sum(-1).detach().cpu().numpy()  # [B, T]
-            token_a = (grad_a.float() * embeds.float()).sum(-1).detach().cpu().numpy()
-        values = values.detach().cpu().numpy()
+            out = model(ids.to(encoder.device), mask.to(encoder.device), heads=("va",), track_input_grad=True)
+            values = scale.denormalise(model.destandardise(out.va.float()))  # [B, 2] on the scale
+            attribution = model.input_attribution(values).cpu().numpy()  # [B, T, 2]
+        predicted = values.detach().cpu().numpy()  # [B, 2]
         for r, i in enumerate(rows):
             n = len(tok["input_ids"][i])
             spans, slot = _word_table(tok.word_ids(i), tok["offset_mapping"][i])
-            v_scores = np.zeros(len(spans))
-            a_scores = np.zeros(len(spans))
+            scores = np.zeros((len(spans), 2))
             keep = slot >= 0
-            np.add.at(v_scores, slot[keep], token_v[r, :n][keep])
-            np.add.at(a_scores, slot[keep], token_a[r, :n][keep])
+            np.add.at(scores, slot[keep], attribution[r, :n][keep])
             results[i] = Explanation(
                 text=texts[i], words=[texts[i][s:e] for s, e in spans], spans=spans,
-                valence_scores=v_scores.tolist(), arousal_scores=a_scores.tolist(),
-                valence=float(values[r, 0]), arousal=float(values[r, 1]),
-                scale=(float(low), float(high)), truncated=n >= encoder.max_length and bool(spans)
+                valence_scores=scores[:, 0].tolist(), arousal_scores=scores[:, 1].tolist(),
+                valence=float(predicted[r, 0]), arousal=float(predicted[r, 1]),
+                scale=(scale.low, scale.high), truncated=n >= encoder.max_length and bool(spans)
                 and spans[-1][1] < len(texts[i].rstrip()))
     return results  # type: ignore[return-value]

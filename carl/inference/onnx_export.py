@@ -9,6 +9,7 @@ traced with torch's TorchScript-based exporter (no extra packages); run it with 
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from carl.atomic import temporary_beside
 
 if TYPE_CHECKING:
     from carl.inference.encoder import AffectEncoder
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 class _EmbeddingGraph(nn.Module):
     """``(input_ids, attention_mask) -> embedding[, va]`` for tracing."""
 
-    def __init__(self, encoder: "AffectEncoder"):
+    def __init__(self, encoder: AffectEncoder):
         super().__init__()
         self.model = encoder.model
         self.heads = ("va",) if encoder.has_heads else ()
@@ -42,10 +44,9 @@ def _onnx_export(*args, **kwargs) -> None:
         raise RuntimeError(f"ONNX export needs the onnx package ({err}): pip install 'carl[onnx]'") from err
 
 
-def export_onnx(encoder: "AffectEncoder", path: str | Path, *, opset: int = 17) -> Path:
+def export_onnx(encoder: AffectEncoder, path: str | Path, *, opset: int = 17) -> Path:
     """Write ``encoder`` as an ONNX graph to ``path`` (float32, CPU); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if encoder.dtype != torch.float32 or encoder.device.type != "cpu":
         raise ValueError("export from a float32 CPU encoder: AffectEncoder.load(..., device='cpu', dtype='float32')")
     graph = _EmbeddingGraph(encoder).eval()
@@ -54,14 +55,20 @@ def export_onnx(encoder: "AffectEncoder", path: str | Path, *, opset: int = 17) 
     outputs = ["embedding", "va"] if encoder.has_heads else ["embedding"]
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
             **{name: {0: "batch"} for name in outputs}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-        _onnx_export(graph, args, str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
+    tmp = temporary_beside(path, folder=False)  # renamed into place when whole
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+            _onnx_export(graph, args, str(tmp), input_names=["input_ids", "attention_mask"],
+                         output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-def onnx_encode(path: str | Path, encoder: "AffectEncoder", texts: list[str], *, batch_size: int = 64
+def onnx_encode(path: str | Path, encoder: AffectEncoder, texts: list[str], *, batch_size: int = 64
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embeddings [N, H] (and standardised VA [N, 2] when exported) from the ONNX graph at ``path``.
 

@@ -14,10 +14,18 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from carl.inference.encoder import AffectEncoder
 from carl.atomic import write_text_atomic
+from carl.inference.encoder import AffectEncoder
 from carl.inference.text_io import TextSource, chunked
-from carl.inference.writers import NpyStreamWriter, RowWriter, is_npy
+from carl.inference.writers import (
+    EMBED_OUTPUTS,
+    EXPLAIN_OUTPUTS,
+    HTML_OUTPUTS,
+    NpyStreamWriter,
+    RowWriter,
+    check_output,
+    is_npy,
+)
 
 DEFAULT_CHUNK = 4096
 
@@ -66,6 +74,7 @@ def _finish(writer, run: Callable[[], int]) -> int:
 def embed_stream(encoder: AffectEncoder, source: Iterable[str], output: str | None, *, batch_size: int = 64,
                  chunk_size: int = DEFAULT_CHUNK, normalize: bool = False, show_progress: bool = True) -> int:
     """Embeddings to ``.npy`` [N, H], JSONL ``{"text", "embedding"}`` or CSV ``text,e0..e{H-1}``."""
+    check_output(output, EMBED_OUTPUTS)
     writer = _writer(output)
 
     def handle(texts: list[str]) -> None:
@@ -86,6 +95,7 @@ def predict_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
                    chunk_size: int = DEFAULT_CHUNK, show_progress: bool = True) -> int:
     """Valence and arousal to JSONL/CSV rows ``text,valence,arousal`` or ``.npy`` [N, 2]."""
     encoder.require_heads("predict")
+    check_output(output, EMBED_OUTPUTS)
     writer = _writer(output)
 
     def handle(texts: list[str]) -> None:
@@ -110,8 +120,8 @@ def explain_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
     from carl.inference.explain_html import render_html
 
     encoder.require_heads("explain")
-    if is_npy(output):
-        raise ValueError("explain writes .jsonl, .csv or --html, not .npy")
+    check_output(output, EXPLAIN_OUTPUTS)
+    check_output(html, HTML_OUTPUTS)
     writer = RowWriter(output) if output is not None or html is None else None
     shown: list = []
     seen = [0]
@@ -142,6 +152,6 @@ def explain_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
     return _finish(writer, run)
 
 
-def open_source(path: str | None, column: str = "text") -> TextSource:
+def open_source(path: str | None, column: str = "text", errors: str = "strict") -> TextSource:
     """:class:`TextSource` for a CLI ``--input`` (``-`` = stdin)."""
-    return TextSource(path, column)
+    return TextSource(path, column, errors)

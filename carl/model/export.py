@@ -12,49 +12,33 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
+from carl.atomic import temporary_beside, write_text_atomic
 from carl.model.carl_model import CarlModel
-from carl.atomic import write_text_atomic
-
-CARL_SUBDIR = "carl"
-HEAD_PREFIXES = ("projection.", "regression.", "detector.", "label_mean", "label_std")
+from carl.model.folder import CARL_SUBDIR, HEAD_PREFIXES, load_heads
 
 
 def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, *,
                  max_length: int, metadata: dict) -> Path:
-    """Write ``model`` to ``path`` atomically (an existing folder is replaced only when done)."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    """Write ``model`` to ``path`` atomically (an existing folder is replaced only when done).
 
+    Everything is written in one hidden temporary folder beside ``path`` (the backbone's own
+    save included), which a later export removes if this one is killed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    with tempfile.TemporaryDirectory() as raw:
-        model.backbone.save_pretrained(raw)
-        tokenizer.save_pretrained(raw)
-        st = SentenceTransformer(
-            modules=[Transformer(raw, max_seq_length=max_length),
-                     Pooling(model.backbone.config.hidden_size, pooling_mode=model.pooling)],
-            device="cpu",
-        )
-        st.save(str(tmp), create_model_card=False)
-    heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-             if k.startswith(HEAD_PREFIXES)}
-    (tmp / CARL_SUBDIR).mkdir()
-    save_file(heads, str(tmp / CARL_SUBDIR / "heads.safetensors"))
-    info = {"pooling": model.pooling, "projection_dim": model.projection_dim,
-            "detector_hidden": _detector_hidden(model), **metadata}
-    (tmp / CARL_SUBDIR / "carl.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    (tmp / "README.md").write_text(model_card(info), encoding="utf-8")
+    tmp = temporary_beside(path, folder=True)
+    try:
+        _write_model_folder(model, tokenizer, tmp, max_length=max_length, metadata=metadata)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = temporary_beside(path, folder=True)
         os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
@@ -63,18 +47,35 @@ def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str
     return path
 
 
+def _write_model_folder(model: CarlModel, tokenizer: PreTrainedTokenizerBase, folder: Path, *,
+                        max_length: int, metadata: dict) -> None:
+    """The sentence-transformers files, ``carl/`` and the model card, into the empty ``folder``."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    raw = folder / "backbone"  # the plain transformers save, read back by sentence-transformers
+    model.backbone.save_pretrained(raw)
+    tokenizer.save_pretrained(raw)
+    st = SentenceTransformer(
+        modules=[Transformer(str(raw), max_seq_length=max_length),
+                 Pooling(model.backbone.config.hidden_size, pooling_mode=model.pooling)],
+        device="cpu",
+    )
+    st.save(str(folder), create_model_card=False)
+    shutil.rmtree(raw)
+    heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if k.startswith(HEAD_PREFIXES)}
+    (folder / CARL_SUBDIR).mkdir()
+    save_file(heads, str(folder / CARL_SUBDIR / "heads.safetensors"))
+    info = {"pooling": model.pooling, "projection_dim": model.projection_dim,
+            "detector_hidden": _detector_hidden(model), **metadata}
+    (folder / CARL_SUBDIR / "carl.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    (folder / "README.md").write_text(model_card(info), encoding="utf-8")
+
+
 def _detector_hidden(model: CarlModel) -> int:
     net = model.detector.net
     return net[0].out_features if isinstance(net, torch.nn.Sequential) else 0
-
-
-def load_heads(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    """``(carl.json contents, head tensors)`` of an exported folder, or None for a plain model."""
-    folder = Path(path) / CARL_SUBDIR
-    if not (folder / "carl.json").is_file():
-        return None
-    info = json.loads((folder / "carl.json").read_text(encoding="utf-8"))
-    return info, load_file(str(folder / "heads.safetensors"))
 
 
 def record_metrics(path: str | Path, metrics: dict[str, float]) -> bool:
