@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import queue
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -125,10 +126,11 @@ def stalled_request(i: int) -> bytes:
 
 
 async def stall_clients(url: str, *, sockets: int = 300, duration_s: float = 10.0,
-                        stop: asyncio.Event | None = None) -> StallReport:
+                        stop: asyncio.Event | None = None, all_open: asyncio.Event | None = None) -> StallReport:
     """Hold ``sockets`` connections that each send part of a request (:func:`stalled_request`) and
     then nothing, for ``duration_s`` or until ``stop`` is set; a connection the server closes is
-    opened again, so ``sockets`` stay stalled throughout."""
+    opened again, so ``sockets`` stay stalled throughout. ``all_open`` is set once every socket
+    has been opened and has sent its part."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     stop = stop or asyncio.Event()
@@ -149,6 +151,9 @@ async def stall_clients(url: str, *, sockets: int = 300, duration_s: float = 10.
             started = loop.time()
             try:
                 writer.write(stalled_request(i))
+                await writer.drain()
+                if all_open is not None and counts["opened"] >= sockets:
+                    all_open.set()
                 read = asyncio.ensure_future(reader.read())  # everything until the server closes
                 stopped = asyncio.ensure_future(stop.wait())
                 await asyncio.wait([read, stopped], timeout=max(end - loop.time(), 0),
@@ -174,21 +179,66 @@ async def stall_clients(url: str, *, sockets: int = 300, duration_s: float = 10.
                        held_p50_s=float(np.percentile(times, 50)), held_max_s=float(times.max()))
 
 
-async def compare_with_stalled(url: str, *, stalled: int = 300, settle_s: float = 1.0, **load) -> dict:
+def _stall_in_process(url: str, sockets: int, stop, reports) -> None:
+    """Child process of :func:`compare_with_stalled`: puts ``"open"`` on ``reports`` once every
+    socket stalls, then its :class:`StallReport` (a dict) once ``stop`` (a process Event) is set."""
+
+    async def run() -> StallReport:
+        stopped, all_open = asyncio.Event(), asyncio.Event()
+
+        async def watch() -> None:
+            await all_open.wait()
+            reports.put("open")
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+            stopped.set()
+
+        watcher = asyncio.ensure_future(watch())
+        report = await stall_clients(url, sockets=sockets, duration_s=1e9, stop=stopped, all_open=all_open)
+        await watcher
+        return report
+
+    reports.put(asyncio.run(run()).to_dict())
+
+
+def _report_of(child, reports, timeout_s: float):
+    """The next item the stalling process puts on ``reports``; a clear error if it ended or hangs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return reports.get(timeout=0.5)
+        except queue.Empty:
+            if not child.is_alive():
+                raise RuntimeError(f"the stalling process ended with exit code {child.exitcode}") from None
+    raise RuntimeError(f"the stalling process sent nothing within {timeout_s:g} s")
+
+
+async def compare_with_stalled(url: str, *, stalled: int = 300, **load) -> dict:
     """The same load (``run_load`` arguments) alone, then while ``stalled`` connections stall.
 
-    Returns ``{"alone": LoadReport, "stalled": LoadReport, "stall": StallReport}`` as dicts; the
-    stalled sockets are opened ``settle_s`` before the load starts and kept until it ends.
+    The stalled connections come from another process (as they would from another client, and so
+    that they do not slow this process's clients: call it under ``if __name__ == "__main__"``); the
+    load starts once all of them are open and they are kept, reopened whenever the server cuts one,
+    until it ends. Returns ``{"alone": ...,
+    "stalled": ..., "stall": ...}``: two :class:`LoadReport` and a :class:`StallReport`, as dicts.
     """
+    import multiprocessing
+
     alone = await run_load(url, **load)
-    stop = asyncio.Event()
-    stall = asyncio.ensure_future(stall_clients(url, sockets=stalled, duration_s=1e9, stop=stop))
-    await asyncio.sleep(settle_s)
+    context = multiprocessing.get_context("spawn")
+    stop, reports = context.Event(), context.Queue()
+    child = context.Process(target=_stall_in_process, args=(url, stalled, stop, reports), daemon=True)
+    child.start()
+    loop = asyncio.get_running_loop()
     try:
+        if await loop.run_in_executor(None, _report_of, child, reports, 120.0) != "open":
+            raise RuntimeError("the stalling process did not say its connections are open")
         under = await run_load(url, **load)
     finally:
         stop.set()
-    return {"alone": alone.to_dict(), "stalled": under.to_dict(), "stall": (await stall).to_dict()}
+    stall = await loop.run_in_executor(None, _report_of, child, reports, 60.0)
+    child.join(timeout=10)
+    return {"alone": alone.to_dict(), "stalled": under.to_dict(), "stall": stall}
 
 
 def main(argv: list[str] | None = None) -> int:
