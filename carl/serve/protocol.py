@@ -40,7 +40,7 @@ class GuardedH11Protocol(H11Protocol):
 
     limits = ServeLimits()  # replaced by guarded_protocol
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None  # "head" or "body" while a deadline runs
