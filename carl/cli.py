@@ -98,7 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="texts merged from concurrent requests into one forward (default 128)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="how long to wait for more requests to merge (default 5 ms)")
-    serve.add_argument("--max-concurrency", type=int, default=256, help="open connections before 503 (default 256)")
+    serve.add_argument("--max-concurrency", type=int, default=256,
+                       help="requests handled at once; more get 503 (default 256)")
+    serve.add_argument("--max-connections", type=int, default=1000,
+                       help="open connections; more are closed at once (default 1000)")
+    serve.add_argument("--timeout-header", type=float, default=5.0,
+                       help="seconds for a request's line and headers to arrive; else 408 (default 5)")
+    serve.add_argument("--timeout-body", type=float, default=30.0,
+                       help="seconds for a request's body to arrive after its headers; else 408 (default 30)")
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
 
     export_onnx = sub.add_parser("export-onnx", help="export the encoder (and VA head) to ONNX")
@@ -226,7 +233,9 @@ def _serve(args) -> int:
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars,
                          max_explain_texts=args.max_explain_texts, max_body_bytes=args.max_body_bytes,
                          max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
-                         batch_size=args.batch_size, max_concurrency=args.max_concurrency)
+                         batch_size=args.batch_size, max_concurrency=args.max_concurrency,
+                         max_connections=args.max_connections, timeout_header_s=args.timeout_header,
+                         timeout_body_s=args.timeout_body)
     serve(args.model, host=args.host, port=args.port, limits=limits, device=args.device, dtype=args.dtype,
           num_threads=args.threads, log_level=args.log_level)
     return 0

@@ -2,8 +2,8 @@
 test and by schemathesis against its own OpenAPI schema.
 
 The server serves the tiny trained model (conftest ``affect_model``) with small limits (16 texts
-per request, 500 characters per text, 4 texts per /explain, 200 kB bodies) so that every limit
-is cheap to hit.
+per request, 500 characters per text, 4 texts per /explain, 200 kB bodies, 64 requests in flight,
+2 s for a request head and 3 s for its body) so that every limit is cheap to hit.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from carl.inference import AffectEncoder
-from carl.serve.loadtest import run_load
+from carl.serve.loadtest import run_load, stall_clients
 from conftest import cli_env
 
 MAX_TEXTS, MAX_CHARS, MAX_EXPLAIN, MAX_BODY = 16, 500, 4, 200_000
+MAX_CONCURRENCY, HEAD_S, BODY_S = 64, 2.0, 3.0
+STALLED, STALL_S = 300, 8.0  # stalled sockets held open (reopened when cut) while clients are served
 LOAD_REQUESTS, LOAD_CONCURRENCY, LOAD_TIME_LIMIT_S = 800, 16, 45.0
 RSS_GROWTH_LIMIT_MB = 40.0  # measured ~3 MB after warm-up on this model
 SCHEMA_EXAMPLES = 30  # per operation and mode
@@ -61,7 +63,8 @@ def server(affect_model, tmp_path_factory) -> Server:
     process = subprocess.Popen(
         [sys.executable, "-m", "carl.cli", "serve", str(affect_model), "--host", "127.0.0.1", "--port", str(port),
          "--threads", "1", "--log-level", "warning", "--max-texts", str(MAX_TEXTS), "--max-chars", str(MAX_CHARS),
-         "--max-explain-texts", str(MAX_EXPLAIN), "--max-body-bytes", str(MAX_BODY)],
+         "--max-explain-texts", str(MAX_EXPLAIN), "--max-body-bytes", str(MAX_BODY),
+         "--max-concurrency", str(MAX_CONCURRENCY), "--timeout-header", str(HEAD_S), "--timeout-body", str(BODY_S)],
         stdout=log, stderr=subprocess.STDOUT, env=cli_env())
     url = f"http://127.0.0.1:{port}"
     try:
@@ -156,6 +159,85 @@ def test_streamed_oversized_body_gets_413(server):
                           timeout=30)
     assert response.status_code == 413, response.text[:300]
     assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_health_and_schema_show_no_paths(server, affect_model):
+    """/health names the model (its folder's name) and, like the OpenAPI schema, shows no path."""
+    health = server.health()
+    assert health["model"] == affect_model.name
+    assert {"status", "dim", "has_heads", "scale"} <= set(health)
+    schema = httpx.get(server.url + "/openapi.json", timeout=10).text
+    for text in (json.dumps(health), schema):
+        assert str(affect_model.parent) not in text, text[:500]
+
+
+def test_docs_page_is_off_and_the_schema_stays(server):
+    """/docs would load its assets from a CDN (broken offline): there is none; /openapi.json stays."""
+    for path in ("/docs", "/redoc"):
+        assert httpx.get(server.url + path, timeout=10).status_code == 404
+    assert httpx.get(server.url + "/openapi.json", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_non_json_content_type_gets_415(server, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    for path in ("/embed", "/predict", "/explain"):
+        response = httpx.post(server.url + path, content=b'{"texts": ["a calm day"]}', headers=headers, timeout=30)
+        assert response.status_code == 415, response.text[:300]
+        assert "application/json" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
+def test_json_content_type_with_parameters_is_accepted(server, content_type):
+    response = httpx.post(server.url + "/embed", content=b'{"texts": ["a calm day"]}',
+                          headers={"content-type": content_type}, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+
+
+def test_stalled_sockets_do_not_starve_clients(server, synthetic_csv):
+    """300 sockets each send part of a request (half stop inside the headers, half inside the body:
+    150 more than the 64 requests allowed in flight) and stall, and are reopened whenever the server
+    cuts them; meanwhile /health and /embed answer every request, and every stalled socket is cut
+    at its deadline."""
+    texts = synthetic_csv.heldout_texts[:4]
+
+    async def scenario():
+        stall = asyncio.ensure_future(stall_clients(server.url, sockets=STALLED, duration_s=STALL_S))
+        await asyncio.sleep(1.0)  # the stalled sockets are open
+        loop = asyncio.get_running_loop()
+        statuses: list[tuple[str, int]] = []
+        async with httpx.AsyncClient(timeout=30) as http:
+            end = loop.time() + STALL_S - 2.0
+            while loop.time() < end:
+                health, embed = await asyncio.gather(http.get(server.url + "/health"),
+                                                     http.post(server.url + "/embed", json={"texts": texts}))
+                statuses += [("/health", health.status_code), ("/embed", embed.status_code)]
+        return statuses, await stall
+
+    statuses, stalled = asyncio.run(scenario())
+    print("\nstalled sockets:", json.dumps(stalled.to_dict()), f"client requests: {len(statuses)}")
+    assert len(statuses) >= 20 and all(code == 200 for _, code in statuses), \
+        [s for s in statuses if s[1] != 200][:10]
+    assert stalled.connect_errors == 0 and stalled.opened >= STALLED
+    assert stalled.closed_by_server >= STALLED, stalled  # each cut at least once within 8 s
+    assert stalled.answered_408 >= STALLED // 2, stalled
+    assert stalled.held_max_s <= BODY_S + 3.0, stalled
+    assert server.process.poll() is None
+
+
+def test_a_model_that_does_not_load_is_one_line_and_exit_2(run_cli, tmp_path):
+    """A missing or empty model folder: ``carl serve`` says why on stderr, without a traceback, and
+    exits 2 before it listens."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    errors = {}
+    for folder in (tmp_path / "missing", empty):
+        result = run_cli("serve", folder, "--port", str(free_port()), timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and result.stderr.startswith("carl serve: error:"), result.stderr
+        errors[folder.name] = result.stderr.strip().splitlines()
+    assert len(errors["missing"]) == 1, errors["missing"]
 
 
 def test_concurrent_requests_are_micro_batched(server, encoder):

@@ -2,19 +2,19 @@
 
 >>> from carl import AffectEncoder
 >>> from carl.serve.app import create_app
->>> app = create_app(AffectEncoder.load("runs/x"))     # doctest: +SKIP
->>> # uvicorn.run(app, host="127.0.0.1", port=8000)    (or: carl serve runs/x --port 8000)
+>>> app = create_app(AffectEncoder.load("runs/x"), name="x")     # doctest: +SKIP
+>>> # carl serve runs/x --port 8000   (uvicorn with the connection guard of carl.serve.protocol)
 
 Errors: 400 malformed JSON, 409 /predict or /explain on a model without a VA head, 413 body
-larger than ``max_body_bytes``, 422 wrong types, empty list, too many texts, text too long,
-unknown fields; all bodies are ``{"detail": ...}``.
+larger than ``max_body_bytes``, 415 a Content-Type other than JSON, 422 wrong types, empty list,
+too many texts, text too long, unknown fields, 503 ``max_concurrency`` requests already in flight;
+all bodies are ``{"detail": ...}``. There is no ``/docs`` page (its assets would come from a CDN).
 
 (No ``from __future__ import annotations`` here: FastAPI must see the request models, which are
 built inside :func:`create_app` from the limits, as real annotations.)
 """
 
 import asyncio
-import json
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
@@ -26,65 +26,20 @@ from fastapi.responses import JSONResponse
 from carl import __version__
 from carl.inference import AffectEncoder
 from carl.serve.batcher import MicroBatcher
+from carl.serve.middleware import BodyLimit, InFlightLimit, JsonOnly
 from carl.serve.schemas import (EmbedResponse, ErrorResponse, ExplainResponse, Health, PredictResponse,
                                 ServeLimits, request_models)
 
 ERRORS = {400: {"model": ErrorResponse, "description": "malformed JSON"},
-          413: {"model": ErrorResponse, "description": "request body too large"}}
+          413: {"model": ErrorResponse, "description": "request body too large"},
+          415: {"model": ErrorResponse, "description": "Content-Type is not application/json"},
+          503: {"model": ErrorResponse, "description": "too many requests in flight"}}
 NEEDS_HEADS = {409: {"model": ErrorResponse, "description": "the model has no VA regression head"}}
 
 
-class BodyLimit:
-    """ASGI middleware: answer 413 when a request body exceeds ``max_bytes``.
-
-    A declared Content-Length is checked first; otherwise (chunked uploads) the body is read here,
-    counting bytes and stopping at the limit, and then replayed to the app.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit():
-            if int(declared) > self.max_bytes:
-                return await self._reject(send)
-            return await self.app(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._reject(send)
-            if not message.get("more_body", False):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _reject(self, send) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None) -> FastAPI:
-    """An app serving ``encoder`` under ``limits``; the micro-batcher starts with the app."""
+def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None, *, name: str = "model") -> FastAPI:
+    """An app serving ``encoder`` (called ``name`` in ``/health``) under ``limits``; the micro-batcher
+    starts with the app."""
     limits = limits or ServeLimits()
     EmbedRequest, PredictRequest, ExplainRequest = request_models(limits)
     with_va = encoder.has_heads
@@ -101,10 +56,12 @@ def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None) -> Fas
         await batcher.stop()
         batcher.executor.shutdown(wait=True)
 
-    app = FastAPI(title="carl affect encoder", version=__version__, lifespan=lifespan,
-                  description="Sentence embeddings, valence/arousal and per-word affect attributions "
-                              f"from {encoder.source}.")
+    app = FastAPI(title="carl affect encoder", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=f"Sentence embeddings, valence/arousal and per-word affect attributions from {name}.")
+    # the last added runs first: 415, then 413, then 503, then the app
+    app.add_middleware(InFlightLimit, max_requests=limits.max_concurrency)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(JsonOnly)
     app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
@@ -122,11 +79,11 @@ def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None) -> Fas
         return JSONResponse({"detail": "this model has no VA regression head: serve a model trained "
                                        "with carl"}, status_code=409)
 
-    @app.get("/health", response_model=Health)
+    @app.get("/health", response_model=Health, responses={503: ERRORS[503]})
     async def health() -> Health:
-        """Liveness, the model's shape and the micro-batcher's counters."""
+        """Liveness, the model's name and shape, the limits and the micro-batcher's counters."""
         s = batcher.stats
-        return Health(status="ok", model=encoder.source, version=__version__, dim=encoder.dim,
+        return Health(status="ok", model=name, version=__version__, dim=encoder.dim,
                       has_heads=encoder.has_heads, scale=encoder.scale,
                       limits={k: float(v) for k, v in asdict(limits).items()},
                       requests=s.requests, batches=s.batches, texts=s.texts, largest_batch=s.largest_batch)

@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests that arrive within a few milliseconds share one forward.
 
 Requests put ``(texts, future)`` on an asyncio queue. One worker takes the first waiting request,
-then keeps collecting for at most ``max_wait_ms`` (or until ``max_batch_texts`` texts), runs the
+then keeps collecting for at most ``max_wait_ms`` while the next request still fits within
+``max_batch_texts`` texts (one that does not fit opens the next batch), runs the
 model once on all collected texts in a single worker thread (so the event loop stays free and
 torch never runs two forwards at once), and hands each request its own rows. While a forward
 runs, new requests queue up and form the next batch, so under load batches grow by themselves.
@@ -57,6 +58,7 @@ class MicroBatcher:
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="carl-model")
         self.stats = BatcherStats()
         self._queue: asyncio.Queue[_Pending] | None = None
+        self._held: _Pending | None = None  # taken from the queue but too large for the batch being collected
         self._worker: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -72,8 +74,11 @@ class MicroBatcher:
                 await self._worker
             except asyncio.CancelledError:
                 pass
+        waiting = [self._held] if self._held is not None else []
         while self._queue is not None and not self._queue.empty():
-            item = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        self._held = None
+        for item in waiting:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("server shutting down"))
 
@@ -81,13 +86,16 @@ class MicroBatcher:
         """The forward's outputs for ``texts`` (rows in order), computed with other requests."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
+        if len(texts) > self.max_batch_texts:
+            raise ValueError(f"{len(texts)} texts do not fit in one batch of max_batch_texts={self.max_batch_texts}")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(list(texts), future))
         return await future
 
     async def _collect(self) -> list[_Pending]:
-        pending = [await self._queue.get()]
-        count = len(pending[0].texts)
+        """The requests of one forward: never more than ``max_batch_texts`` texts in all."""
+        first, self._held = self._held or await self._queue.get(), None
+        pending, count = [first], len(first.texts)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         while count < self.max_batch_texts:
@@ -101,6 +109,9 @@ class MicroBatcher:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except asyncio.TimeoutError:
                     break
+            if count + len(item.texts) > self.max_batch_texts:
+                self._held = item  # first of the next batch, so arrival order is kept
+                break
             pending.append(item)
             count += len(item.texts)
         return pending

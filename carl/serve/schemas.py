@@ -20,18 +20,27 @@ class ServeLimits:
     max_chars: int = 2000  # characters per text
     max_explain_texts: int = 8  # texts per /explain request (a backward pass each)
     max_body_bytes: int = 1_000_000  # request body size; larger bodies get 413
-    max_batch_texts: int = 128  # texts merged into one forward by the micro-batcher
+    max_batch_texts: int = 128  # texts merged into one forward by the micro-batcher (>= max_texts)
     max_wait_ms: float = 5.0  # how long the micro-batcher waits for more requests
     batch_size: int = 64  # texts per forward pass inside a merged batch
-    max_concurrency: int = 256  # open connections before uvicorn answers 503
+    max_concurrency: int = 256  # requests handled at once; more get 503
+    max_connections: int = 1000  # open connections; more are closed at once
+    timeout_header_s: float = 5.0  # from connect (or a request's first byte) to its complete head; else 408
+    timeout_body_s: float = 30.0  # from a request's head to its complete body; else the connection is closed
 
     def __post_init__(self) -> None:
         for name in ("max_texts", "max_chars", "max_explain_texts", "max_body_bytes", "max_batch_texts",
-                     "batch_size", "max_concurrency"):
+                     "batch_size", "max_concurrency", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("timeout_header_s", "timeout_body_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.max_batch_texts < self.max_texts:
+            raise ValueError(f"max_batch_texts ({self.max_batch_texts}) must be >= max_texts ({self.max_texts}): "
+                             "a request must fit in one merged batch")
 
 
 def _utf8(text: str) -> str:
@@ -106,7 +115,7 @@ class ExplainResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
-    model: str
+    model: str = Field(description="the model's name (an alias or its folder's name, never a path)")
     version: str
     dim: int
     has_heads: bool
