@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
-from carl.model.export import load_heads
+from carl.model.export import has_va_head, load_heads
 from carl.model.momentum import world_size
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class AffectEncoder:
             if unexpected:
                 raise RuntimeError(f"{folder}: unexpected head tensors {unexpected}")
         return cls(model, tokenizer, scale=tuple(heads[0]["scale"]) if heads else None,
-                   has_heads=heads is not None, max_length=_max_length_of(folder, backbone, tokenizer, max_length),
+                   has_heads=heads is not None and has_va_head(heads[0]), max_length=_max_length_of(folder, backbone, tokenizer, max_length),
                    device=device, dtype=dtype,
                    info=heads[0] if heads else None, source=str(folder))
 

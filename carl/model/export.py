@@ -3,8 +3,9 @@
 Folder layout: the sentence-transformers files (``modules.json``, Transformer weights and
 tokenizer, ``1_Pooling/``, ``README.md`` model card) so that
 ``SentenceTransformer(path)`` gives carl's sentence embeddings, and ``carl/`` with
-``heads.safetensors`` (projection, VA regression, token detector, label statistics) and
-``carl.json`` (pooling, label scale, training configuration and metrics).
+``heads.safetensors`` (label statistics and the heads that were trained: projection, VA
+regression, token detector) and ``carl.json`` (pooling, trained heads, label scale, training
+configuration and metrics).
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from carl.model.carl_model import CarlModel
+from carl.model.carl_model import HEADS, CarlModel
 from carl.atomic import write_text_atomic
 
 CARL_SUBDIR = "carl"
-HEAD_PREFIXES = ("projection.", "regression.", "detector.", "label_mean", "label_std")
+# state-dict prefix of each query-encoder head (``CarlModel.forward``'s head names)
+HEAD_PREFIXES = {"query": "projection.", "va": "regression.", "token_logits": "detector."}
+LABEL_STATISTICS = ("label_mean", "label_std")
 
 
 def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, *,
-                 max_length: int, metadata: dict) -> Path:
-    """Write ``model`` to ``path`` atomically (an existing folder is replaced only when done)."""
+                 max_length: int, metadata: dict, heads: tuple[str, ...] = HEADS) -> Path:
+    """Write ``model`` with its trained ``heads`` to ``path`` atomically (an existing folder is
+    replaced only when done). Heads not listed are left out: a loader never offers a random head."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
@@ -44,12 +48,12 @@ def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str
             device="cpu",
         )
         st.save(str(tmp), create_model_card=False)
-    heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-             if k.startswith(HEAD_PREFIXES)}
+    prefixes = LABEL_STATISTICS + tuple(HEAD_PREFIXES[h] for h in heads)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}
     (tmp / CARL_SUBDIR).mkdir()
-    save_file(heads, str(tmp / CARL_SUBDIR / "heads.safetensors"))
+    save_file(tensors, str(tmp / CARL_SUBDIR / "heads.safetensors"))
     info = {"pooling": model.pooling, "projection_dim": model.projection_dim,
-            "detector_hidden": _detector_hidden(model), **metadata}
+            "detector_hidden": _detector_hidden(model), **metadata, "heads": list(heads)}
     (tmp / CARL_SUBDIR / "carl.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     (tmp / "README.md").write_text(model_card(info), encoding="utf-8")
     if path.exists():
@@ -75,6 +79,11 @@ def load_heads(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
         return None
     info = json.loads((folder / "carl.json").read_text(encoding="utf-8"))
     return info, load_file(str(folder / "heads.safetensors"))
+
+
+def has_va_head(info: dict) -> bool:
+    """Whether an exported folder (its ``carl.json``) holds a trained VA head; older folders hold every head."""
+    return "va" in info.get("heads", HEADS)
 
 
 def record_metrics(path: str | Path, metrics: dict[str, float]) -> bool:

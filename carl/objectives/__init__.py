@@ -8,14 +8,17 @@ from carl.objectives.momentum_contrastive import (
     soft_label_targets,
 )
 from carl.objectives.perturbed_token_detection import PerturbedTokenDetection
+from carl.objectives.simcse import SimCSELoss, simcse_loss
 from carl.objectives.va_regression import VARegressionLoss
 
 __all__ = [
     "MomentumContrastiveLoss",
     "ObjectiveOutput",
     "PerturbedTokenDetection",
+    "SimCSELoss",
     "VARegressionLoss",
     "hard_label_targets",
+    "simcse_loss",
     "soft_contrastive_loss",
     "soft_label_targets",
 ]
