@@ -30,14 +30,16 @@ class ConfigError(ValueError):
 class Term:
     """One component ``weight * L`` of an objective's total loss.
 
-    ``loss`` names the loss (``carl/objectives``: mcl, mse, ptd, simcse); ``weight`` is a number
-    or, in ``OBJECTIVE_TERMS``, the ``ObjectiveConfig`` key that holds it; ``targets`` says what
+    ``loss`` names the loss (``carl/objectives``: mcl, mse, ptd, simcse); ``weight_key`` is the
+    ``ObjectiveConfig`` key holding its weight (empty: the fixed ``weight``); ``targets`` says what
     the loss contrasts against (mcl: ``soft`` VA-distance targets or ``hard`` binned VA classes).
+    ``ObjectiveConfig.terms`` fills in ``weight``.
     """
 
     loss: str
-    weight: float | str = 1.0
+    weight_key: str = ""
     targets: str = ""
+    weight: float = 1.0
 
 
 # every objective as its terms; adding an objective is one row here (plus its loss file)
@@ -54,7 +56,7 @@ OBJECTIVES = tuple(OBJECTIVE_TERMS)
 def describe_objectives() -> str:
     """One line per objective: its terms and weights, e.g. ``mcl (soft) x objective.mcl_weight``."""
     def term(t: Term) -> str:
-        weight = f"objective.{t.weight}" if isinstance(t.weight, str) else f"{t.weight:g}"
+        weight = f"objective.{t.weight_key}" if t.weight_key else f"{t.weight:g}"
         return f"{t.loss}{f' ({t.targets})' if t.targets else ''} x {weight}"
 
     return "\n".join(f"  {name} = {' + '.join(map(term, terms))}" for name, terms in OBJECTIVE_TERMS.items())
@@ -136,11 +138,11 @@ class ObjectiveConfig:
         """The objective's terms by loss name, weights resolved to numbers; zero-weight terms dropped."""
         terms = {}
         for term in OBJECTIVE_TERMS[self.name]:
-            weight = getattr(self, term.weight) if isinstance(term.weight, str) else term.weight
+            weight = getattr(self, term.weight_key) if term.weight_key else term.weight
             if weight > 0:
                 terms[term.loss] = dataclasses.replace(term, weight=weight)
         if not terms:
-            keys = ", ".join(f"objective.{t.weight}" for t in OBJECTIVE_TERMS[self.name] if isinstance(t.weight, str))
+            keys = ", ".join(f"objective.{t.weight_key}" for t in OBJECTIVE_TERMS[self.name] if t.weight_key)
             raise ConfigError(f"objective {self.name!r} has no term with a positive weight: raise {keys}")
         return terms
 
