@@ -58,7 +58,9 @@ def _profile_in(objective: str, args, run_dir: Path) -> dict:
     timer, model = PhaseTimer(args.warmup), trainer.model
     model.forward = timer.wrap(lambda *a, heads=(), **k: "forward " + "+".join(heads), model.forward)
     model.encode_keys = timer.wrap("key encoder forward", model.encode_keys)
-    trainer.ptd.perturb = timer.wrap("saliency + HotFlip", trainer.ptd.perturb)
+    ptd = trainer.losses.get("ptd")  # built only for objectives with a ptd term
+    if ptd is not None:
+        ptd.perturb = timer.wrap("saliency + HotFlip", ptd.perturb)
     trainer.accelerator.backward = timer.wrap("backward", trainer.accelerator.backward)
     trainer.optimizer.step = timer.wrap("optimizer step", trainer.optimizer.step)
     update = timer.wrap("EMA update", model.momentum_update)

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from carl.config import config_defaults, load_config
+from carl.config import config_defaults, describe_objectives, load_config
 from carl.training.errors import TrainingDiverged
 
 EPILOG_KEYS = "\n".join(f"  {key} (default {value!r})" for key, value in config_defaults().items())
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train into OUTPUT (resumes from its last checkpoint if present). "
                     "OUTPUT/model is the exported sentence-transformers folder.",
-        epilog="configuration keys for --set:\n" + EPILOG_KEYS)
+        epilog="objectives (objective.name) and their terms:\n" + describe_objectives()
+               + "\n\nconfiguration keys for --set:\n" + EPILOG_KEYS)
     train.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics, model)")
     train.add_argument("--config", "-c", help="TOML file with [data], [model], [objective], [train] tables")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

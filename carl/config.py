@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-OBJECTIVES = ("carl", "mcl", "mse", "supcon-hard")
 POOLINGS = ("mean", "cls")
 SELECTIONS = ("saliency", "random")
 REPLACEMENTS = ("hotflip", "random", "mask")
@@ -26,6 +25,42 @@ RESUME_MISMATCH = ("error", "warn")
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """One component ``weight * L`` of an objective's total loss.
+
+    ``loss`` names the loss (``carl/objectives``: mcl, mse, ptd, simcse); ``weight_key`` is the
+    ``ObjectiveConfig`` key holding its weight (empty: the fixed ``weight``); ``targets`` says what
+    the loss contrasts against (mcl: ``soft`` VA-distance targets or ``hard`` binned VA classes).
+    ``ObjectiveConfig.terms`` fills in ``weight``.
+    """
+
+    loss: str
+    weight_key: str = ""
+    targets: str = ""
+    weight: float = 1.0
+
+
+# every objective as its terms; adding an objective is one row here (plus its loss file)
+OBJECTIVE_TERMS: dict[str, tuple[Term, ...]] = {
+    "carl": (Term("mcl", "mcl_weight", "soft"), Term("mse", "mse_weight"), Term("ptd", "ptd_weight")),
+    "mcl": (Term("mcl", "mcl_weight", "soft"), Term("mse", "mse_weight")),
+    "supcon-hard": (Term("mcl", "mcl_weight", "hard"), Term("mse", "mse_weight")),
+    "mse": (Term("mse", "mse_weight"),),
+    "simcse": (Term("simcse"),),
+}
+OBJECTIVES = tuple(OBJECTIVE_TERMS)
+
+
+def describe_objectives() -> str:
+    """One line per objective: its terms and weights, e.g. ``mcl (soft) x objective.mcl_weight``."""
+    def term(t: Term) -> str:
+        weight = f"objective.{t.weight_key}" if t.weight_key else f"{t.weight:g}"
+        return f"{t.loss}{f' ({t.targets})' if t.targets else ''} x {weight}"
+
+    return "\n".join(f"  {name} = {' + '.join(map(term, terms))}" for name, terms in OBJECTIVE_TERMS.items())
 
 
 @dataclass
@@ -89,6 +124,13 @@ class MCLConfig:
 
 
 @dataclass
+class SimCSEConfig:
+    """Unsupervised SimCSE: two dropout views of each sentence, in-batch InfoNCE."""
+
+    temperature: float = 0.05
+
+
+@dataclass
 class PTDConfig:
     """Gradient-saliency perturbed token detection."""
 
@@ -101,7 +143,7 @@ class PTDConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Which objective and the weights of the total loss ``sum_i w_i L_i``."""
+    """Which objective (one of ``OBJECTIVE_TERMS``) and the weights of its total loss ``sum_i w_i L_i``."""
 
     name: str = "carl"
     mcl_weight: float = 1.0
@@ -109,6 +151,19 @@ class ObjectiveConfig:
     mse_weight: float = 1.0
     mcl: MCLConfig = field(default_factory=MCLConfig)
     ptd: PTDConfig = field(default_factory=PTDConfig)
+    simcse: SimCSEConfig = field(default_factory=SimCSEConfig)
+
+    def terms(self) -> dict[str, Term]:
+        """The objective's terms by loss name, weights resolved to numbers; zero-weight terms dropped."""
+        terms = {}
+        for term in OBJECTIVE_TERMS[self.name]:
+            weight = getattr(self, term.weight_key) if term.weight_key else term.weight
+            if weight > 0:
+                terms[term.loss] = dataclasses.replace(term, weight=weight)
+        if not terms:
+            keys = ", ".join(f"objective.{t.weight_key}" for t in OBJECTIVE_TERMS[self.name] if t.weight_key)
+            raise ConfigError(f"objective {self.name!r} has no term with a positive weight: raise {keys}")
+        return terms
 
 
 @dataclass
@@ -158,6 +213,7 @@ class CarlConfig:
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"{key} = {value!r}: choose one of {', '.join(allowed)}")
+        self.objective.terms()
         if not 0.0 <= self.objective.mcl.momentum < 1.0:
             raise ConfigError("objective.mcl.momentum must lie in [0, 1)")
         for key in ("objective.ptd.ratio", "objective.ptd.sentence_fraction"):
@@ -165,7 +221,7 @@ class CarlConfig:
                 raise ConfigError(f"{key} must lie in (0, 1]")
         for key in ("objective.mcl.temperature", "objective.mcl.label_temperature", "train.epochs",
                     "train.batch_size", "train.learning_rate", "train.gradient_accumulation_steps",
-                    "data.max_length", "objective.mcl.hard_bins"):
+                    "data.max_length", "objective.mcl.hard_bins", "objective.simcse.temperature"):
             value = _get(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{key} = {value!r} must be a positive finite number")

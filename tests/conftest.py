@@ -20,6 +20,8 @@ from carl.testing import make_tiny_encoder, synthetic_affect_corpus, synthetic_v
 
 N_TRAIN = 400
 N_HELDOUT = 300
+REPO = Path(__file__).resolve().parents[1]
+KILL_AT_STEP = Path(__file__).with_name("kill_at_step.py")
 
 
 @dataclass
@@ -80,21 +82,24 @@ def tiny_overrides(tiny_encoder, synthetic_csv) -> list[str]:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """Environment for ``python -m carl.cli`` subprocesses: offline, one thread."""
+    """Environment for ``python -m carl.cli`` subprocesses: offline, one thread, this tree's carl."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("CARL_TEST_KILL_AT_STEP", None)
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.update(extra)
     return env
 
 
 @pytest.fixture(scope="session")
 def run_cli():
-    """``run_cli(*args, env=None, timeout=300)``: run ``python -m carl.cli`` and return the result."""
+    """``run_cli(*args, env=None, timeout=300, kill_at_step=None)``: run ``python -m carl.cli`` and
+    return the result; with ``kill_at_step=N`` the process SIGKILLs itself after optimizer step N."""
 
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "carl.cli", *map(str, args)], capture_output=True,
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            kill_at_step: int | None = None) -> subprocess.CompletedProcess:
+        command = [str(KILL_AT_STEP), str(kill_at_step)] if kill_at_step else ["-m", "carl.cli"]
+        return subprocess.run([sys.executable, *command, *map(str, args)], capture_output=True,
                               text=True, env=cli_env(**(env or {})), timeout=timeout)
 
     return run

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
+KILL_AT_STEP = Path(__file__).with_name("kill_at_step.py")
 
 
 def _free_port() -> int:
@@ -21,7 +22,10 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    """Offline, one thread, this tree's carl (also for scripts run by path)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -97,9 +101,9 @@ def test_two_processes_with_split_batches_match_one_process(no_dropout_encoder, 
     # a 2-process run killed after step 4 (last checkpoint: step 3) resumes in ONE process
     # and finishes on the same trace
     killed = tmp_path / "killed"
-    dead = subprocess.run(_torchrun("-m", "carl.cli", "train", "--output", str(killed), "--no-progress", *sets,
+    dead = subprocess.run(_torchrun(str(KILL_AT_STEP), "4", "train", "--output", str(killed), "--no-progress", *sets,
                                     "--set", "train.split_batches=true"),
-                          env={**_env(), "CARL_TEST_KILL_AT_STEP": "4"}, capture_output=True, text=True, timeout=300)
+                          env=_env(), capture_output=True, text=True, timeout=300)
     assert dead.returncode != 0
     assert (killed / "checkpoints" / "latest").read_text().strip() == "step-3"
     resumed = subprocess.run([sys.executable, "-m", "carl.cli", "train", "--output", str(killed), "--no-progress",

@@ -1,20 +1,17 @@
 """The benchmark runner on a tiny run: cells, cache and resume, results.json, report and plots;
-the SimCSE baseline; the ``carl benchmark`` arguments."""
+the ``carl benchmark`` arguments. (SimCSE, a trainer objective: tests/test_simcse_objective.py.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import carl.evaluation.benchmark as bench
-from carl.evaluation.baselines import simcse as simcse_module
 from carl.evaluation.benchmark import BenchmarkMismatch, BenchmarkSettings, plan_cells, run_benchmark
 from carl.evaluation.report import README_END, README_START, update_readme
 from carl.evaluation.tasks import TaskSettings
-from carl.inference import AffectEncoder
 
 TINY_TASKS = dict(limit=40, mr_limit=60, cv_folds=3, goemotions_train_limit=40, goemotions_dev_limit=40,
                   geometry_limit=40)
@@ -24,26 +21,20 @@ PNGS = ("va_scatter.png", "embeddings_2d.png", "per_class_f1.png", "alignment_un
 
 class Counter:
     def __init__(self):
-        self.carl = 0
-        self.simcse = 0
+        self.trained: list[str] = []  # objective of each trainer construction
 
 
 @pytest.fixture
 def counted(monkeypatch) -> Counter:
-    """Count trainer constructions and SimCSE trainings through the benchmark module."""
+    """Record trainer constructions through the benchmark module (every trained cell, SimCSE too)."""
     count = Counter()
-    real_trainer, real_simcse = bench.CarlTrainer, bench.train_simcse
+    real_trainer = bench.CarlTrainer
 
-    def trainer(*args, **kwargs):
-        count.carl += 1
-        return real_trainer(*args, **kwargs)
-
-    def simcse(*args, **kwargs):
-        count.simcse += 1
-        return real_simcse(*args, **kwargs)
+    def trainer(config, *args, **kwargs):
+        count.trained.append(config.objective.name)
+        return real_trainer(config, *args, **kwargs)
 
     monkeypatch.setattr(bench, "CarlTrainer", trainer)
-    monkeypatch.setattr(bench, "train_simcse", simcse)
     return count
 
 
@@ -70,7 +61,7 @@ def test_plan_has_references_then_seeds_outermost(settings):
 def test_benchmark_caches_resumes_and_reports(tmp_path, settings, counted):
     out = tmp_path / "bench"
     results, logs = _run(out, settings)
-    assert (counted.carl, counted.simcse) == (4, 2)  # mse and carl x 2 seeds; simcse x 2 seeds
+    assert sorted(counted.trained) == ["carl", "carl", "mse", "mse", "simcse", "simcse"]  # x 2 seeds
     assert sorted(results["computed_this_run"]) == sorted(c.name for c in plan_cells(settings))
 
     # --- results.json: every number, seed, configuration, versions, hardware
@@ -80,7 +71,9 @@ def test_benchmark_caches_resumes_and_reports(tmp_path, settings, counted):
     assert carl["seed"] == 1 and carl["config"]["objective"]["name"] == "carl"
     assert carl["config"]["train"]["seed"] == 1 and carl["training"]["steps"] == 3
     assert {"mcl", "mse", "ptd", "loss"} <= set(carl["training"]["curves"])
-    assert saved["cells"]["simcse-s2"]["config"]["simcse"]["seed"] == 2
+    simcse = saved["cells"]["simcse-s2"]
+    assert simcse["config"]["objective"]["name"] == "simcse" and simcse["config"]["train"]["seed"] == 2
+    assert set(simcse["training"]["curves"]) == {"simcse", "loss"} and simcse["training"]["steps"] == 3
     assert saved["environment"]["versions"]["torch"] and saved["environment"]["cpu_count"]
     assert saved["settings"]["seeds"] == [1, 2] and saved["task_sizes"]["sst2"] == {"train": 40, "dev": 40, "test": 40}
     assert "sst2" in carl["results"]["tasks"] and "emobank_test" in carl["results"]["geometry"]
@@ -101,9 +94,9 @@ def test_benchmark_caches_resumes_and_reports(tmp_path, settings, counted):
         assert f"]({name})" in report
 
     # --- second invocation: nothing recomputed, same numbers
-    counted.carl = counted.simcse = 0
+    counted.trained.clear()
     again, logs = _run(out, settings)
-    assert (counted.carl, counted.simcse) == (0, 0) and again["computed_this_run"] == []
+    assert counted.trained == [] and again["computed_this_run"] == []
     assert all(line.endswith("cached") for line in logs if ": " in line and "wrote" not in line)
     assert json.dumps(again["cells"], sort_keys=True) == json.dumps(saved["cells"], sort_keys=True)
 
@@ -112,7 +105,7 @@ def test_benchmark_caches_resumes_and_reports(tmp_path, settings, counted):
     steps_before = metrics.read_text().count("\n")
     (out / "cells" / "carl-s1.json").unlink()
     third, _ = _run(out, settings)
-    assert (counted.carl, counted.simcse) == (1, 0) and third["computed_this_run"] == ["carl-s1"]
+    assert counted.trained == ["carl"] and third["computed_this_run"] == ["carl-s1"]
     assert metrics.read_text().count("\n") == steps_before
     assert third["cells"]["carl-s1"]["results"]["tasks"]["sst2"]["metrics"] == \
         results["cells"]["carl-s1"]["results"]["tasks"]["sst2"]["metrics"]
@@ -130,40 +123,6 @@ def test_benchmark_caches_resumes_and_reports(tmp_path, settings, counted):
     text = readme.read_text()
     assert "\nold\n" not in text and "carl benchmark --tiny" in text and "| carl | 2 |" in text
     assert text.endswith("after\n")
-
-
-def test_simcse_baseline_trains_resumes_and_loads(tmp_path, tiny_encoder, synthetic_csv, monkeypatch):
-    cfg = simcse_module.SimCSEConfig(encoder=tiny_encoder, batch_size=16, max_steps=4, checkpoint_every=2,
-                                     learning_rate=1e-3, seed=3, num_threads=1)
-    texts = synthetic_csv.train_texts[:96]
-    whole = simcse_module.train_simcse(cfg, texts, tmp_path / "whole", show_progress=False)
-
-    calls = {"n": 0}
-    real_loss = simcse_module.simcse_loss
-
-    def crash_at_step_3(*args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_loss(*args)
-
-    monkeypatch.setattr(simcse_module, "simcse_loss", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        simcse_module.train_simcse(cfg, texts, tmp_path / "resumed", show_progress=False)
-    monkeypatch.setattr(simcse_module, "simcse_loss", real_loss)
-    resumed = simcse_module.train_simcse(cfg, texts, tmp_path / "resumed", show_progress=False)
-    steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
-
-    a, b = AffectEncoder.load(str(tmp_path / "whole")), AffectEncoder.load(str(tmp_path / "resumed"))
-    assert not a.has_heads and a.encode(texts[:5]).shape == (5, 32)
-    np.testing.assert_allclose(a.encode(texts[:8]), b.encode(texts[:8]), atol=1e-5)  # resume is exact
-    start = AffectEncoder.load(tiny_encoder)
-    assert not np.allclose(a.encode(texts[:8]), start.encode(texts[:8]), atol=1e-4)  # it trained
-    assert Path(whole) == tmp_path / "whole" / "model" and Path(resumed).is_dir()
-    with pytest.raises(ValueError, match="other settings"):
-        simcse_module.train_simcse(simcse_module.SimCSEConfig(encoder=tiny_encoder, max_steps=5),
-                                   texts, tmp_path / "whole", show_progress=False)
 
 
 def test_cli_arguments_give_the_presets():

@@ -23,6 +23,17 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _widen_regression_head(folder: Path) -> None:
+    """Rewrite carl/heads.safetensors with a VA head one input wider than the encoder."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "carl" / "heads.safetensors"
+    tensors = load_file(str(path))
+    weight = tensors["regression.linear.weight"]
+    tensors["regression.linear.weight"] = torch.cat([weight, weight[:, :1]], dim=1)
+    save_file(tensors, str(path))
+
+
 def _edit_info(folder: Path, **changes) -> None:
     path = folder / "carl" / "carl.json"
     info = json.loads(path.read_text(encoding="utf-8"))
@@ -43,8 +54,10 @@ BREAKAGES = {
                            r"carl/carl\.json: not valid JSON"),
     "carl.json bad pooling": (lambda d: _edit_info(d, pooling="max"), r"'pooling' must be one of mean, cls"),
     "heads missing": (lambda d: (d / "carl" / "heads.safetensors").unlink(), r"carl/heads\.safetensors: missing"),
-    "head sizes inconsistent": (lambda d: _edit_info(d, projection_dim=64),
-                                r"tensor 'projection\.net\.2\.weight' has shape \[128, 32\], the model needs \[64, 32\]"),
+    "head sizes inconsistent": (lambda d: _widen_regression_head(d),
+                                r"tensor 'regression\.linear\.weight' has shape \[2, 33\], the model needs \[2, 32\]"),
+    "untrained head listed": (lambda d: _edit_info(d, heads=["va", "query"]),
+                              r"tensors do not match carl/carl\.json's heads: missing \['projection\."),
     "pickled weights only": (lambda d: (d / "model.safetensors").rename(d / "pytorch_model.bin"),
                              r"pytorch_model\.bin: weights only as a PyTorch pickle"),
     "no config.json": (lambda d: (d / "config.json").unlink(), r"config\.json: missing: not a model folder"),

@@ -52,7 +52,7 @@ def train_args(out: Path, overrides: list[str]) -> list[str]:
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, run_cli, resume_overrides, synthetic_csv):
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
 
-    killed = run_cli(*train_args(resumed, resume_overrides), env={"CARL_TEST_KILL_AT_STEP": "5"})
+    killed = run_cli(*train_args(resumed, resume_overrides), kill_at_step=5)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert [r["step"] for r in metrics(resumed)] == [1, 2, 3, 4, 5]
     assert assert_checkpoints_complete(resumed) == ["step-3"]
@@ -98,7 +98,7 @@ class NaNAfter:
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, resume_overrides):
     overrides = resume_overrides + ["train.checkpoint_every=2", "train.max_steps=6"]
     trainer = CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False)
-    trainer.mse_loss = NaNAfter(trainer.mse_loss, start=5)  # one clean pass per step: step 5 is NaN
+    trainer.losses["mse"] = NaNAfter(trainer.losses["mse"], start=5)  # one clean pass per step: step 5 is NaN
     with pytest.raises(TrainingDiverged, match=r"step 5.*step-4"):
         trainer.train()
     assert assert_checkpoints_complete(tmp_path) == ["step-2", "step-4"]

@@ -1,4 +1,4 @@
-"""The evaluation suite: probes on frozen embeddings, geometry, baselines, the benchmark.
+"""The evaluation suite: probes on frozen embeddings, geometry, lexicon peers, the benchmark.
 
 | module | responsibility |
 |---|---|
@@ -11,7 +11,6 @@
 | ``tasks`` | the task list, its settings and data, ``evaluate_encoder`` |
 | ``geometry`` | alignment and uniformity (Wang and Isola, 2020) |
 | ``lexicon`` | VADER and TextBlob as one-feature peers |
-| ``baselines.simcse`` | unsupervised SimCSE trained on the same sentences |
 | ``benchmark`` / ``benchmark_cli`` | ``carl benchmark``: cells, cache and resume, results.json |
 | ``report`` / ``plots`` | report.md with tables (best per column in bold), PNG plots, README section |
 

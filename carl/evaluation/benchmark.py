@@ -4,8 +4,8 @@
     carl benchmark --out benchmarks/results/quick --quick   # one seed, subsets (< 20 min)
 
 A *cell* is one method with one seed (``carl-s1``), or a seedless reference (``frozen``,
-``vader``, ``textblob``). Each cell trains into ``OUT/runs/<cell>`` (carl's trainer, or the
-SimCSE baseline), is probed on every task with :func:`carl.evaluation.tasks.evaluate_encoder`
+``vader``, ``textblob``). Each cell trains into ``OUT/runs/<cell>`` (carl's trainer, whose
+``objective.name`` picks the method's terms, SimCSE included), is probed on every task with :func:`carl.evaluation.tasks.evaluate_encoder`
 and is written to ``OUT/cells/<cell>.json`` once finished. A rerun of the same command skips
 finished cells and resumes an interrupted training from its last checkpoint. A cell cached
 under other settings is refused (train into a new ``--out``).
@@ -21,7 +21,6 @@ import dataclasses
 import gc
 import hashlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -32,7 +31,6 @@ import numpy as np
 
 from carl.atomic import write_text_atomic
 from carl.config import load_config
-from carl.evaluation.baselines.simcse import SimCSEConfig, train_simcse
 from carl.evaluation.tasks import TaskSettings, evaluate_encoder, load_task_data
 from carl.training.run_info import environment_info
 from carl.training.trainer import CarlTrainer  # module attribute: tests count calls through it
@@ -43,13 +41,13 @@ class Method:
     """A row of the comparison: how its encoder is obtained."""
 
     name: str
-    kind: str  # "frozen" | "carl" | "simcse" | "lexicon"
+    kind: str  # "frozen" | "carl" (trained by carl's trainer with ``overrides``) | "lexicon"
     overrides: tuple[str, ...] = ()
     description: str = ""
 
     @property
     def seeded(self) -> bool:
-        return self.kind in ("carl", "simcse")
+        return self.kind == "carl"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -64,7 +62,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "CARL, salient words replaced by random tokens"),
     Method("carl-replace-mask", "carl", ("objective.name=carl", "objective.ptd.replacement=mask"),
            "CARL, salient words replaced by the mask token"),
-    Method("simcse", "simcse", (), "unsupervised SimCSE on the same sentences (tau 0.05)"),
+    Method("simcse", "carl", ("objective.name=simcse",), "unsupervised SimCSE on the same sentences (tau 0.05)"),
     Method("vader", "lexicon", (), "VADER compound score (one feature)"),
     Method("textblob", "lexicon", (), "TextBlob polarity (one feature)"),
 )}
@@ -266,17 +264,10 @@ def training_summary(records: list[dict], wall_seconds: float) -> dict:
 def train_cell(cell: Cell, run_dir: Path, show_progress: bool) -> tuple[str, dict]:
     """Train (or resume) a cell's encoder; returns (model path, resolved configuration)."""
     cfg = load_config(None, list(cell.overrides))
-    if cell.method.kind == "carl":
-        trainer = CarlTrainer(cfg, run_dir, show_progress=show_progress)
-        trainer.train()
-        del trainer
-        return str(run_dir), cfg.to_dict()
-    from carl.data.sources import load_training_data
-
-    simcse = SimCSEConfig.from_carl_config(cfg)
-    texts = load_training_data(cfg.data, verbose=False)[0].texts
-    train_simcse(simcse, texts, run_dir, show_progress=show_progress)
-    return str(run_dir / "model"), {"simcse": simcse.to_dict(), "data": cfg.to_dict()["data"]}
+    trainer = CarlTrainer(cfg, run_dir, show_progress=show_progress)
+    trainer.train()
+    del trainer
+    return str(run_dir), cfg.to_dict()
 
 
 def run_cell(cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_progress: bool = True,

@@ -24,11 +24,13 @@ from carl.data.scales import Scale
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.folder import (
-    HEAD_PREFIXES,
     ModelFolderError,
     check_heads,
+    has_va_head,
+    head_state_prefixes,
     load_heads,
     read_json_object,
+    trained_heads,
 )
 from carl.model.momentum import world_size
 
@@ -151,11 +153,11 @@ class AffectEncoder:
                           projection_dim=info.get("projection_dim", 128),
                           detector_hidden=info.get("detector_hidden", 0))
         if heads:
-            check_heads(folder, tensors, {k: v.shape for k, v in model.state_dict().items()
-                                          if k.startswith(HEAD_PREFIXES)})
+            prefixes = head_state_prefixes(trained_heads(info))
+            check_heads(folder, tensors, {k: v.shape for k, v in model.state_dict().items() if k.startswith(prefixes)})
             model.load_state_dict(tensors, strict=False)
-        scale = tuple(info["scale"]) if info.get("scale") is not None else None
-        return cls(model, tokenizer, scale=scale, has_heads=scale is not None,
+        va = bool(info) and has_va_head(info)
+        return cls(model, tokenizer, scale=tuple(info["scale"]) if va else None, has_heads=va,
                    max_length=_max_length_of(folder, backbone, tokenizer, max_length),
                    device=device, dtype=dtype, info=info or None, source=str(folder))
 

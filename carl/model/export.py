@@ -3,8 +3,9 @@
 Folder layout: the sentence-transformers files (``modules.json``, Transformer weights and
 tokenizer, ``1_Pooling/``, ``README.md`` model card) so that
 ``SentenceTransformer(path)`` gives carl's sentence embeddings, and ``carl/`` with
-``heads.safetensors`` (projection, VA regression, token detector, label statistics) and
-``carl.json`` (pooling, label scale, training configuration and metrics).
+``heads.safetensors`` (label statistics and the heads that were trained: projection, VA
+regression, token detector) and ``carl.json`` (pooling, trained heads, label scale, training
+configuration and metrics).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from transformers import PreTrainedTokenizerBase
 
 from carl.atomic import temporary_beside, write_text_atomic
 from carl.model.carl_model import CarlModel
-from carl.model.folder import CARL_SUBDIR, HEAD_PREFIXES, load_heads
+from carl.model.folder import CARL_SUBDIR, HEAD_PREFIXES, head_state_prefixes, load_heads
 
 
 def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, *,
-                 max_length: int, metadata: dict) -> Path:
-    """Write ``model`` to ``path`` atomically (an existing folder is replaced only when done).
+                 max_length: int, metadata: dict, heads: tuple[str, ...] = tuple(HEAD_PREFIXES)) -> Path:
+    """Write ``model`` with its trained ``heads`` to ``path`` atomically (an existing folder is
+    replaced only when done). Heads not listed are left out: a loader never offers a random head.
 
     Everything is written in one hidden temporary folder beside ``path`` (the backbone's own
     save included), which a later export removes if this one is killed.
@@ -33,7 +35,7 @@ def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str
     path = Path(path)
     tmp = temporary_beside(path, folder=True)
     try:
-        _write_model_folder(model, tokenizer, tmp, max_length=max_length, metadata=metadata)
+        _write_model_folder(model, tokenizer, tmp, max_length=max_length, metadata={**metadata, "heads": list(heads)})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -63,8 +65,8 @@ def _write_model_folder(model: CarlModel, tokenizer: PreTrainedTokenizerBase, fo
     )
     st.save(str(folder), create_model_card=False)
     shutil.rmtree(raw)
-    heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-             if k.startswith(HEAD_PREFIXES)}
+    prefixes = head_state_prefixes(metadata["heads"])
+    heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}
     (folder / CARL_SUBDIR).mkdir()
     save_file(heads, str(folder / CARL_SUBDIR / "heads.safetensors"))
     info = {"pooling": model.pooling, "projection_dim": model.projection_dim,

@@ -20,7 +20,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 CARL_SUBDIR = "carl"
-HEAD_PREFIXES = ("projection.", "regression.", "detector.", "label_mean", "label_std")  # CarlModel state keys
+# state-dict prefix of each query-encoder head (``CarlModel.forward``'s head names), and the label
+# statistics every carl folder holds
+HEAD_PREFIXES = {"query": "projection.", "va": "regression.", "token_logits": "detector."}
+LABEL_STATISTICS = ("label_mean", "label_std")
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -89,6 +92,21 @@ def check_safetensors(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def head_state_prefixes(heads: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """State-dict key prefixes of the label statistics and of ``heads``."""
+    return LABEL_STATISTICS + tuple(HEAD_PREFIXES[h] for h in heads)
+
+
+def trained_heads(info: dict) -> list[str]:
+    """The heads a folder's ``carl.json`` says were trained (folders written before the list: all)."""
+    return list(info.get("heads", HEAD_PREFIXES))
+
+
+def has_va_head(info: dict) -> bool:
+    """Whether a folder's ``carl.json`` describes a trained VA head with its scale."""
+    return "va" in trained_heads(info) and info.get("scale") is not None
+
+
 def check_model_folder(folder: Path) -> None:
     """The files a transformer folder needs before ``from_pretrained`` reads it: ``config.json``,
     whole safetensors weights, and valid sentence-transformers configs where present."""
@@ -133,7 +151,7 @@ def load_heads(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | Non
 
     ``carl.json`` must give ``pooling`` (mean or cls), ``projection_dim`` and ``detector_hidden``
     (integers >= 0) and ``scale``: ``[low, high]`` of the VA predictions, or null for a model
-    without a trained VA head. Tensor shapes are checked against the model by :func:`check_heads`.
+    without a trained VA head; ``heads`` lists the trained heads (absent: all of them). Tensor shapes are checked against the model by :func:`check_heads`.
     """
     carl = Path(folder) / CARL_SUBDIR
     info_path, heads_path = carl / "carl.json", carl / "heads.safetensors"
@@ -161,6 +179,9 @@ def _check_info(path: Path, info: dict) -> None:
         value = info.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ModelFolderError(path, f"{key!r} must be an integer >= 0, got {value!r}")
+    heads = info.get("heads", list(HEAD_PREFIXES))
+    if not isinstance(heads, list) or not set(heads) <= set(HEAD_PREFIXES):
+        raise ModelFolderError(path, f"'heads' must be a list of {', '.join(HEAD_PREFIXES)}, got {heads!r}")
     if "scale" not in info:
         raise ModelFolderError(path, "no 'scale' (the [low, high] of the VA predictions, or null without a VA head)")
     scale = info["scale"]

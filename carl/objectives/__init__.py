@@ -12,6 +12,7 @@ from carl.objectives.momentum_contrastive import (
     soft_label_targets,
 )
 from carl.objectives.perturbed_token_detection import PerturbedTokenDetection
+from carl.objectives.simcse import SimCSELoss, simcse_loss
 from carl.objectives.va_regression import VARegressionLoss
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "ObjectiveOutput",
     "PerturbedTokenDetection",
     "SingleLabelClassificationLoss",
+    "SimCSELoss",
     "VARegressionLoss",
     "hard_label_targets",
+    "simcse_loss",
     "soft_contrastive_loss",
     "soft_label_targets",
 ]

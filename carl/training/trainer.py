@@ -1,6 +1,7 @@
 """The CARL training loop on accelerate: one code path for CPU, one GPU and several processes.
 
-One optimizer step (objective ``carl``):
+The loop trains the terms of ``objective.name`` (``carl.config.OBJECTIVE_TERMS``), each with its
+resolved weight; it never decodes the objective's name. One optimizer step (objective ``carl``):
   1. clean pass: query embeddings, momentum keys, MCL (+ auxiliary MSE) loss; backward, which
      also leaves dL/d(word embeddings) -- the saliency -- at no extra pass;
   2. perturbed pass: the most salient words are replaced (hotflip by default) and the token
@@ -13,9 +14,9 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,38 +27,52 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from carl.atomic import write_text_atomic
-from carl.config import CarlConfig, ConfigError, flatten, load_config
+from carl.config import CarlConfig, ConfigError, Term, flatten, load_config
 from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
 from carl.data.sources import describe_data, load_training_data
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, position_limit, resolve_encoder
 from carl.model.export import export_model
 from carl.model.momentum import gather_across_processes
-from carl.objectives import MomentumContrastiveLoss, PerturbedTokenDetection, VARegressionLoss
+from carl.objectives import (
+    MomentumContrastiveLoss,
+    ObjectiveOutput,
+    PerturbedTokenDetection,
+    SimCSELoss,
+    VARegressionLoss,
+)
 from carl.objectives.perturbed_token_detection import sample_sentences
 from carl.training.checkpoint import TrainingState, latest_checkpoint, resume_checkpoint, save_checkpoint
 from carl.training.errors import TrainingDiverged
 from carl.training.fingerprint import fingerprint_changes, run_fingerprint
 from carl.training.run_info import environment_info
 
-CONTRASTIVE = ("carl", "mcl", "supcon-hard")
+# the query-encoder heads each term trains; every term but ``ptd`` reads the clean query pass
+TERM_HEADS: dict[str, tuple[str, ...]] = {"mcl": ("query",), "mse": ("va",), "simcse": (), "ptd": ("token_logits",)}
+PERTURBED_PASS_TERMS = ("ptd",)
+# query-pass views of each sentence a term needs (SimCSE: two dropout views)
+VIEWS = {"simcse": 2}
 # settings that may change between a run and its resumption (they do not alter the maths)
 RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.resume_mismatch")
 
 
-
 class CarlTrainer:
-    """Train CARL (or an ablation) into ``output_dir``; resumes from its last checkpoint."""
+    """Train CARL (or an ablation) into ``output_dir``; resumes from its last checkpoint.
 
-    def __init__(self, config: CarlConfig, output_dir: str | Path, *, show_progress: bool = True):
+    ``on_step_end`` callbacks run after each optimizer step (and its checkpoint), given the trainer.
+    """
+
+    def __init__(self, config: CarlConfig, output_dir: str | Path, *, show_progress: bool = True,
+                 on_step_end: list[Callable[[CarlTrainer], None]] | None = None):
         self.cfg = config
         self.out = Path(output_dir)
         self.show_progress = show_progress
-        objective = config.objective.name
-        self.use_mcl = objective in CONTRASTIVE and config.objective.mcl_weight > 0
-        self.use_ptd = objective == "carl" and config.objective.ptd_weight > 0
-        self.use_mse = objective == "mse" or config.objective.mse_weight > 0
+        self.on_step_end = list(on_step_end or [])
+        self.terms = config.objective.terms()
+        clean_pass = {"mcl": self._mcl_term, "mse": self._mse_term, "simcse": self._simcse_term}
+        self.clean_terms = {name: clean_pass[name] for name in self.terms if name not in PERTURBED_PASS_TERMS}
+        self.views = max(VIEWS.get(name, 1) for name in self.terms)
         if config.train.num_threads > 0:
             torch.set_num_threads(config.train.num_threads)
         self.accelerator = Accelerator(
@@ -79,23 +94,15 @@ class CarlTrainer:
         self.model = CarlModel(
             backbone, pooling=cfg.model.pooling, projection_dim=cfg.model.projection_dim,
             momentum=cfg.objective.mcl.momentum, queue_size=cfg.objective.mcl.queue_size,
-            detector_hidden=cfg.objective.ptd.detector_hidden, use_key_encoder=self.use_mcl,
+            detector_hidden=cfg.objective.ptd.detector_hidden, use_key_encoder="mcl" in self.terms,
         )
+        if self.views > 1:
+            # the views differ only by dropout, which a backbone loaded by from_pretrained has off
+            # (the other terms train in that eval mode, as they always have)
+            backbone.train()
         labels = torch.as_tensor(self.train_data.labels, dtype=torch.float32)
         self.model.set_label_statistics(labels)
-        self.mcl_loss = MomentumContrastiveLoss(
-            temperature=cfg.objective.mcl.temperature,
-            label_temperature=cfg.objective.mcl.label_temperature,
-            hard_bin_edges=self._hard_bin_edges(labels) if cfg.objective.name == "supcon-hard" else None,
-        )
-        self.mse_loss = VARegressionLoss()
-        self.ptd = PerturbedTokenDetection(
-            ratio=cfg.objective.ptd.ratio, sentence_fraction=cfg.objective.ptd.sentence_fraction,
-            selection=cfg.objective.ptd.selection,
-            replacement=cfg.objective.ptd.replacement, special_ids=self.tokenizer.all_special_ids,
-            mask_token_id=self.tokenizer.mask_token_id,
-            vocab_size=backbone.get_input_embeddings().weight.shape[0],
-        ).to(acc.device)
+        self.losses = {name: self._build_loss(term, labels) for name, term in self.terms.items()}
 
         dataset = TokenizedDataset(self.train_data.texts, self.train_data.labels, self.tokenizer,
                                    cfg.data.max_length)
@@ -115,10 +122,29 @@ class CarlTrainer:
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps)
 
+    def _build_loss(self, term: Term, labels: torch.Tensor) -> torch.nn.Module:
+        """The loss module of one term (mcl, mse, simcse, else ptd); ``labels`` [N, 2] are the raw
+        training labels."""
+        o = self.cfg.objective
+        if term.loss == "mcl":
+            return MomentumContrastiveLoss(
+                temperature=o.mcl.temperature, label_temperature=o.mcl.label_temperature,
+                hard_bin_edges=self._hard_bin_edges(labels) if term.targets == "hard" else None)
+        if term.loss == "mse":
+            return VARegressionLoss()
+        if term.loss == "simcse":
+            return SimCSELoss(temperature=o.simcse.temperature)
+        return PerturbedTokenDetection(
+            ratio=o.ptd.ratio, sentence_fraction=o.ptd.sentence_fraction, selection=o.ptd.selection,
+            replacement=o.ptd.replacement, special_ids=self.tokenizer.all_special_ids,
+            mask_token_id=self.tokenizer.mask_token_id,
+            vocab_size=self.model.backbone.get_input_embeddings().weight.shape[0],
+        ).to(self.accelerator.device)
+
     def _check_queue_size(self, n_train: int) -> None:
         """Refuse a queue that could hold a sentence's own key from its previous visit."""
         queue = self.cfg.objective.mcl.queue_size
-        if not self.use_mcl or queue == 0:
+        if "mcl" not in self.terms or queue == 0:
             return
         t = self.cfg.train
         per_step = t.batch_size * t.gradient_accumulation_steps * (
@@ -152,47 +178,57 @@ class CarlTrainer:
 
     # --------------------------------------------------------------- one step
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
-        """Forward, backward (clean and, for carl, perturbed pass); returns the values to log,
-        left on the device (``_log`` reads a step's values in one transfer)."""
-        acc, w = self.accelerator, self.cfg.objective
+        """Forward, backward (clean and, with a ``ptd`` term, perturbed pass); returns the values to
+        log, left on the device (``_log`` reads a step's values in one transfer)."""
+        acc = self.accelerator
         core = acc.unwrap_model(self.model)
         labels = core.standardise(batch["labels"])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.views > 1:  # the views of a sentence differ only in their dropout masks
+            ids, mask = ids.repeat(self.views, 1), mask.repeat(self.views, 1)
         with acc.autocast():
-            heads = ("query",) * self.use_mcl + ("va",) * self.use_mse
-            out = self.model(batch["input_ids"], batch["attention_mask"], heads=heads,
-                             track_input_grad=self.use_ptd)
+            heads = tuple(head for name in self.clean_terms for head in TERM_HEADS[name])
+            out = self.model(ids, mask, heads=heads, track_input_grad="ptd" in self.terms)
         logs: dict[str, torch.Tensor | float] = {}
         clean_loss = out.embedding.new_zeros((), dtype=torch.float32)
-        if self.use_mcl:
-            with acc.autocast():
-                keys = core.encode_keys(batch["input_ids"], batch["attention_mask"]).float()
-            batch_keys, batch_labels, own = self._gather_batch_keys(keys, batch["labels"])
-            queue_keys, queue_labels = core.queue.contents()
-            key_labels = core.standardise(torch.cat([batch_labels, queue_labels]))
-            mcl = self.mcl_loss(out.query, torch.cat([batch_keys, queue_keys]), labels, key_labels, own)
-            clean_loss = clean_loss + w.mcl_weight * mcl.loss
-            logs.update(mcl=mcl.loss.detach(), **mcl.diagnostics)
-            self._pending_enqueue = (batch_keys, batch_labels)
-        if self.use_mse:
-            mse = self.mse_loss(out.va, labels)
-            weight = 1.0 if self.cfg.objective.name == "mse" else w.mse_weight
-            clean_loss = clean_loss + weight * mse.loss
-            logs.update(mse=mse.loss.detach(), **mse.diagnostics)
+        for name, compute in self.clean_terms.items():
+            term = compute(batch, out, labels)
+            clean_loss = clean_loss + self.terms[name].weight * term.loss
+            logs.update({name: term.loss.detach()}, **term.diagnostics)
         acc.backward(clean_loss)
         total = clean_loss.detach()
-        if self.use_ptd:
+        if "ptd" in self.terms:
+            weight, ptd = self.terms["ptd"].weight, self.losses["ptd"]
             embedding_matrix = core.backbone.get_input_embeddings().weight.detach()
-            mask, ids, words, grad = sample_sentences(self.ptd.sentence_fraction, batch["attention_mask"],
+            mask, ids, words, grad = sample_sentences(ptd.sentence_fraction, batch["attention_mask"],
                                                       batch["input_ids"], batch["word_index"], core.input_gradient())
-            perturbed, positions = self.ptd.perturb(ids, words, grad, embedding_matrix)
+            perturbed, positions = ptd.perturb(ids, words, grad, embedding_matrix)
             with acc.autocast():
                 out_p = self.model(perturbed, mask, heads=("token_logits",))
-            det = self.ptd(out_p.token_logits, positions, mask)
-            acc.backward(w.ptd_weight * det.loss)
-            total = total + w.ptd_weight * det.loss.detach()
+            det = ptd(out_p.token_logits, positions, mask)
+            acc.backward(weight * det.loss)
+            total = total + weight * det.loss.detach()
             logs.update(ptd=det.loss.detach(), ptd_sentences=float(mask.shape[0]), **det.diagnostics)
         logs["loss"] = total
         return logs
+
+    def _mcl_term(self, batch, out, labels) -> ObjectiveOutput:
+        """Queries [B, P] against the gathered batch keys and the queue; the keys wait for enqueueing."""
+        core = self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast():
+            keys = core.encode_keys(batch["input_ids"], batch["attention_mask"]).float()
+        batch_keys, batch_labels, own = self._gather_batch_keys(keys, batch["labels"])
+        queue_keys, queue_labels = core.queue.contents()
+        key_labels = core.standardise(torch.cat([batch_labels, queue_labels]))
+        self._pending_enqueue = (batch_keys, batch_labels)
+        return self.losses["mcl"](out.query, torch.cat([batch_keys, queue_keys]), labels, key_labels, own)
+
+    def _mse_term(self, batch, out, labels) -> ObjectiveOutput:
+        return self.losses["mse"](out.va, labels)
+
+    def _simcse_term(self, batch, out, labels) -> ObjectiveOutput:
+        first, second = out.embedding.chunk(2)  # [B, H] each: the two dropout views
+        return self.losses["simcse"](first, second)
 
     def _gather_batch_keys(self, keys, labels):
         """Keys [B, P] and raw labels [B, 2] from every process; own-key columns [B] of this rank.
@@ -259,7 +295,8 @@ class CarlTrainer:
             started, pending = time.perf_counter(), []
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self._save()
-            _maybe_kill_for_tests(self.step)
+            for callback in self.on_step_end:
+                callback(self)
             if self.step >= self.total_steps:
                 return
         self.epoch += 1
@@ -381,7 +418,8 @@ class CarlTrainer:
         path = self.out / "model"
         if acc.is_main_process:
             core = acc.unwrap_model(self.model)
-            export_model(core, self.tokenizer, path, max_length=self.cfg.data.max_length,
+            trained = tuple(head for name in self.terms for head in TERM_HEADS[name])
+            export_model(core, self.tokenizer, path, max_length=self.cfg.data.max_length, heads=trained,
                          metadata={"objective": self.cfg.objective.name,
                                    "base_encoder": self.cfg.model.encoder,
                                    "base_encoder_path": resolve_encoder(self.cfg.model.encoder),
@@ -390,13 +428,3 @@ class CarlTrainer:
                                    "config": self.cfg.to_dict(), "steps": self.step})
         acc.wait_for_everyone()
         return path
-
-
-def _maybe_kill_for_tests(step: int) -> None:
-    """Test hook: ``CARL_TEST_KILL_AT_STEP=N`` sends SIGKILL to this process after step N."""
-    target = os.environ.get("CARL_TEST_KILL_AT_STEP")
-    if target and int(target) == step:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
