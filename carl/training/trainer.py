@@ -290,7 +290,8 @@ class CarlTrainer:
             bar.set_postfix(loss=f"{loss:.3f}")
             started, pending = time.perf_counter(), []
             if self.selection is not None and self._evaluation_due():
-                self._select(self._evaluate_dev())
+                started_dev = time.perf_counter()
+                self._select(self._evaluate_dev(), time.perf_counter() - started_dev)
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self._save()
             _maybe_kill_for_tests(self.step)
@@ -329,7 +330,7 @@ class CarlTrainer:
         values = broadcast(values, from_process=0).tolist()  # every rank then takes the same decision
         return dict(zip(names, values))
 
-    def _select(self, values: dict[str, float]) -> None:
+    def _select(self, values: dict[str, float], dev_time: float) -> None:
         """Update the best-so-far state; keep the weights of a new best; log a ``dev`` line."""
         acc, sel = self.accelerator, self.selection
         improved = sel.update(self.step, values)
@@ -338,7 +339,7 @@ class CarlTrainer:
                 save_best(self.out, acc.unwrap_model(self.model), self.step)
                 prune_best(self.out, sel.best_step)
             record = {"step": self.step, "epoch": self.epoch, "dev": values, "improved": improved,
-                      "best_step": sel.best_step, "best": sel.best_value}
+                      "best_step": sel.best_step, "best": sel.best_value, "dev_time": dev_time}
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         acc.wait_for_everyone()
