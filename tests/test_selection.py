@@ -40,23 +40,34 @@ def overfit_data(tmp_path_factory) -> tuple[Path, Path, list[str], np.ndarray]:
     folder = tmp_path_factory.mktemp("overfit-data")
     train_texts, train_labels = synthetic_affect_corpus(64, seed=3, noise=0.3)
     dev_texts, dev_labels = synthetic_affect_corpus(300, seed=4)
-    return (write_affect_csv(folder / "train.csv", train_texts, train_labels),
-            write_affect_csv(folder / "dev.csv", dev_texts, dev_labels), dev_texts, dev_labels)
+    return (
+        write_affect_csv(folder / "train.csv", train_texts, train_labels),
+        write_affect_csv(folder / "dev.csv", dev_texts, dev_labels),
+        dev_texts,
+        dev_labels,
+    )
 
 
 @pytest.fixture(scope="module")
 def overfit_overrides(tiny_overrides, overfit_data) -> list[str]:
     train, dev, _, _ = overfit_data
-    return tiny_overrides + [f"data.path={train}", f"data.dev_path={dev}", "objective.name=mse",
-                             "train.batch_size=8", "train.learning_rate=1e-2", "train.head_learning_rate=1e-2",
-                             "train.warmup_ratio=0", f"train.max_steps={STEPS}", f"train.eval_every={EVERY}"]
+    return tiny_overrides + [
+        f"data.path={train}",
+        f"data.dev_path={dev}",
+        "objective.name=mse",
+        "train.batch_size=8",
+        "train.learning_rate=1e-2",
+        "train.head_learning_rate=1e-2",
+        "train.warmup_ratio=0",
+        f"train.max_steps={STEPS}",
+        f"train.eval_every={EVERY}",
+    ]
 
 
 @pytest.fixture(scope="module")
 def overfit_run(tmp_path_factory, overfit_overrides) -> Path:
     out = tmp_path_factory.mktemp("overfit-run")
-    CarlTrainer(load_config(None, overfit_overrides + ["train.checkpoint_every=100"]), out,
-                show_progress=False).train()
+    CarlTrainer(load_config(None, overfit_overrides + ["train.checkpoint_every=100"]), out, show_progress=False).train()
     return out
 
 
@@ -72,17 +83,23 @@ def test_selection_state_follows_the_metric_and_counts_patience():
         Selection.from_dict(sel.to_dict(), "va_pearson_valence")
 
 
-@pytest.mark.parametrize("override, key", [("train.select_metric=macro_f2", "train.select_metric"),
-                                           ("train.eval_every=-1", "train.eval_every"),
-                                           ("train.early_stopping_patience=-2", "train.early_stopping_patience")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.select_metric=macro_f2", "train.select_metric"),
+        ("train.eval_every=-1", "train.eval_every"),
+        ("train.early_stopping_patience=-2", "train.early_stopping_patience"),
+    ],
+)
 def test_bad_selection_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, [override])
 
 
 def test_selection_needs_a_trained_head(tmp_path, overfit_overrides):
-    cfg = load_config(None, overfit_overrides + ["objective.name=mcl", "objective.mse_weight=0",
-                                                   "objective.mcl.queue_size=16"])
+    cfg = load_config(
+        None, overfit_overrides + ["objective.name=mcl", "objective.mse_weight=0", "objective.mcl.queue_size=16"]
+    )
     with pytest.raises(ConfigError, match=r"train\.select_metric"):
         CarlTrainer(cfg, tmp_path, show_progress=False)
 
@@ -99,8 +116,14 @@ def test_exported_model_is_the_best_dev_step(overfit_run, overfit_data):
     assert all(r["best_step"] == best["step"] for r in dev[-1:])
 
     info = json.loads((overfit_run / "model" / "carl" / "carl.json").read_text())
-    assert info["selection"] == {"metric": "va_pearson_mean", "best_step": best["step"], "dev": best["dev"],
-                                 "eval_every": EVERY, "steps_trained": STEPS, "stopped_early": False}
+    assert info["selection"] == {
+        "metric": "va_pearson_mean",
+        "best_step": best["step"],
+        "dev": best["dev"],
+        "eval_every": EVERY,
+        "steps_trained": STEPS,
+        "stopped_early": False,
+    }
     assert f"step {best['step']} of {STEPS}" in (overfit_run / "model" / "README.md").read_text()
 
     # the exported heads are the best step's weights, not the last step's
@@ -128,20 +151,26 @@ def test_early_stopping_stops_at_the_expected_evaluation(tmp_path, overfit_run, 
             expected = r
             break
     assert expected is not None and expected["step"] < STEPS
-    CarlTrainer(load_config(None, overfit_overrides + [f"train.early_stopping_patience={patience}"]), tmp_path,
-                show_progress=False).train()
+    CarlTrainer(
+        load_config(None, overfit_overrides + [f"train.early_stopping_patience={patience}"]),
+        tmp_path,
+        show_progress=False,
+    ).train()
     steps, dev = records(tmp_path)
     assert [r["step"] for r in steps] == list(range(1, expected["step"] + 1))
     untimed = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in dev + full_dev]
-    assert untimed[:len(dev)] == [r for r in untimed[len(dev):] if r["step"] <= expected["step"]]  # same trajectory
+    assert untimed[: len(dev)] == [r for r in untimed[len(dev) :] if r["step"] <= expected["step"]]  # same trajectory
     for a, b in zip(steps, full_steps):
         assert a["loss"] == b["loss"]
     info = json.loads((tmp_path / "model" / "carl" / "carl.json").read_text())
     assert info["selection"]["stopped_early"] and info["selection"]["best_step"] == expected["best_step"]
     assert info["steps"] == expected["step"]
     # a finished, early-stopped run resumed with the same settings trains no further
-    CarlTrainer(load_config(None, overfit_overrides + [f"train.early_stopping_patience={patience}"]), tmp_path,
-                show_progress=False).train()
+    CarlTrainer(
+        load_config(None, overfit_overrides + [f"train.early_stopping_patience={patience}"]),
+        tmp_path,
+        show_progress=False,
+    ).train()
     assert records(tmp_path)[0] == steps
 
 
@@ -166,11 +195,16 @@ def test_resume_between_evaluations_keeps_the_best_state(tmp_path, overfit_overr
     assert at_60["best_step"] is not None
     CarlTrainer(load_config(None, overrides), resumed, show_progress=False).train()
 
-    untimed = [[{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in part]
-               for run in (resumed, straight) for part in records(run)]
+    untimed = [
+        [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in part]
+        for run in (resumed, straight)
+        for part in records(run)
+    ]
     assert untimed[:2] == untimed[2:]  # per-step and dev lines, bit for bit
-    final = [json.loads((run / "checkpoints" / "step-100" / "trainer_state.json").read_text())["selection"]
-             for run in (straight, resumed)]
+    final = [
+        json.loads((run / "checkpoints" / "step-100" / "trainer_state.json").read_text())["selection"]
+        for run in (straight, resumed)
+    ]
     assert final[0] == final[1]
     for name in ("carl/heads.safetensors", "model.safetensors", "carl/carl.json"):
         assert (resumed / "model" / name).read_bytes() == (straight / "model" / name).read_bytes(), name

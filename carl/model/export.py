@@ -98,10 +98,13 @@ def model_card(info: dict) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float)))
     data = info.get("data", {})
     selection = info.get("selection")
-    selected = "" if not selection else (
-        f"- Model selection: step {selection['best_step']} of {selection['steps_trained']}, the best dev "
-        f"`{selection['metric']}` ({selection['dev'].get(selection['metric'], float('nan')):.4f})"
-        + (", early stopping" if selection["stopped_early"] else "") + "\n")
+    selected = ""
+    if selection and selection["best_step"] is None:
+        selected = f"- Model selection: dev `{selection['metric']}` was never finite; the last step is exported\n"
+    elif selection:
+        selected = (f"- Model selection: step {selection['best_step']} of {selection['steps_trained']}, the best dev "
+                    f"`{selection['metric']}` ({selection['dev'][selection['metric']]:.4f})"
+                    + (", early stopping" if selection["stopped_early"] else "") + "\n")
     return f"""---
 library_name: sentence-transformers
 tags: [carl, affect, valence-arousal, sentence-embeddings]

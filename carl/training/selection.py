@@ -56,18 +56,28 @@ class DevMetric:
     compute: Callable[[np.ndarray, np.ndarray], float]
 
 
-DEV_METRICS: dict[str, DevMetric] = {m.name: m for m in (
-    DevMetric("va_pearson_valence", "va", True, lambda pred, true: pearson(pred[:, 0], true[:, 0])),
-    DevMetric("va_pearson_arousal", "va", True, lambda pred, true: pearson(pred[:, 1], true[:, 1])),
-    DevMetric("va_pearson_mean", "va", True,
-              lambda pred, true: (pearson(pred[:, 0], true[:, 0]) + pearson(pred[:, 1], true[:, 1])) / 2),
-)}
+DEV_METRICS: dict[str, DevMetric] = {
+    m.name: m
+    for m in (
+        DevMetric("va_pearson_valence", "va", True, lambda pred, true: pearson(pred[:, 0], true[:, 0])),
+        DevMetric("va_pearson_arousal", "va", True, lambda pred, true: pearson(pred[:, 1], true[:, 1])),
+        DevMetric(
+            "va_pearson_mean",
+            "va",
+            True,
+            lambda pred, true: (pearson(pred[:, 0], true[:, 0]) + pearson(pred[:, 1], true[:, 1])) / 2,
+        ),
+    )
+}
 
 
 def dev_metrics(predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
     """Every registered metric whose head has predictions: ``{name: value}`` in registry order."""
-    return {name: m.compute(predictions[m.head], targets[m.head])
-            for name, m in DEV_METRICS.items() if m.head in predictions}
+    return {
+        name: m.compute(predictions[m.head], targets[m.head])
+        for name, m in DEV_METRICS.items()
+        if m.head in predictions
+    }
 
 
 @dataclass
@@ -85,7 +95,8 @@ class Selection:
         value = values[self.metric]
         higher = DEV_METRICS[self.metric].higher_is_better
         better = math.isfinite(value) and (
-            self.best_value is None or (value > self.best_value if higher else value < self.best_value))
+            self.best_value is None or (value > self.best_value if higher else value < self.best_value)
+        )
         if better:
             self.best_step, self.best_value, self.best_dev = step, value, dict(values)
             self.evaluations_since_best = 0
@@ -105,20 +116,27 @@ class Selection:
         """The state saved by :meth:`to_dict`; ValueError when it is malformed or for another metric."""
         if not isinstance(saved, dict) or saved.get("metric") != metric:
             raise ValueError(f"selection state {saved!r} is not one for the metric {metric!r}")
-        state = cls(metric, saved["best_step"], saved["best_value"], dict(saved["best_dev"]),
-                    saved["evaluations_since_best"])
+        state = cls(
+            metric, saved["best_step"], saved["best_value"], dict(saved["best_dev"]), saved["evaluations_since_best"]
+        )
         if not (isinstance(state.evaluations_since_best, int) and state.evaluations_since_best >= 0):
             raise ValueError(f"evaluations_since_best = {state.evaluations_since_best!r} is not a count")
         if (state.best_step is None) != (state.best_value is None) or not (
-                state.best_step is None or (isinstance(state.best_step, int) and state.best_step >= 0)):
+            state.best_step is None or (isinstance(state.best_step, int) and state.best_step >= 0)
+        ):
             raise ValueError(f"best_step = {state.best_step!r} and best_value = {state.best_value!r} do not agree")
         return state
 
 
 # ----------------------------------------------------------------------- dev predictions
 @torch.no_grad()
-def predict_dev(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], heads: tuple[str, ...],
-                device: torch.device, autocast) -> dict[str, np.ndarray]:
+def predict_dev(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    heads: tuple[str, ...],
+    device: torch.device,
+    autocast,
+) -> dict[str, np.ndarray]:
     """The model's ``heads`` outputs over the dev ``batches`` (in batch order), dropout off.
 
     ``model`` is the unwrapped CarlModel; its train/eval mode is restored afterwards and no random
