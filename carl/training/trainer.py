@@ -149,7 +149,7 @@ class CarlTrainer:
             raise ConfigError(f"train.select_metric = {metric.name!r} scores the {metric.head} head, which this run "
                               f"does not train (objective {cfg.objective.name!r}, objective.mse_weight = "
                               f"{cfg.objective.mse_weight}); set train.select_metric = \"\" to export the last step")
-        self.dev_heads = tuple(sorted(trained))
+        self.dev_heads = (metric.head,)  # the head the selection metric scores
         dev = TokenizedDataset(self.dev_data.texts, self.dev_data.labels, self.tokenizer, cfg.data.max_length)
         order = sorted(range(len(dev)), key=lambda i: -len(dev.input_ids[i]))
         collate = PaddingCollator(self.tokenizer.pad_token_id)
