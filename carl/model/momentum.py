@@ -43,6 +43,11 @@ class MomentumQueue(nn.Module):
     that neither ``contents`` nor ``enqueue`` waits for the device.
     """
 
+    keys: torch.Tensor  # [Q, P] buffers, declared for type checkers
+    labels: torch.Tensor  # [Q, L]
+    ptr: torch.Tensor  # [] next write position
+    filled: torch.Tensor  # [] filled slots
+
     def __init__(self, size: int, dim: int, label_dim: int = 2):
         super().__init__()
         self.size = size
@@ -98,7 +103,8 @@ class MomentumEncoder(nn.Module):
     @torch.no_grad()
     def update(self, modules: dict[str, nn.Module]) -> None:
         """EMA step from the query modules (same names as at construction)."""
-        keys, queries = [], []
+        keys: list[torch.Tensor] = []
+        queries: list[torch.Tensor] = []
         for name, query in modules.items():
             keys += list(self.parts[name].parameters())
             queries += [p.detach() for p in query.parameters()]

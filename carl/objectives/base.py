@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -16,4 +17,4 @@ class ObjectiveOutput:
     """
 
     loss: torch.Tensor
-    diagnostics: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    diagnostics: Mapping[str, torch.Tensor | float] = field(default_factory=dict)

@@ -144,6 +144,7 @@ class PerturbedTokenDetection(nn.Module):
         self.mask_token_id = mask_token_id
         banned = torch.zeros(vocab_size, dtype=torch.bool)
         banned[[i for i in special_ids if i < vocab_size]] = True
+        self.banned: torch.Tensor
         self.register_buffer("banned", banned, persistent=False)
 
     @torch.no_grad()
@@ -162,6 +163,7 @@ class PerturbedTokenDetection(nn.Module):
         elif self.replacement == "random":
             new = random_replacements(original, self.banned)
         else:
+            assert self.mask_token_id is not None  # checked at construction
             new = torch.full_like(original, self.mask_token_id)
         perturbed = input_ids.clone()
         perturbed[where] = new
