@@ -29,9 +29,10 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import tomllib
 
 from carl.evaluation.benchmark import read_metrics
 from carl.training.run_info import environment_info
@@ -62,10 +63,26 @@ def run_one(name: str, config: str, sets: list[str], args, out: Path) -> dict:
     """Train and probe one configuration; the result row (with ``error`` on failure)."""
     run = out / "runs" / name
     cli = [sys.executable, "-m", "carl.cli"]
-    train = [*cli, "train", "--output", str(run), "--no-progress",
-             *[a for s in [*args.overrides, *sets] for a in ("--set", s)]]
-    probe = [*cli, "evaluate", str(run), "--device", args.device, "--dtype", "float32",
-             "--output", str(run / "probe.json"), "--no-progress"]
+    train = [
+        *cli,
+        "train",
+        "--output",
+        str(run),
+        "--no-progress",
+        *[a for s in [*args.overrides, *sets] for a in ("--set", s)],
+    ]
+    probe = [
+        *cli,
+        "evaluate",
+        str(run),
+        "--device",
+        args.device,
+        "--dtype",
+        "float32",
+        "--output",
+        str(run / "probe.json"),
+        "--no-progress",
+    ]
     row = {"name": name, "config": config, "set": sets}
     started = time.perf_counter()
     for step, command in (("train", train), ("probe", probe)):
@@ -90,21 +107,30 @@ def report(rows: list[dict], command: str, env: dict) -> str:
     hw = f"{env.get('processor')} ({env.get('cpu_count')} cores), torch {env['versions'].get('torch')}"
     if env.get("gpus"):
         hw += f", GPU: {', '.join(env['gpus'])}"
-    lines = [f"# EmoBank sweep\n\nCommand: `{command}`\n\nHardware: {hw}\n",
-             "| run | valence r | arousal r | steps | median step (s) | overrides |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# EmoBank sweep\n\nCommand: `{command}`\n\nHardware: {hw}\n",
+        "| run | valence r | arousal r | steps | median step (s) | overrides |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['name']} | failed | | | | {' '.join(r['set'])} |")
             continue
         m = r["metrics"]
-        lines.append(f"| {r['name']} | {m['valence_pearson']:.4f} | {m['arousal_pearson']:.4f} | {r['steps']} | "
-                     f"{r['median_step_s']:.3f} | {' '.join(s for s in r['set'] if not s.startswith('train.seed='))} |")
+        lines.append(
+            f"| {r['name']} | {m['valence_pearson']:.4f} | {m['arousal_pearson']:.4f} | {r['steps']} | "
+            f"{r['median_step_s']:.3f} | {' '.join(s for s in r['set'] if not s.startswith('train.seed='))} |"
+        )
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if "error" not in r:
             groups.setdefault(r["config"], []).append(r["metrics"])
     if any(len(ms) > 1 for ms in groups.values()):
-        lines += ["", "| configuration | seeds | valence r (mean ± std) | arousal r (mean ± std) |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| configuration | seeds | valence r (mean ± std) | arousal r (mean ± std) |",
+            "|---|---|---|---|",
+        ]
         for name, ms in groups.items():
             cells = []
             for dim in ("valence", "arousal"):
@@ -120,8 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--device", default="cpu", help="device for the probe's embeddings (default cpu)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for every run (before the run's own)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every run (before the run's own)",
+    )
     parser.add_argument("--keep-models", action="store_true", help="keep each trained model folder")
     args = parser.parse_args(argv)
     grid = expand_grid(args.grid)
@@ -139,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(work, [item for item in grid if item[0] not in done]))
     order = {name: i for i, (name, _, _) in enumerate(grid)}
-    rows = sorted((json.loads(line) for line in results.read_text().splitlines()),
-                  key=lambda r: order.get(r["name"], len(order)))
+    rows = sorted(
+        (json.loads(line) for line in results.read_text().splitlines()), key=lambda r: order.get(r["name"], len(order))
+    )
     text = report(rows, "python " + " ".join(sys.argv), environment_info())
     (args.out / "report.md").write_text(text, encoding="utf-8")
     print(text)

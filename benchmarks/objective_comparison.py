@@ -28,8 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default="minilm-l6")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
     args = parser.parse_args(argv)
-    settings = BenchmarkSettings(methods=("frozen", *args.objectives), seeds=tuple(args.seeds), encoder=args.encoder,
-                                 overrides=tuple(args.overrides), tasks=TaskSettings(tasks=("emobank",)))
+    settings = BenchmarkSettings(
+        methods=("frozen", *args.objectives),
+        seeds=tuple(args.seeds),
+        encoder=args.encoder,
+        overrides=tuple(args.overrides),
+        tasks=TaskSettings(tasks=("emobank",)),
+    )
     run_benchmark(args.out, settings, command="python " + " ".join(sys.argv))
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     return 0

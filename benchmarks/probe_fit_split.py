@@ -54,8 +54,12 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    lines = ["# EmoBank probe fitted on train vs on dev (test Pearson r)", "",
-             "| model | probe fitted on | valence r | arousal r |", "|---|---|---|---|"]
+    lines = [
+        "# EmoBank probe fitted on train vs on dev (test Pearson r)",
+        "",
+        "| model | probe fitted on | valence r | arousal r |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['model']} | {r['fit_split']} | {r['valence']:.4f} | {r['arousal']:.4f} |" for r in rows]
     (args.out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

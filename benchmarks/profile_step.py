@@ -26,12 +26,12 @@ import torch
 from accelerate.state import AcceleratorState
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
+from train_speed import timing_overrides
 
 from carl.config import load_config
 from carl.evaluation.benchmark import read_metrics
 from carl.training.run_info import environment_info
 from carl.training.trainer import CarlTrainer
-from train_speed import timing_overrides
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
@@ -51,8 +51,12 @@ def _kernel_time(events) -> float:
 
 def profile_cell(cell: str, args) -> dict:
     objective, _, precision = cell.partition("@")
-    overrides = [*timing_overrides(objective, args.warmup + 1 + args.steps, args.batch_size),
-                 f"model.encoder={args.encoder}", f"train.mixed_precision={precision or 'no'}", *args.overrides]
+    overrides = [
+        *timing_overrides(objective, args.warmup + 1 + args.steps, args.batch_size),
+        f"model.encoder={args.encoder}",
+        f"train.mixed_precision={precision or 'no'}",
+        *args.overrides,
+    ]
     # the profiler wraps momentum_update after the scheduler was built; torch warns about step order
     warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * torch.cuda.is_available()
@@ -74,10 +78,15 @@ def profile_cell(cell: str, args) -> dict:
     events = prof.key_averages()
     n = args.steps
     count = lambda names: sum(e.count for e in events if e.key in names) / n  # noqa: E731
-    row = {"cell": cell, "wall_ms": 1000 * sum(m["step_time"] for m in metrics[-n:]) / n,
-           "device_busy_ms": _kernel_time(events) / 1000 / n,
-           "kernel_launches": count(LAUNCHES), "device_syncs": count(SYNCS), "host_reads": count((HOST_READ,)),
-           "top_host": _top(events, lambda e: e.self_cpu_time_total, n)}
+    row = {
+        "cell": cell,
+        "wall_ms": 1000 * sum(m["step_time"] for m in metrics[-n:]) / n,
+        "device_busy_ms": _kernel_time(events) / 1000 / n,
+        "kernel_launches": count(LAUNCHES),
+        "device_syncs": count(SYNCS),
+        "host_reads": count((HOST_READ,)),
+        "top_host": _top(events, lambda e: e.self_cpu_time_total, n),
+    }
     if torch.cuda.is_available():
         row["top_device"] = _top(events, _device_time, n)
     return row
@@ -92,17 +101,29 @@ def report(rows: list[dict], args, info: dict) -> str:
     hw = f"{info['processor']} ({info['cpu_count']} cores), torch {info['versions'].get('torch')}"
     if info.get("gpus"):
         hw += f", GPU: {', '.join(info['gpus'])}"
-    lines = ["# Training step profile (per step)", "", f"Hardware: {hw}; batch {args.batch_size}, "
-             f"{args.steps} profiled steps after {args.warmup + 1}.", "",
-             "| cell | wall ms (profiled) | device busy ms | kernel launches | device syncs | scalar reads |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['cell']} | {r['wall_ms']:.1f} | {r['device_busy_ms']:.1f} | {r['kernel_launches']:.0f} | "
-              f"{r['device_syncs']:.0f} | {r['host_reads']:.0f} |" for r in rows]
+    lines = [
+        "# Training step profile (per step)",
+        "",
+        f"Hardware: {hw}; batch {args.batch_size}, {args.steps} profiled steps after {args.warmup + 1}.",
+        "",
+        "| cell | wall ms (profiled) | device busy ms | kernel launches | device syncs | scalar reads |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['cell']} | {r['wall_ms']:.1f} | {r['device_busy_ms']:.1f} | {r['kernel_launches']:.0f} | "
+        f"{r['device_syncs']:.0f} | {r['host_reads']:.0f} |"
+        for r in rows
+    ]
     for r in rows:
         for side in ("top_device", "top_host"):
             if side in r:
-                lines += ["", f"## {r['cell']}: top operators by {side[4:]} time", "",
-                          "| operator | ms per step | calls per step |", "|---|---:|---:|"]
+                lines += [
+                    "",
+                    f"## {r['cell']}: top operators by {side[4:]} time",
+                    "",
+                    "| operator | ms per step | calls per step |",
+                    "|---|---:|---:|",
+                ]
                 lines += [f"| `{t['op']}` | {t['ms_per_step']:.2f} | {t['calls_per_step']:.1f} |" for t in r[side]]
     return "\n".join(lines) + "\n"
 
@@ -122,8 +143,10 @@ def main() -> None:
     rows = []
     for cell in args.cells:  # written after every cell, so a cut-short run keeps what it measured
         rows.append(profile_cell(cell, args))
-        (args.out / "results.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out)},
-                                                           "environment": info, "rows": rows}, indent=2) + "\n")
+        (args.out / "results.json").write_text(
+            json.dumps({"args": vars(args) | {"out": str(args.out)}, "environment": info, "rows": rows}, indent=2)
+            + "\n"
+        )
         (args.out / "report.md").write_text(report(rows, args, info), encoding="utf-8")
         print(report(rows[-1:], args, info), flush=True)
 

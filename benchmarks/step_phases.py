@@ -21,12 +21,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from train_speed import timing_overrides
 
 from carl.config import load_config
 from carl.evaluation.benchmark import read_metrics
 from carl.training.run_info import environment_info
 from carl.training.trainer import CarlTrainer
-from train_speed import timing_overrides
 
 
 class PhaseTimer:
@@ -43,6 +43,7 @@ class PhaseTimer:
                 key = name(*args, **kwargs) if callable(name) else name
                 self.totals[key] += time.perf_counter() - start
             return result
+
         return timed
 
 
@@ -73,7 +74,7 @@ def _profile_in(objective: str, args, run_dir: Path) -> dict:
     model.momentum_update = update_and_count
     trainer.train()
     metrics = read_metrics(trainer.out)
-    step_ms = 1000 * sum(m["step_time"] for m in metrics[args.warmup:]) / args.steps
+    step_ms = 1000 * sum(m["step_time"] for m in metrics[args.warmup :]) / args.steps
     phases = {k: 1000 * v / args.steps for k, v in sorted(timer.totals.items(), key=lambda kv: -kv[1])}
     phases["rest of the step"] = step_ms - sum(phases.values())
     trainer.close()
@@ -93,12 +94,17 @@ def main() -> None:
     base = next((r["step_ms"] for r in rows if r["objective"] == "mse"), None)
     args.out.mkdir(parents=True, exist_ok=True)
     info = environment_info(torch.device("cpu"))
-    (args.out / "results.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out)},
-                                                       "environment": info, "rows": rows}, indent=2) + "\n")
-    lines = ["# Where a training step's time goes (ms per step)", "",
-             f"Hardware: {info['processor']} ({info['cpu_count']} cores), torch {info['versions'].get('torch')}, "
-             f"{torch.get_num_threads()} threads; "
-             f"{args.steps} timed steps after {args.warmup} warm-up steps, batch {args.batch_size}.", ""]
+    (args.out / "results.json").write_text(
+        json.dumps({"args": vars(args) | {"out": str(args.out)}, "environment": info, "rows": rows}, indent=2) + "\n"
+    )
+    lines = [
+        "# Where a training step's time goes (ms per step)",
+        "",
+        f"Hardware: {info['processor']} ({info['cpu_count']} cores), torch {info['versions'].get('torch')}, "
+        f"{torch.get_num_threads()} threads; "
+        f"{args.steps} timed steps after {args.warmup} warm-up steps, batch {args.batch_size}.",
+        "",
+    ]
     for r in rows:
         ratio = f", {r['step_ms'] / base:.2f}x mse" if base else ""
         lines += [f"## {r['objective']}: {r['step_ms']:.0f} ms per step{ratio}", "", "| phase | ms |", "|---|---:|"]

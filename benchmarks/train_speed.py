@@ -41,9 +41,15 @@ def _free_port() -> int:
 def timing_overrides(objective: str, steps: int, batch_size: int, processes: int = 1) -> list[str]:
     """Config overrides of a timing run: ``steps`` steps at full learning rate on just enough of the
     first EmoBank sentences, a 64-key queue (filled within the first steps), no checkpoints."""
-    return [f"objective.name={objective}", f"train.max_steps={steps}", f"train.batch_size={batch_size}",
-            f"data.limit={steps * batch_size * processes + 64}", "objective.mcl.queue_size=64",
-            "train.warmup_ratio=0", "train.checkpoint_every=0"]
+    return [
+        f"objective.name={objective}",
+        f"train.max_steps={steps}",
+        f"train.batch_size={batch_size}",
+        f"data.limit={steps * batch_size * processes + 64}",
+        "objective.mcl.queue_size=64",
+        "train.warmup_ratio=0",
+        "train.checkpoint_every=0",
+    ]
 
 
 def run_cell(variant: str, processes: int, args, workdir: Path) -> dict:
@@ -51,22 +57,44 @@ def run_cell(variant: str, processes: int, args, workdir: Path) -> dict:
     objective, _, extra = variant.partition("+")
     threads = max(1, (os.cpu_count() or 1) // processes)
     out = workdir / f"cell{len(list(workdir.iterdir()))}-p{processes}"
-    sets = [*timing_overrides(objective, args.steps, args.batch_size, processes), f"model.encoder={args.encoder}",
-            f"train.num_threads={threads}", *args.overrides, *filter(None, extra.split(","))]
-    cli = ["-m", "carl.cli", "train", "--output", str(out), "--no-progress",
-           *[a for s in sets for a in ("--set", s)]]
-    launcher = [sys.executable] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    sets = [
+        *timing_overrides(objective, args.steps, args.batch_size, processes),
+        f"model.encoder={args.encoder}",
+        f"train.num_threads={threads}",
+        *args.overrides,
+        *filter(None, extra.split(",")),
+    ]
+    cli = ["-m", "carl.cli", "train", "--output", str(out), "--no-progress", *[a for s in sets for a in ("--set", s)]]
+    launcher = (
+        [sys.executable]
+        if processes == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+        ]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(launcher + cli, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{variant} x {processes}: {done.stderr[-2000:]}")
     steps = read_metrics(out)
-    times = [s["step_time"] for s in steps[args.warmup:]]
+    times = [s["step_time"] for s in steps[args.warmup :]]
     step = statistics.median(times)
-    return {"objective": variant, "processes": processes, "threads_per_process": threads,
-            "median_step_s": step, "samples_per_s": args.batch_size * processes / step, "steps_timed": len(times)}
+    return {
+        "objective": variant,
+        "processes": processes,
+        "threads_per_process": threads,
+        "median_step_s": step,
+        "samples_per_s": args.batch_size * processes / step,
+        "steps_timed": len(times),
+    }
 
 
 def summarise(cells: list[dict]) -> list[dict]:
@@ -76,8 +104,14 @@ def summarise(cells: list[dict]) -> list[dict]:
     for c in cells:
         row = rows.setdefault((c["objective"], c["processes"]), {**c, "steps": [], "ratios": []})
         row["steps"].append(c["median_step_s"])
-        base = next((b for b in cells if b["objective"] == "mse" and b["processes"] == c["processes"]
-                     and b["repeat"] == c["repeat"]), None)
+        base = next(
+            (
+                b
+                for b in cells
+                if b["objective"] == "mse" and b["processes"] == c["processes"] and b["repeat"] == c["repeat"]
+            ),
+            None,
+        )
         if base:
             row["ratios"].append(c["median_step_s"] / base["median_step_s"])
     for row in rows.values():
@@ -87,13 +121,20 @@ def summarise(cells: list[dict]) -> list[dict]:
 
 
 def report(cells: list[dict], command: str, env: dict) -> str:
-    lines = ["| objective | processes | threads each | median step (s) | samples/s | step time / mse (median; min-max over repeats) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| objective | processes | threads each | median step (s) | samples/s | step time / mse (median; min-max over repeats) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in summarise(cells):
-        ratio = (f"{statistics.median(r['ratios']):.2f}; {min(r['ratios']):.2f}-{max(r['ratios']):.2f}"
-                 if r["ratios"] else "n/a")
-        lines.append(f"| {r['objective']} | {r['processes']} | {r['threads_per_process']} | "
-                     f"{r['median_step_s']:.3f} | {r['samples_per_s']:.1f} | {ratio} |")
+        ratio = (
+            f"{statistics.median(r['ratios']):.2f}; {min(r['ratios']):.2f}-{max(r['ratios']):.2f}"
+            if r["ratios"]
+            else "n/a"
+        )
+        lines.append(
+            f"| {r['objective']} | {r['processes']} | {r['threads_per_process']} | "
+            f"{r['median_step_s']:.3f} | {r['samples_per_s']:.1f} | {ratio} |"
+        )
     hw = f"{env.get('processor')} ({env.get('cpu_count')} cores), torch {env['versions'].get('torch')}"
     if env.get("gpus"):
         hw += f", GPU: {', '.join(env['gpus'])}"
@@ -108,10 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--objectives", nargs="+", default=["mse", "mcl", "carl"])
     parser.add_argument("--encoder", default="minilm-l6")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every cell, e.g. train.mixed_precision=bf16")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="run every cell this many times, interleaved (default 1)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every cell, e.g. train.mixed_precision=bf16",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run every cell this many times, interleaved (default 1)"
+    )
     parser.add_argument("--out", default="benchmarks/results/train_speed")
     args = parser.parse_args(argv)
     cells = []

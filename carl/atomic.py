@@ -53,7 +53,7 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
     target = Path(target)
     removed = []
     for path in target.parent.glob(f".{glob.escape(target.name)}.*.*.tmp"):
-        pid = path.name[len(target.name) + 2:].split(".", 1)[0]
+        pid = path.name[len(target.name) + 2 :].split(".", 1)[0]
         if not pid.isdigit() or _process_runs(int(pid)) or path.lstat().st_mtime >= _PROCESS_STARTED:
             continue
         if path.is_dir() and not path.is_symlink():

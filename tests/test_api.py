@@ -21,8 +21,10 @@ def test_package_exposes_version_and_encoder_lazily():
     assert carl.__version__ == importlib.metadata.version("carl")
     assert carl.AffectEncoder is AffectEncoder
     code = "import sys, carl; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+        == "False"
+    )
 
 
 def test_predict_returns_named_values_on_the_declared_scale(affect_model, synthetic_csv):
@@ -67,9 +69,9 @@ def test_batches_are_length_sorted_to_minimise_padding(affect_model, synthetic_c
     assert flat == sorted(flat, reverse=True)
     padded = sum(mask.numel() for _, _, mask in batches)
     real = sum(flat)
-    best = sum(len(flat[i:i + 16]) * max(flat[i:i + 16]) for i in range(0, len(flat), 16))  # optimal
+    best = sum(len(flat[i : i + 16]) * max(flat[i : i + 16]) for i in range(0, len(flat), 16))  # optimal
     ids = encoder.tokenizer(texts)["input_ids"]
-    in_order = sum(len(ids[i:i + 16]) * max(map(len, ids[i:i + 16])) for i in range(0, len(ids), 16))
+    in_order = sum(len(ids[i : i + 16]) * max(map(len, ids[i : i + 16])) for i in range(0, len(ids), 16))
     assert padded == best and padded < 0.5 * in_order, (padded, best, in_order, real)
 
 

@@ -90,7 +90,8 @@ def test_ece_by_hand():
     # top-label confidences 0.95 (right), 0.65 (wrong), 0.85 (right), 0.75 (right): one per bin of 10
     probs = np.array([[0.95, 0.05], [0.65, 0.35], [0.85, 0.15], [0.25, 0.75]])
     assert expected_calibration_error(probs, np.array([0, 1, 0, 1]), n_bins=10) == pytest.approx(
-        (0.05 + 0.65 + 0.15 + 0.25) / 4)
+        (0.05 + 0.65 + 0.15 + 0.25) / 4
+    )
     # two texts in one bin: accuracy 1/2 against mean confidence 0.85
     probs = np.array([[0.82, 0.18], [0.88, 0.12]])
     assert expected_calibration_error(probs, np.array([0, 1]), n_bins=10) == pytest.approx(0.35)

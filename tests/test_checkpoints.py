@@ -24,12 +24,31 @@ from carl.training.rng_state import load_rng_state, save_rng_state
 from carl.training.trainer import CarlTrainer
 
 TIMING_KEYS = {"step_time", "samples_per_s"}
-CARL_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
-              "rng-rank0.json", "trainer_state.json", "manifest.json")
+CARL_FILES = (
+    "model.safetensors",
+    "optimizer.safetensors",
+    "optimizer.json",
+    "scheduler.json",
+    "rng-rank0.json",
+    "trainer_state.json",
+    "manifest.json",
+)
 # what accelerate's load_state (and transformers' Trainer) would read from a checkpoint folder
-FOREIGN_FILES = ("custom_checkpoint_0.pkl", "random_states_0.pkl", "random_states_1.pkl", "optimizer.bin",
-                 "scheduler.bin", "pytorch_model.bin", "model.bin", "sampler.bin", "dl_state_dict.bin",
-                 "scaler.pt", "rng_state.pth", "training_args.bin", "model.pt")
+FOREIGN_FILES = (
+    "custom_checkpoint_0.pkl",
+    "random_states_0.pkl",
+    "random_states_1.pkl",
+    "optimizer.bin",
+    "scheduler.bin",
+    "pytorch_model.bin",
+    "model.bin",
+    "sampler.bin",
+    "dl_state_dict.bin",
+    "scaler.pt",
+    "rng_state.pth",
+    "training_args.bin",
+    "model.pt",
+)
 
 
 class Plant:
@@ -44,8 +63,13 @@ class Plant:
 
 @pytest.fixture(scope="module")
 def overrides(tiny_overrides) -> list[str]:
-    return tiny_overrides + ["train.max_steps=9", "train.checkpoint_every=3", "train.batch_size=8",
-                             "objective.mcl.queue_size=32", "train.keep_checkpoints=2"]
+    return tiny_overrides + [
+        "train.max_steps=9",
+        "train.checkpoint_every=3",
+        "train.batch_size=8",
+        "objective.mcl.queue_size=32",
+        "train.keep_checkpoints=2",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +120,13 @@ def test_checkpoint_holds_only_safetensors_and_json(finished_run):
 
 def test_rng_state_round_trips_through_json(tmp_path):
     def draw():
-        return random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()
+        return (
+            random.random(),
+            random.gauss(0, 1),
+            np.random.rand(3).tolist(),
+            np.random.randn(),
+            torch.rand(3).tolist(),
+        )
 
     random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
     save_rng_state(tmp_path / "rng.json")
@@ -157,13 +187,16 @@ def test_pickles_everywhere_fail_with_one_clear_error(run, overrides, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-6", "step-9"]
 
 
-@pytest.mark.parametrize("name, damage", [
-    ("model.safetensors", "truncate"),
-    ("optimizer.safetensors", "truncate"),
-    ("trainer_state.json", "malformed"),
-    ("optimizer.json", "malformed"),
-    ("rng-rank0.json", "random"),
-])
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("model.safetensors", "truncate"),
+        ("optimizer.safetensors", "truncate"),
+        ("trainer_state.json", "malformed"),
+        ("optimizer.json", "malformed"),
+        ("rng-rank0.json", "random"),
+    ],
+)
 def test_damaged_newest_checkpoint_falls_back_to_previous(run, overrides, capsys, name, damage):
     want = metrics(run)
     file = run / "checkpoints" / "step-9" / name
@@ -212,13 +245,20 @@ def test_missing_rng_state_refused_by_default_resumed_under_warn(run, overrides,
 
 
 @pytest.mark.parametrize("changed", ["data", "encoder"])
-def test_changed_data_or_encoder_refused_by_default_resumed_under_warn(tiny_encoder, synthetic_csv, tiny_overrides,
-                                                                      tmp_path, capsys, changed):
+def test_changed_data_or_encoder_refused_by_default_resumed_under_warn(
+    tiny_encoder, synthetic_csv, tiny_overrides, tmp_path, capsys, changed
+):
     data, encoder = tmp_path / "train.csv", tmp_path / "encoder"
     shutil.copy(synthetic_csv.train_path, data)
     shutil.copytree(tiny_encoder, encoder)
-    overrides = tiny_overrides + [f"data.path={data}", f"model.encoder={encoder}", "train.max_steps=3",
-                                  "train.checkpoint_every=3", "train.batch_size=8", "objective.mcl.queue_size=32"]
+    overrides = tiny_overrides + [
+        f"data.path={data}",
+        f"model.encoder={encoder}",
+        "train.max_steps=3",
+        "train.checkpoint_every=3",
+        "train.batch_size=8",
+        "objective.mcl.queue_size=32",
+    ]
     run = tmp_path / "run"
     resume(run, overrides)
     shutil.rmtree(run / "model")
@@ -249,6 +289,5 @@ def test_cli_refusal_is_one_line(run, overrides, run_cli):
 
 def test_max_length_beyond_encoder_positions_refused_before_training(tiny_overrides, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.max_length = 129 exceeds the 128 positions"):
-        CarlTrainer(load_config(None, tiny_overrides + ["data.max_length=129"]), tmp_path,
-                    show_progress=False).train()
+        CarlTrainer(load_config(None, tiny_overrides + ["data.max_length=129"]), tmp_path, show_progress=False).train()
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -49,8 +49,9 @@ def test_class_weights_reweight_the_per_example_terms():
     got = SingleLabelClassificationLoss(class_weights=weights)(logits, targets).loss
     torch.testing.assert_close(got, expected)
     # equal weights change nothing; a zero weight removes that class's examples
-    torch.testing.assert_close(SingleLabelClassificationLoss(class_weights=torch.full((4,), 5.0))(logits, targets).loss,
-                               per_example.mean())
+    torch.testing.assert_close(
+        SingleLabelClassificationLoss(class_weights=torch.full((4,), 5.0))(logits, targets).loss, per_example.mean()
+    )
     only_3 = SingleLabelClassificationLoss(class_weights=torch.tensor([0.0, 0, 0, 1]))(logits, targets).loss
     torch.testing.assert_close(only_3, per_example[targets == 3].mean())
 

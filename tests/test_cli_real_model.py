@@ -34,10 +34,24 @@ def texts() -> list[str]:
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, run_cli) -> Path:
     out = tmp_path_factory.mktemp("minilm-run") / "run"
-    result = run_cli("train", "--output", out, "--no-progress",
-                     "--set", "model.encoder=minilm-l6", "--set", "data.limit=48",
-                     "--set", "train.max_steps=3", "--set", "train.batch_size=16",
-                     "--set", "objective.mcl.queue_size=16", "--set", "train.num_threads=1")
+    result = run_cli(
+        "train",
+        "--output",
+        out,
+        "--no-progress",
+        "--set",
+        "model.encoder=minilm-l6",
+        "--set",
+        "data.limit=48",
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "objective.mcl.queue_size=16",
+        "--set",
+        "train.num_threads=1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trained carl" in result.stdout
     return out
@@ -49,7 +63,8 @@ def test_train_writes_run_folder(real_run):
     assert [r["step"] for r in records] == [1, 2, 3]
     # EmoBank's official dev split is scored at the last step
     assert [(r["step"], sorted(r["dev"])) for r in lines if "dev" in r] == [
-        (3, ["va_pearson_arousal", "va_pearson_mean", "va_pearson_valence"])]
+        (3, ["va_pearson_arousal", "va_pearson_mean", "va_pearson_valence"])
+    ]
     assert all(math.isfinite(r[k]) for r in records for k in ("loss", "mcl", "mse", "ptd"))
     info = json.loads((real_run / "model" / "carl" / "carl.json").read_text())
     assert info["objective"] == "carl" and info["scale"] == [1.0, 5.0] and info["steps"] == 3
@@ -115,8 +130,9 @@ def test_unknown_config_key_exits_2_with_suggestion(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_subcommand_help_lists_options(command):
-    result = subprocess.run([sys.executable, "-m", "carl.cli", command, "--help"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "carl.cli", command, "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: carl {command}")
     parser = build_parser()
@@ -129,8 +145,7 @@ def test_subcommand_help_lists_options(command):
 
 
 def test_top_level_help_lists_subcommands():
-    result = subprocess.run([sys.executable, "-m", "carl.cli", "--help"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([sys.executable, "-m", "carl.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for command in SUBCOMMANDS:
         assert command in result.stdout

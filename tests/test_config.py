@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 
 import pytest
+import tomllib
 
 from carl.config import CarlConfig, ConfigError, config_defaults, load_config
 
@@ -37,7 +37,9 @@ def test_defaults_validate():
 
 
 def test_load_toml_then_overrides(tmp_path):
-    path = write_toml(tmp_path, """
+    path = write_toml(
+        tmp_path,
+        """
 [model]
 encoder = "some/encoder"
 pooling = "cls"
@@ -53,7 +55,8 @@ name = "mcl"
 [objective.mcl]
 queue_size = 256
 temperature = 0.2
-""")
+""",
+    )
     cfg = load_config(path, ["train.batch_size=8", "objective.mcl.temperature=0.05"])
     assert cfg.model.encoder == "some/encoder"
     assert cfg.model.pooling == "cls"
@@ -69,14 +72,17 @@ temperature = 0.2
 
 
 def test_set_overrides_coerce_types():
-    cfg = load_config(None, [
-        "train.max_steps=7",
-        "objective.mcl.label_temperature=1",  # int text for a float key
-        "train.learning_rate=2e-4",
-        "model.encoder=bert-base-uncased",
-        "data.text_column = sentence",  # spaces around '=' tolerated
-        "data.path=a=b.csv",  # only the first '=' splits
-    ])
+    cfg = load_config(
+        None,
+        [
+            "train.max_steps=7",
+            "objective.mcl.label_temperature=1",  # int text for a float key
+            "train.learning_rate=2e-4",
+            "model.encoder=bert-base-uncased",
+            "data.text_column = sentence",  # spaces around '=' tolerated
+            "data.path=a=b.csv",  # only the first '=' splits
+        ],
+    )
     assert cfg.train.max_steps == 7 and type(cfg.train.max_steps) is int
     assert cfg.objective.mcl.label_temperature == 1.0
     assert type(cfg.objective.mcl.label_temperature) is float
@@ -138,8 +144,12 @@ def test_invalid_enum_raises():
         load_config(None, ["objective.name=foo"])
     message = str(info.value)
     assert "objective.name" in message and "foo" in message
-    for item in ("model.pooling=max", "objective.ptd.selection=all",
-                 "objective.ptd.replacement=delete", "train.mixed_precision=fp8"):
+    for item in (
+        "model.pooling=max",
+        "objective.ptd.selection=all",
+        "objective.ptd.replacement=delete",
+        "train.mixed_precision=fp8",
+    ):
         with pytest.raises(ConfigError):
             load_config(None, [item])
 
@@ -149,16 +159,19 @@ def test_valid_objectives(name):
     assert load_config(None, [f"objective.name={name}"]).objective.name == name
 
 
-@pytest.mark.parametrize("item", [
-    "objective.mcl.momentum=1.0",
-    "objective.mcl.momentum=-0.1",
-    "objective.ptd.ratio=0",
-    "objective.ptd.ratio=1.5",
-    "objective.mcl.temperature=0",
-    "objective.mcl.label_temperature=-1",
-    "train.batch_size=0",
-    "train.learning_rate=0",
-])
+@pytest.mark.parametrize(
+    "item",
+    [
+        "objective.mcl.momentum=1.0",
+        "objective.mcl.momentum=-0.1",
+        "objective.ptd.ratio=0",
+        "objective.ptd.ratio=1.5",
+        "objective.mcl.temperature=0",
+        "objective.mcl.label_temperature=-1",
+        "train.batch_size=0",
+        "train.learning_rate=0",
+    ],
+)
 def test_range_checks(item):
     with pytest.raises(ConfigError) as info:
         load_config(None, [item])
@@ -187,15 +200,18 @@ def test_missing_file_and_bad_toml(tmp_path):
 
 
 def test_to_toml_round_trip(tmp_path):
-    cfg = load_config(None, [
-        "model.encoder=some/path with spaces",
-        "data.text_column=tëxt \"quoted\"",
-        "objective.name=supcon-hard",
-        "objective.mcl.hard_bins=4",
-        "train.learning_rate=5e-05",
-        "train.epochs=3",
-        "objective.ptd.ratio=0.3",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "model.encoder=some/path with spaces",
+            'data.text_column=tëxt "quoted"',
+            "objective.name=supcon-hard",
+            "objective.mcl.hard_bins=4",
+            "train.learning_rate=5e-05",
+            "train.epochs=3",
+            "objective.ptd.ratio=0.3",
+        ],
+    )
     text = cfg.to_toml()
     parsed = tomllib.loads(text)
     assert parsed["objective"]["mcl"]["hard_bins"] == 4
@@ -229,13 +245,16 @@ def test_overrides_do_not_leak_between_loads():
     assert fresh.objective.mcl.queue_size == 4096
 
 
-@pytest.mark.parametrize("item, bound", [
-    ("train.keep_checkpoints=0", "at least 1"),
-    ("train.checkpoint_every=-1", "at least 0"),
-    ("train.num_threads=-3", "at least 0"),
-    ("train.warmup_ratio=1.5", "[0, 1]"),
-    ("train.seed=-1", "[0, 4294967295]"),
-])
+@pytest.mark.parametrize(
+    "item, bound",
+    [
+        ("train.keep_checkpoints=0", "at least 1"),
+        ("train.checkpoint_every=-1", "at least 0"),
+        ("train.num_threads=-3", "at least 0"),
+        ("train.warmup_ratio=1.5", "[0, 1]"),
+        ("train.seed=-1", "[0, 4294967295]"),
+    ],
+)
 def test_train_setting_ranges(item, bound):
     with pytest.raises(ConfigError) as info:
         load_config(None, [item])
@@ -243,8 +262,17 @@ def test_train_setting_ranges(item, bound):
 
 
 def test_train_setting_edges_accepted():
-    cfg = load_config(None, ["train.keep_checkpoints=1", "train.checkpoint_every=0", "train.num_threads=0",
-                             "train.warmup_ratio=1", "train.seed=0", "train.resume_mismatch=warn"])
+    cfg = load_config(
+        None,
+        [
+            "train.keep_checkpoints=1",
+            "train.checkpoint_every=0",
+            "train.num_threads=0",
+            "train.warmup_ratio=1",
+            "train.seed=0",
+            "train.resume_mismatch=warn",
+        ],
+    )
     assert (cfg.train.keep_checkpoints, cfg.train.checkpoint_every, cfg.train.resume_mismatch) == (1, 0, "warn")
     with pytest.raises(ConfigError, match="train.resume_mismatch"):
         load_config(None, ["train.resume_mismatch=ignore"])

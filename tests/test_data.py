@@ -9,8 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carl.data import (AffectDataset, DataError, Scale, UnknownLabelError, available_mappings,
-                       emotion_to_va, load_emobank, load_table, load_user_corpus)
+from carl.data import (
+    AffectDataset,
+    DataError,
+    Scale,
+    UnknownLabelError,
+    available_mappings,
+    emotion_to_va,
+    load_emobank,
+    load_table,
+    load_user_corpus,
+)
 from carl.data.emotion_va import EKMAN_LABELS, GOEMOTIONS_LABELS, WARRINER_NORMS, get_mapping
 
 
@@ -85,8 +94,15 @@ def test_scale_round_trip_and_parse():
     np.testing.assert_allclose(scale.normalise(x), [0.0, 0.375, 1.0])
     np.testing.assert_allclose(scale.denormalise(scale.normalise(x)), x)
     assert scale.denormalise(scale.normalise(3.3)) == pytest.approx(3.3)
-    for text, bounds in [("0-1", (0, 1)), ("1-9", (1, 9)), ("-1:1", (-1, 1)), ("-1-1", (-1, 1)),
-                         ("1..9", (1, 9)), (" 1 to 5 ", (1, 5)), ("-2.5:2.5", (-2.5, 2.5))]:
+    for text, bounds in [
+        ("0-1", (0, 1)),
+        ("1-9", (1, 9)),
+        ("-1:1", (-1, 1)),
+        ("-1-1", (-1, 1)),
+        ("1..9", (1, 9)),
+        (" 1 to 5 ", (1, 5)),
+        ("-2.5:2.5", (-2.5, 2.5)),
+    ]:
         parsed = Scale.parse(text)
         assert (parsed.low, parsed.high) == bounds, text
     assert Scale.parse("-1:1").normalise(0.0) == pytest.approx(0.5)
@@ -111,11 +127,9 @@ def test_scale_rejects_bad_bounds():
 
 
 def test_read_csv_with_quoted_fields(tmp_path):
-    path = write(tmp_path, "data.csv",
-                 'text,valence,arousal\n'
-                 '"Hello, world",1,5\n'
-                 '"She said ""hi""\nand left",3,3\n'
-                 'plain,5,1\n')
+    path = write(
+        tmp_path, "data.csv", 'text,valence,arousal\n"Hello, world",1,5\n"She said ""hi""\nand left",3,3\nplain,5,1\n'
+    )
     data = load_table(path)
     assert data.texts == ["Hello, world", 'She said "hi"\nand left', "plain"]
     np.testing.assert_allclose(data.labels, [[0, 1], [0.5, 0.5], [1, 0]])
@@ -125,15 +139,13 @@ def test_read_csv_with_quoted_fields(tmp_path):
 
 def test_read_tsv_and_custom_columns(tmp_path):
     path = write(tmp_path, "data.tsv", "sentence\tV\tA\nfine\t7\t3\nbad\t1\t9\n")
-    data = load_table(path, text_column="sentence", valence_column="V", arousal_column="A",
-                      scale="1-9")
+    data = load_table(path, text_column="sentence", valence_column="V", arousal_column="A", scale="1-9")
     assert data.texts == ["fine", "bad"]
     np.testing.assert_allclose(data.labels, [[0.75, 0.25], [0.0, 1.0]])
 
 
 def test_read_jsonl_and_negative_scale(tmp_path):
-    lines = [{"text": "up", "valence": 1, "arousal": -1},
-             {"text": "mid", "valence": "0", "arousal": 0.5}]
+    lines = [{"text": "up", "valence": 1, "arousal": -1}, {"text": "mid", "valence": "0", "arousal": 0.5}]
     path = write(tmp_path, "data.jsonl", "\n".join(json.dumps(r) for r in lines) + "\n\n")
     data = load_table(path, scale="-1:1")
     np.testing.assert_allclose(data.labels, [[1.0, 0.0], [0.5, 0.75]])
@@ -146,8 +158,7 @@ def test_format_override(tmp_path):
 
 
 def test_split_filtering(tmp_path):
-    path = write(tmp_path, "data.csv",
-                 "text,valence,arousal,part\na,1,1,train\nb,2,2,test\nc,3,3,train\n")
+    path = write(tmp_path, "data.csv", "text,valence,arousal,part\na,1,1,train\nb,2,2,test\nc,3,3,train\n")
     data = load_table(path, split_column="part", split="train")
     assert data.texts == ["a", "c"]
     with pytest.raises(ValueError, match="split_column"):
@@ -210,8 +221,8 @@ def test_emotion_to_va_values_follow_warriner():
     assert emotion_to_va("  Sadness ") == pytest.approx(((2.40 - 1) / 8, (2.81 - 1) / 8))
     assert emotion_to_va("neutral", "ekman") == pytest.approx((0.5, (3.45 - 1) / 8))
     assert WARRINER_NORMS["caring"].word == "care"
-    v_joy, a_joy = emotion_to_va("joy")
-    v_anger, a_anger = emotion_to_va("anger")
+    v_joy, _ = emotion_to_va("joy")
+    v_anger, _ = emotion_to_va("anger")
     assert v_joy > 0.5 > v_anger  # sanity: positive vs negative
     assert emotion_to_va("sadness")[1] < emotion_to_va("fear")[1]  # calm vs aroused
 
@@ -231,16 +242,16 @@ def test_categorical_table(tmp_path):
     path = write(tmp_path, "cats.csv", "text,emotion\nyay,joy\ngrr,Anger\nhm,neutral\n")
     data = load_table(path, label_column="emotion", label_mapping="ekman")
     assert str(data.scale) == "0-1"
-    np.testing.assert_allclose(data.labels, [emotion_to_va("joy"), emotion_to_va("anger"),
-                                             emotion_to_va("neutral")], rtol=1e-6)
+    np.testing.assert_allclose(
+        data.labels, [emotion_to_va("joy"), emotion_to_va("anger"), emotion_to_va("neutral")], rtol=1e-6
+    )
     default = load_table(path, label_column="emotion")  # goemotions by default
     np.testing.assert_allclose(default.labels, data.labels)
 
 
 def test_categorical_user_json_mapping(tmp_path):
     mapping = write(tmp_path, "my_map.json", json.dumps({"Happy": [0.9, 0.7], "calm": [0.6, 0.1]}))
-    path = write(tmp_path, "cats.jsonl",
-                 '{"text": "a", "label": "happy"}\n{"text": "b", "label": "CALM"}\n')
+    path = write(tmp_path, "cats.jsonl", '{"text": "a", "label": "happy"}\n{"text": "b", "label": "CALM"}\n')
     data = load_table(path, label_column="label", label_mapping=str(mapping))
     np.testing.assert_allclose(data.labels, [[0.9, 0.7], [0.6, 0.1]], rtol=1e-6)
     assert emotion_to_va("calm", str(mapping)) == (0.6, 0.1)
@@ -274,8 +285,9 @@ def test_missing_column_lists_columns_and_suggests(tmp_path):
 
 
 def test_missing_key_in_jsonl_record(tmp_path):
-    path = write(tmp_path, "data.jsonl",
-                 '{"text": "a", "valence": 1, "arousal": 1}\n{"text": "b", "valenc": 1, "arousal": 1}\n')
+    path = write(
+        tmp_path, "data.jsonl", '{"text": "a", "valence": 1, "arousal": 1}\n{"text": "b", "valenc": 1, "arousal": 1}\n'
+    )
     with pytest.raises(DataError) as info:
         load_table(path)
     message = assert_located(info.value, path, 2, "valence")
@@ -324,7 +336,7 @@ def test_value_outside_scale(tmp_path):
 
 
 def test_undecodable_bytes(tmp_path):
-    content = "text,valence,arousal\nok,1,1\n".encode() + b"caf\xe9 latin-1,2,2\n"
+    content = b"text,valence,arousal\nok,1,1\n" + b"caf\xe9 latin-1,2,2\n"
     path = write(tmp_path, "data.csv", content)
     with pytest.raises(DataError) as info:
         load_table(path)
@@ -333,8 +345,7 @@ def test_undecodable_bytes(tmp_path):
 
 
 def test_malformed_jsonl_line(tmp_path):
-    path = write(tmp_path, "data.jsonl",
-                 '{"text": "a", "valence": 1, "arousal": 1}\n\n{"text": "b", "valence": 2,\n')
+    path = write(tmp_path, "data.jsonl", '{"text": "a", "valence": 1, "arousal": 1}\n\n{"text": "b", "valence": 2,\n')
     with pytest.raises(DataError) as info:
         load_table(path)
     message = assert_located(info.value, path, 3, None)
@@ -362,8 +373,7 @@ def test_zero_data_rows(tmp_path):
 
 
 def test_error_line_is_record_start_after_multiline_record(tmp_path):
-    path = write(tmp_path, "data.csv",
-                 'text,valence,arousal\n"line one\nline two\nline three",1,1\nbad,x,1\n')
+    path = write(tmp_path, "data.csv", 'text,valence,arousal\n"line one\nline two\nline three",1,1\nbad,x,1\n')
     with pytest.raises(DataError) as info:
         load_table(path)
     assert_located(info.value, path, 5, "valence")
@@ -381,8 +391,7 @@ def test_wrong_field_count(tmp_path):
 
 
 def test_user_corpus_missing_path_says_how_to_obtain(tmp_path):
-    for name, hint in [("iemocap", "sail.usc.edu"), ("facebookposts", "wwbp.org"),
-                       ("EmoTales", "authors")]:
+    for name, hint in [("iemocap", "sail.usc.edu"), ("facebookposts", "wwbp.org"), ("EmoTales", "authors")]:
         with pytest.raises(DataError) as info:
             load_user_corpus(name, None)
         assert "How to obtain it" in str(info.value) and hint in str(info.value)
@@ -395,10 +404,11 @@ def test_user_corpus_missing_path_says_how_to_obtain(tmp_path):
 
 
 def test_facebook_posts_average_annotators(tmp_path):
-    path = write(tmp_path, "dataset-fb-valence-arousal-anon.csv",
-                 "Anonymized Message,Valence1,Valence2,Arousal1,Arousal2\n"
-                 '"great day, really",9,7,5,3\n'
-                 "meh,1,1,1,1\n")
+    path = write(
+        tmp_path,
+        "dataset-fb-valence-arousal-anon.csv",
+        'Anonymized Message,Valence1,Valence2,Arousal1,Arousal2\n"great day, really",9,7,5,3\nmeh,1,1,1,1\n',
+    )
     data = load_user_corpus("facebookposts", path)
     assert data.texts == ["great day, really", "meh"]
     np.testing.assert_allclose(data.labels, [[0.875, 0.375], [0.0, 0.0]])
@@ -406,8 +416,7 @@ def test_facebook_posts_average_annotators(tmp_path):
 
 
 def test_facebook_posts_bad_rating(tmp_path):
-    path = write(tmp_path, "fb.csv", "Anonymized Message,Valence1,Valence2,Arousal1,Arousal2\n"
-                                     "post,5,10,3,3\n")
+    path = write(tmp_path, "fb.csv", "Anonymized Message,Valence1,Valence2,Arousal1,Arousal2\npost,5,10,3,3\n")
     with pytest.raises(DataError) as info:
         load_user_corpus("facebook", path)
     assert_located(info.value, path, 2, "Valence2")
@@ -418,5 +427,4 @@ def test_iemocap_and_emotales_columns(tmp_path):
     np.testing.assert_allclose(load_user_corpus("iemocap", iemocap).labels, [[0.25, 0.75]])
     tales = write(tmp_path, "emotales.csv", "text,valence,arousal\nOnce upon a time,5,1\n")
     np.testing.assert_allclose(load_user_corpus("emotales", tales).labels, [[0.5, 0.0]])
-    np.testing.assert_allclose(load_user_corpus("emotales", tales, scale="1-5").labels,
-                               [[1.0, 0.0]])
+    np.testing.assert_allclose(load_user_corpus("emotales", tales, scale="1-5").labels, [[1.0, 0.0]])

@@ -58,8 +58,9 @@ def test_multi_label_stratifies_on_the_rarest_label():
     targets[:, 0] = 1  # every row has "a"
     targets[:10, 1] = 1  # "b" on 10 rows: their stratum
     targets[10:14, 2] = 1  # "c" on 4 rows
-    data = AffectDataset([f"t{i}" for i in range(40)], np.zeros((40, 2)), Scale(0, 1), "m.jsonl",
-                         ("a", "b", "c"), targets)
+    data = AffectDataset(
+        [f"t{i}" for i in range(40)], np.zeros((40, 2)), Scale(0, 1), "m.jsonl", ("a", "b", "c"), targets
+    )
     _, dev, note = hold_out_dev(data, 0.25, seed=1)
     assert "rarest label" in note
     assert dev.class_counts() == {"a": 10, "b": 2, "c": 1}  # 26*0.25=6.5, 10*0.25=2.5, 4*0.25=1
@@ -74,8 +75,11 @@ def test_va_only_split_uses_valence_arousal_bins():
 
     def cells(va: np.ndarray) -> np.ndarray:  # tertile of valence x tertile of arousal
         edges = np.quantile(data.labels, [1 / 3, 2 / 3], axis=0)
-        return np.bincount(3 * np.searchsorted(edges[:, 0], va[:, 0], side="right")
-                           + np.searchsorted(edges[:, 1], va[:, 1], side="right"), minlength=9)
+        return np.bincount(
+            3 * np.searchsorted(edges[:, 0], va[:, 0], side="right")
+            + np.searchsorted(edges[:, 1], va[:, 1], side="right"),
+            minlength=9,
+        )
 
     share = 0.2 * cells(data.labels)
     assert np.all((cells(dev.labels) == np.floor(share)) | (cells(dev.labels) == np.ceil(share)))
@@ -91,8 +95,10 @@ def test_too_few_rows_and_bad_fraction():
 
 def test_load_training_data_holds_out_dev_without_a_dev_file(tmp_path, capsys):
     path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps({"text": f"t{i}", "emotion": ["joy", "anger"][i % 2]}) + "\n"
-                            for i in range(20)), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"text": f"t{i}", "emotion": ["joy", "anger"][i % 2]}) + "\n" for i in range(20)),
+        encoding="utf-8",
+    )
     cfg = DataConfig(path=str(path), label_column="emotion", dev_fraction=0.2, dev_seed=5)
     train, dev = load_training_data(cfg)
     assert len(train) == 16 and dev is not None and dev.class_counts() == {"anger": 2, "joy": 2}

@@ -24,13 +24,28 @@ def _free_port() -> int:
 def _env() -> dict[str, str]:
     """Offline, one thread, this tree's carl (also for scripts run by path)."""
     repo = str(Path(__file__).resolve().parents[1])
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+    }
 
 
 def _torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        *args,
+    ]
 
 
 @pytest.fixture()
@@ -47,9 +62,17 @@ def no_dropout_encoder(tiny_encoder, tmp_path) -> str:
 
 
 def _overrides(encoder: str, data) -> list[str]:
-    return [f"data.path={data.train_path}", "data.scale=0-1", f"model.encoder={encoder}",
-            "objective.mcl.queue_size=48", "train.max_steps=6", "train.learning_rate=1e-3",
-            "train.batch_size=16", "train.num_threads=1", "train.checkpoint_every=3"]
+    return [
+        f"data.path={data.train_path}",
+        "data.scale=0-1",
+        f"model.encoder={encoder}",
+        "objective.mcl.queue_size=48",
+        "train.max_steps=6",
+        "train.learning_rate=1e-3",
+        "train.batch_size=16",
+        "train.num_threads=1",
+        "train.checkpoint_every=3",
+    ]
 
 
 def _trace(run_dir: Path) -> list[dict]:
@@ -59,8 +82,9 @@ def _trace(run_dir: Path) -> list[dict]:
 def test_two_processes_share_one_queue_and_key_encoder(tiny_encoder, synthetic_csv, tmp_path):
     out = tmp_path / "ranks.json"
     # 397 sentences in global batches of 2 x 16: 12 full batches and one of 13, split 7 + 6
-    cmd = _torchrun(str(WORKER), str(out), str(tmp_path / "run"), *_overrides(tiny_encoder, synthetic_csv),
-                    "data.limit=397")
+    cmd = _torchrun(
+        str(WORKER), str(out), str(tmp_path / "run"), *_overrides(tiny_encoder, synthetic_csv), "data.limit=397"
+    )
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -77,11 +101,18 @@ def test_two_processes_share_one_queue_and_key_encoder(tiny_encoder, synthetic_c
 def test_two_processes_stop_early_at_the_same_step(tiny_encoder, synthetic_csv, tmp_path):
     """Rank 0 scores dev; every rank takes the same selection decisions and stops at the same step."""
     out, run = tmp_path / "ranks.json", tmp_path / "run"
-    overrides = [*_overrides(tiny_encoder, synthetic_csv), f"data.dev_path={synthetic_csv.heldout_path}",
-                 "train.learning_rate=1e-2", "train.head_learning_rate=1e-2",
-                 "train.max_steps=40", "train.eval_every=2", "train.early_stopping_patience=1"]
-    done = subprocess.run(_torchrun(str(WORKER), str(out), str(run), *overrides), env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    overrides = [
+        *_overrides(tiny_encoder, synthetic_csv),
+        f"data.dev_path={synthetic_csv.heldout_path}",
+        "train.learning_rate=1e-2",
+        "train.head_learning_rate=1e-2",
+        "train.max_steps=40",
+        "train.eval_every=2",
+        "train.early_stopping_patience=1",
+    ]
+    done = subprocess.run(
+        _torchrun(str(WORKER), str(out), str(run), *overrides), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     steps, selections = report["step_per_rank"], report["selection_per_rank"]
@@ -104,12 +135,31 @@ def test_two_processes_with_split_batches_match_one_process(no_dropout_encoder, 
     overrides = _overrides(no_dropout_encoder, synthetic_csv) + ["objective.ptd.sentence_fraction=1.0"]
     sets = [arg for o in overrides for arg in ("--set", o)]
     single, double = tmp_path / "one", tmp_path / "two"
-    one = subprocess.run([sys.executable, "-m", "carl.cli", "train", "--output", str(single), "--no-progress", *sets],
-                         env=_env(), capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "carl.cli", "train", "--output", str(single), "--no-progress", *sets],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(_torchrun("-m", "carl.cli", "train", "--output", str(double), "--no-progress", *sets,
-                                   "--set", "train.split_batches=true"),
-                         env=_env(), capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        _torchrun(
+            "-m",
+            "carl.cli",
+            "train",
+            "--output",
+            str(double),
+            "--no-progress",
+            *sets,
+            "--set",
+            "train.split_batches=true",
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _trace(single), _trace(double)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
@@ -119,14 +169,43 @@ def test_two_processes_with_split_batches_match_one_process(no_dropout_encoder, 
     # a 2-process run killed after step 4 (last checkpoint: step 3) resumes in ONE process
     # and finishes on the same trace
     killed = tmp_path / "killed"
-    dead = subprocess.run(_torchrun(str(KILL_AT_STEP), "4", "train", "--output", str(killed), "--no-progress", *sets,
-                                    "--set", "train.split_batches=true"),
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    dead = subprocess.run(
+        _torchrun(
+            str(KILL_AT_STEP),
+            "4",
+            "train",
+            "--output",
+            str(killed),
+            "--no-progress",
+            *sets,
+            "--set",
+            "train.split_batches=true",
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert dead.returncode != 0
     assert (killed / "checkpoints" / "latest").read_text().strip() == "step-3"
-    resumed = subprocess.run([sys.executable, "-m", "carl.cli", "train", "--output", str(killed), "--no-progress",
-                              *sets, "--set", "train.split_batches=true"],
-                             env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "carl.cli",
+            "train",
+            "--output",
+            str(killed),
+            "--no-progress",
+            *sets,
+            "--set",
+            "train.split_batches=true",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     c = _trace(killed)
     assert [r["step"] for r in c] == list(range(1, 7))
@@ -135,8 +214,7 @@ def test_two_processes_with_split_batches_match_one_process(no_dropout_encoder, 
 
 
 @pytest.mark.parametrize("processes, n_texts", [(2, 11), (3, 7), (3, 2)])
-def test_sharded_inference_gathers_every_text_once_in_order(tiny_encoder, synthetic_csv, tmp_path,
-                                                            processes, n_texts):
+def test_sharded_inference_gathers_every_text_once_in_order(tiny_encoder, synthetic_csv, tmp_path, processes, n_texts):
     """N processes split the texts unevenly (some ranks may get none), gather, and every rank ends
     with the single-process result: each row once, in input order."""
     import numpy as np
@@ -157,7 +235,7 @@ def test_sharded_inference_gathers_every_text_once_in_order(tiny_encoder, synthe
     texts, _ = synthetic_affect_corpus(n_texts, seed=5)
     embeddings, va = AffectEncoder.load(str(run)).infer(texts, batch_size=3, with_va=True)
     shares = [list(np.load(tmp_path / f"rank{rank}.npz")["local"]) for rank in range(processes)]
-    assert sum(shares, []) == texts  # contiguous shares in rank order: every text embedded once
+    assert [t for share in shares for t in share] == texts  # contiguous shares in rank order: every text embedded once
     assert max(len(s) for s in shares) == -(-n_texts // processes)
     for rank in range(processes):
         got = np.load(tmp_path / f"rank{rank}.npz")
@@ -169,11 +247,21 @@ def test_sharded_inference_gathers_every_text_once_in_order(tiny_encoder, synthe
 def test_carl_evaluate_under_torchrun_prints_once_and_matches_one_process(tiny_encoder, tmp_path):
     """``carl evaluate`` on 2 gloo processes: one table, one JSON, the 1-process numbers."""
     common = ["-m", "carl.cli", "evaluate", tiny_encoder, "--limit", "40", "--no-progress", "--batch-size", "8"]
-    one = subprocess.run([sys.executable, *common, "--output", str(tmp_path / "one.json")],
-                         env=_env(), capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, *common, "--output", str(tmp_path / "one.json")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(_torchrun(*common, "--output", str(tmp_path / "two.json")),
-                         env=_env(), capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        _torchrun(*common, "--output", str(tmp_path / "two.json")),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("EmoBank test, ridge probe") == 1
     a = json.loads((tmp_path / "one.json").read_text())["metrics"]

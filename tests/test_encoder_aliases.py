@@ -34,7 +34,7 @@ def split_packages(tmp_path, monkeypatch):
     for i in range(3):
         part = site / f"pkg_{i}" / "input" / f"tiny.zip.00{i + 1}"
         part.parent.mkdir(parents=True)
-        part.write_bytes(data[cuts[i]:cuts[i + 1]])
+        part.write_bytes(data[cuts[i] : cuts[i + 1]])
         dists[f"tiny-part-{i}"] = FakeDistribution(site, part)
 
     def distribution(name):

@@ -13,8 +13,9 @@ from carl.evaluation.benchmark import BenchmarkMismatch, BenchmarkSettings, plan
 from carl.evaluation.report import README_END, README_START, update_readme
 from carl.evaluation.tasks import TaskSettings
 
-TINY_TASKS = dict(limit=40, mr_limit=60, cv_folds=3, goemotions_train_limit=40, goemotions_dev_limit=40,
-                  geometry_limit=40)
+TINY_TASKS = dict(
+    limit=40, mr_limit=60, cv_folds=3, goemotions_train_limit=40, goemotions_dev_limit=40, geometry_limit=40
+)
 METHODS = ("frozen", "mse", "carl", "simcse", "vader")
 PNGS = ("va_scatter.png", "embeddings_2d.png", "per_class_f1.png", "alignment_uniformity.png", "loss_curves.png")
 
@@ -41,8 +42,13 @@ def counted(monkeypatch) -> Counter:
 @pytest.fixture(scope="module")
 def settings(tiny_encoder, tiny_overrides) -> BenchmarkSettings:
     pytest.importorskip("vaderSentiment")
-    return BenchmarkSettings(methods=METHODS, seeds=(1, 2), encoder=tiny_encoder,
-                             overrides=(*tiny_overrides, "train.max_steps=3"), tasks=TaskSettings(**TINY_TASKS))
+    return BenchmarkSettings(
+        methods=METHODS,
+        seeds=(1, 2),
+        encoder=tiny_encoder,
+        overrides=(*tiny_overrides, "train.max_steps=3"),
+        tasks=TaskSettings(**TINY_TASKS),
+    )
 
 
 def _run(out: Path, settings: BenchmarkSettings):
@@ -107,12 +113,19 @@ def test_benchmark_caches_resumes_and_reports(tmp_path, settings, counted):
     third, _ = _run(out, settings)
     assert counted.trained == ["carl"] and third["computed_this_run"] == ["carl-s1"]
     assert metrics.read_text().count("\n") == steps_before
-    assert third["cells"]["carl-s1"]["results"]["tasks"]["sst2"]["metrics"] == \
-        results["cells"]["carl-s1"]["results"]["tasks"]["sst2"]["metrics"]
+    assert (
+        third["cells"]["carl-s1"]["results"]["tasks"]["sst2"]["metrics"]
+        == results["cells"]["carl-s1"]["results"]["tasks"]["sst2"]["metrics"]
+    )
 
     # --- a cached cell under other settings is refused, not silently mixed in
-    changed = BenchmarkSettings(methods=METHODS, seeds=(1, 2), encoder=settings.encoder, overrides=settings.overrides,
-                                tasks=TaskSettings(**{**TINY_TASKS, "limit": 30}))
+    changed = BenchmarkSettings(
+        methods=METHODS,
+        seeds=(1, 2),
+        encoder=settings.encoder,
+        overrides=settings.overrides,
+        tasks=TaskSettings(**{**TINY_TASKS, "limit": 30}),
+    )
     with pytest.raises(BenchmarkMismatch, match="new --out"):
         _run(out, changed)
 
@@ -132,8 +145,11 @@ def test_cli_arguments_give_the_presets():
     quick = settings_from_args(build_parser().parse_args(["benchmark", "--quick", "--set", "train.batch_size=16"]))
     assert quick.quick and quick.seeds == (1,) and quick.tasks.limit == 500
     assert quick.overrides == ("train.max_steps=40", "train.batch_size=16")
-    full = settings_from_args(build_parser().parse_args(
-        ["benchmark", "--seeds", "1", "2", "3", "4", "--methods", "frozen", "carl", "--corpus", "fb=/x.csv"]))
+    full = settings_from_args(
+        build_parser().parse_args(
+            ["benchmark", "--seeds", "1", "2", "3", "4", "--methods", "frozen", "carl", "--corpus", "fb=/x.csv"]
+        )
+    )
     assert full.seeds == (1, 2, 3, 4) and full.methods == ("frozen", "carl") and full.overrides == ("train.epochs=1",)
     assert full.tasks.limit == 0 and full.tasks.user_corpora == {"facebookposts": "/x.csv"}
     with pytest.raises(ValueError, match="unknown method"):

@@ -9,12 +9,28 @@ import pytest
 import torch
 
 from carl.data.classification import load_mr
-from carl.evaluation.geometry import (alignment, geometry_metrics, label_pairs, pair_alignment, uniformity,
-                                      va_pairs)
-from carl.evaluation.metrics import (accuracy, classification_metrics, macro_f1, mse, pearson, per_class_f1,
-                                     regression_metrics, spearman)
-from carl.evaluation.probe import (EncoderNotFrozen, _inner_splits, cv_logistic_probe, cv_ridge_probe,
-                                   frozen_check, kfold_indices, logistic_probe, parameter_fingerprint, ridge_probe)
+from carl.evaluation.geometry import alignment, geometry_metrics, label_pairs, pair_alignment, uniformity, va_pairs
+from carl.evaluation.metrics import (
+    accuracy,
+    classification_metrics,
+    macro_f1,
+    mse,
+    pearson,
+    per_class_f1,
+    regression_metrics,
+    spearman,
+)
+from carl.evaluation.probe import (
+    EncoderNotFrozen,
+    _inner_splits,
+    cv_logistic_probe,
+    cv_ridge_probe,
+    frozen_check,
+    kfold_indices,
+    logistic_probe,
+    parameter_fingerprint,
+    ridge_probe,
+)
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -31,8 +47,8 @@ def test_spearman_by_hand():
     assert spearman([10, 20, 30, 40], [1, 3, 2, 4]) == pytest.approx(0.8)
     # monotone but non-linear: rho = 1 while r < 1
     x = np.array([1.0, 2.0, 3.0, 4.0])
-    assert spearman(x, x ** 3) == pytest.approx(1.0)
-    assert pearson(x, x ** 3) < 0.99
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert pearson(x, x**3) < 0.99
 
 
 def test_mse_and_regression_metrics():
@@ -177,10 +193,7 @@ def test_frozen_check_detects_a_mutating_probe():
     with frozen_check(layer) as before:
         layer(torch.ones(1, 3))  # reading the weights is fine
     assert before == parameter_fingerprint(layer)
-    with pytest.raises(EncoderNotFrozen):
-        with frozen_check(layer):
-            with torch.no_grad():
-                layer.weight[0, 0] += 1e-4
-    with pytest.raises(EncoderNotFrozen):
-        with frozen_check(layer):
-            layer.bias.data.zero_()
+    with pytest.raises(EncoderNotFrozen), frozen_check(layer), torch.no_grad():
+        layer.weight[0, 0] += 1e-4
+    with pytest.raises(EncoderNotFrozen), frozen_check(layer):
+        layer.bias.data.zero_()

@@ -6,15 +6,23 @@ import numpy as np
 import pytest
 
 from carl.data import DataError
-from carl.data.classification import (EKMAN_CLASSES, load_goemotions_ekman, load_mr, load_sst2, load_sst5,
-                             load_user_classification, read_labelled_lines)
+from carl.data.classification import (
+    EKMAN_CLASSES,
+    load_goemotions_ekman,
+    load_mr,
+    load_sst2,
+    load_sst5,
+    load_user_classification,
+    read_labelled_lines,
+)
 from carl.evaluation.probe import EncoderNotFrozen, parameter_fingerprint
 from carl.evaluation.tasks import TaskSettings, evaluate_encoder, load_task_data, missing_user_corpora
 from carl.evaluation.va_probe import evaluate_va
 from carl.inference import AffectEncoder
 
-TINY_TASKS = dict(limit=40, mr_limit=60, cv_folds=3, goemotions_train_limit=40, goemotions_dev_limit=40,
-                  geometry_limit=40)
+TINY_TASKS = dict(
+    limit=40, mr_limit=60, cv_folds=3, goemotions_train_limit=40, goemotions_dev_limit=40, geometry_limit=40
+)
 
 # ----------------------------------------------------------------------------- data
 
@@ -37,8 +45,15 @@ def test_mr_reads_windows_1252():
 def test_goemotions_ekman_filtering_counts():
     test = load_goemotions_ekman("test")
     assert len(test) == 4968 and test.classes == EKMAN_CLASSES
-    assert test.counts() == {"anger": 572, "disgust": 76, "fear": 80, "joy": 1863, "sadness": 283,
-                             "surprise": 488, "neutral": 1606}
+    assert test.counts() == {
+        "anger": 572,
+        "disgust": 76,
+        "fear": 80,
+        "joy": 1863,
+        "sadness": 283,
+        "surprise": 488,
+        "neutral": 1606,
+    }
     assert len(load_goemotions_ekman("test", filtering="original")) == 4590
     with pytest.raises(ValueError):
         load_goemotions_ekman("test", filtering="loose")
@@ -67,7 +82,7 @@ def test_missing_user_corpora_say_how_to_obtain(tmp_path):
 def test_user_corpus_runs_through_the_same_tasks(tmp_path, tiny_encoder, synthetic_csv):
     path = tmp_path / "emotales.csv"
     rows = ["text,valence,arousal,label"]
-    for k, (text, (v, a)) in enumerate(zip(synthetic_csv.heldout_texts[:60], synthetic_csv.heldout_labels[:60])):
+    for text, (v, a) in zip(synthetic_csv.heldout_texts[:60], synthetic_csv.heldout_labels[:60]):
         rows.append(f"{text},{1 + 8 * v:.3f},{1 + 8 * a:.3f},{'pos' if v > 0.5 else 'neg'}")
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     settings = TaskSettings(tasks=(), user_corpora={"emotales": str(path)}, cv_folds=3)

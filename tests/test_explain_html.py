@@ -33,9 +33,18 @@ def screenshot(html_path, png_path, tmp_path) -> np.ndarray:
     """Render ``html_path`` headless at 1000x800 and return the RGB pixels [H, W, 3]."""
     from PIL import Image
 
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,800",
-               f"--screenshot={png_path}", html_path.as_uri()]
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1000,800",
+        f"--screenshot={png_path}",
+        html_path.as_uri(),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0 and png_path.is_file(), result.stderr[-2000:]
     return np.asarray(Image.open(png_path).convert("RGB"))
@@ -47,8 +56,11 @@ def near(pixels: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 12) -> 
 
 def test_html_page_highlights_words_in_a_browser(affect_model, tmp_path):
     src = tmp_path / "texts.txt"
-    src.write_text("the morning by the river was serene\nthey were furious after the meeting\n"
-                   "we felt thrilled and excited today\n", encoding="utf-8")
+    src.write_text(
+        "the morning by the river was serene\nthey were furious after the meeting\n"
+        "we felt thrilled and excited today\n",
+        encoding="utf-8",
+    )
     page = tmp_path / "page.html"
     assert main(["explain", str(affect_model), "-i", str(src), "--html", str(page), "--no-progress"]) == 0
     html = page.read_text(encoding="utf-8")

@@ -22,7 +22,22 @@ def tiny_run(tmp_path_factory, tiny_overrides) -> Path:
 @pytest.fixture(scope="module")
 def mixed_length_texts() -> list[str]:
     """Lengths deliberately out of order (2 to 14 words), so that sorting reorders them."""
-    words = "the morning felt serene and the river looked calm after a long gloomy week".split()
+    words = [
+        "the",
+        "morning",
+        "felt",
+        "serene",
+        "and",
+        "the",
+        "river",
+        "looked",
+        "calm",
+        "after",
+        "a",
+        "long",
+        "gloomy",
+        "week",
+    ]
     lengths = [9, 2, 14, 5, 3, 12, 7, 4, 11, 6, 13, 8]
     return [" ".join(words[:n]) for n in lengths]
 

@@ -94,6 +94,7 @@ def test_label_only_in_dev_is_named_with_the_training_labels(tmp_path):
 
 def test_user_classification_shares_the_label_reading(tmp_path):
     from carl.data.classification import load_user_classification
+
     path = write(tmp_path, "u.jsonl", '{"text": "a", "label": 3}\n{"text": "b", "label": ["1"]}\n')
     data = load_user_classification(path)
     assert data.classes == ("1", "3") and data.labels.tolist() == [1, 0]
@@ -128,21 +129,25 @@ def test_multi_label_json_lists_in_jsonl_and_in_csv_cells(tmp_path):
 def test_delimiter_inside_quotes_keeps_one_label(tmp_path):
     # the cell's text is  "calm, then angry",joy  : the quoted label contains the delimiter
     path = write(tmp_path, "q.csv", 'text,labels\na,"""calm, then angry"",joy"\nb,joy\n')
-    data = load_table(path, label_column="labels", multi_label=True, label_delimiter=",",
-                      label_mapping=str(_mapping(tmp_path)))
+    data = load_table(
+        path, label_column="labels", multi_label=True, label_delimiter=",", label_mapping=str(_mapping(tmp_path))
+    )
     assert data.classes == ("calm, then angry", "joy")
     np.testing.assert_array_equal(data.targets, [[1, 1], [0, 1]])
     # whereas the file's own quotes only make the cell: two labels
     plain = write(tmp_path, "p.csv", 'text,labels\na,"joy,calm, then angry"\n')
-    data = load_table(plain, label_column="labels", multi_label=True, label_delimiter=",",
-                      label_mapping=str(_mapping(tmp_path)))
+    data = load_table(
+        plain, label_column="labels", multi_label=True, label_delimiter=",", label_mapping=str(_mapping(tmp_path))
+    )
     assert data.classes == ("calm", "joy", "then angry")
 
 
 def _mapping(tmp_path: Path) -> Path:
     path = tmp_path / "map.json"
-    path.write_text(json.dumps({"calm, then angry": [0.4, 0.6], "joy": [0.9, 0.6], "calm": [0.6, 0.1],
-                                "then angry": [0.2, 0.8]}), encoding="utf-8")
+    path.write_text(
+        json.dumps({"calm, then angry": [0.4, 0.6], "joy": [0.9, 0.6], "calm": [0.6, 0.1], "then angry": [0.2, 0.8]}),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -170,14 +175,17 @@ def test_goemotions_28_labels_from_the_shared_label_code():
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("cell, reason", [
-    ('""', "label is empty"),
-    ('"  "', "label is empty"),
-    ('"joy||love"', "an empty label"),
-    ('"[]"', "list of labels is empty"),
-    ('"[""joy"", 3]"', "only text"),
-    ('"[joy"', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "cell, reason",
+    [
+        ('""', "label is empty"),
+        ('"  "', "label is empty"),
+        ('"joy||love"', "an empty label"),
+        ('"[]"', "list of labels is empty"),
+        ('"[""joy"", 3]"', "only text"),
+        ('"[joy"', "not valid JSON"),
+    ],
+)
 def test_bad_label_cells_are_located(tmp_path, cell, reason):
     path = write(tmp_path, "bad.csv", f"text,labels\nfine,joy\nx,{cell}\n")
     with pytest.raises(DataError) as info:
@@ -228,22 +236,28 @@ def test_dataset_checks_targets():
 # --------------------------------------------------------------------------- config and sources
 
 
-@pytest.mark.parametrize("fields, key", [
-    ({"dev_fraction": 1.0}, "data.dev_fraction"),
-    ({"dev_fraction": -0.1}, "data.dev_fraction"),
-    ({"multi_label": True}, "data.label_column"),
-    ({"label_column": "l", "label_delimiter": "|"}, "data.multi_label"),
-    ({"label_column": "l", "multi_label": True, "label_delimiter": "||"}, "one character"),
-    ({"label_column": "l", "multi_label": True, "label_delimiter": '"'}, "one character"),
-])
+@pytest.mark.parametrize(
+    "fields, key",
+    [
+        ({"dev_fraction": 1.0}, "data.dev_fraction"),
+        ({"dev_fraction": -0.1}, "data.dev_fraction"),
+        ({"multi_label": True}, "data.label_column"),
+        ({"label_column": "l", "label_delimiter": "|"}, "data.multi_label"),
+        ({"label_column": "l", "multi_label": True, "label_delimiter": "||"}, "one character"),
+        ({"label_column": "l", "multi_label": True, "label_delimiter": '"'}, "one character"),
+    ],
+)
 def test_data_config_check_names_the_key(fields, key):
     with pytest.raises(ConfigError, match=key):
         DataConfig(**fields).check()
 
 
 def test_load_training_data_reads_dev_against_train_classes(tmp_path):
-    train = write(tmp_path, "train.jsonl", "".join(
-        json.dumps({"text": f"t{i}", "labels": ["joy", "fear"][: 1 + i % 2]}) + "\n" for i in range(6)))
+    train = write(
+        tmp_path,
+        "train.jsonl",
+        "".join(json.dumps({"text": f"t{i}", "labels": ["joy", "fear"][: 1 + i % 2]}) + "\n" for i in range(6)),
+    )
     dev = write(tmp_path, "dev.jsonl", json.dumps({"text": "d", "labels": ["fear"]}) + "\n")
     cfg = DataConfig(path=str(train), dev_path=str(dev), label_column="labels", multi_label=True)
     train_data, dev_data = load_training_data(cfg, verbose=False)

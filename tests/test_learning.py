@@ -56,8 +56,11 @@ def probe(model: str | Path, data) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_overrides) -> Path:
     """The carl objective, 150 steps at a high learning rate (the encoder starts random)."""
-    return train(tmp_path_factory.mktemp("carl-learning"), tiny_overrides + [
-        f"train.max_steps={LEARNING_STEPS}", "train.learning_rate=3e-3", "objective.mcl.queue_size=128"])
+    return train(
+        tmp_path_factory.mktemp("carl-learning"),
+        tiny_overrides
+        + [f"train.max_steps={LEARNING_STEPS}", "train.learning_rate=3e-3", "objective.mcl.queue_size=128"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +72,24 @@ def test_carl_embeddings_encode_valence_and_arousal(trained_run, untrained_r, sy
     trained = probe(trained_run, synthetic_csv)
     for dim in ("valence", "arousal"):
         assert trained[dim] >= TRAINED_MIN_R, f"{dim}: trained r {trained[dim]:.3f} (untrained {untrained_r[dim]:.3f})"
-        assert trained[dim] - untrained_r[dim] >= MIN_GAIN_OVER_UNTRAINED, \
+        assert trained[dim] - untrained_r[dim] >= MIN_GAIN_OVER_UNTRAINED, (
             f"{dim}: trained r {trained[dim]:.3f} vs untrained {untrained_r[dim]:.3f}"
+        )
 
 
 def test_contrastive_loss_alone_encodes_affect(tmp_path, tiny_overrides, untrained_r, synthetic_csv):
     """MCL without the auxiliary MSE: only the VA-distance soft targets carry the labels."""
-    run = train(tmp_path, tiny_overrides + [
-        "objective.name=mcl", "objective.mse_weight=0", f"train.max_steps={LEARNING_STEPS}",
-        "train.learning_rate=3e-3", "objective.mcl.queue_size=128"])
+    run = train(
+        tmp_path,
+        tiny_overrides
+        + [
+            "objective.name=mcl",
+            "objective.mse_weight=0",
+            f"train.max_steps={LEARNING_STEPS}",
+            "train.learning_rate=3e-3",
+            "objective.mcl.queue_size=128",
+        ],
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "mse" not in records[0] and "mcl" in records[0]
     trained = probe(run, synthetic_csv)
@@ -112,18 +124,25 @@ def test_saliency_selection_perturbs_the_most_salient_words():
     """PTD's saliency selection picks max(1, round(ratio * words)) words, all sub-words of a
     chosen word, never specials or padding; ``mask`` writes the mask id there."""
     torch.manual_seed(0)
-    word_index = torch.tensor([[-1, 0, 1, 1, 2, 3, -1, -1],      # 4 words, word 1 has 2 sub-words
-                               [-1, 0, 1, 2, 3, 4, 5, -1]])       # 6 words
+    word_index = torch.tensor(
+        [
+            [-1, 0, 1, 1, 2, 3, -1, -1],  # 4 words, word 1 has 2 sub-words
+            [-1, 0, 1, 2, 3, 4, 5, -1],
+        ]
+    )  # 6 words
     ids = torch.arange(16).reshape(2, 8) + 10
     grad = torch.zeros(2, 8, 4)
-    grad[0, 3, 0] = 5.0   # word 1 (second sub-word) most salient
+    grad[0, 3, 0] = 5.0  # word 1 (second sub-word) most salient
     grad[0, 0, 0] = 99.0  # [CLS]: never selectable
     grad[1, 2, 0], grad[1, 5, 0] = 3.0, 2.0  # words 1 and 4
-    ptd = PerturbedTokenDetection(ratio=0.3, selection="saliency", replacement="mask",
-                                  special_ids=[0, 1, 2, 3, 4], mask_token_id=4, vocab_size=40)
+    ptd = PerturbedTokenDetection(
+        ratio=0.3, selection="saliency", replacement="mask", special_ids=[0, 1, 2, 3, 4], mask_token_id=4, vocab_size=40
+    )
     perturbed, positions = ptd.perturb(ids, word_index, grad, torch.randn(40, 4))
-    assert positions.tolist() == [[False, False, True, True, False, False, False, False],
-                                  [False, False, True, False, False, True, False, False]]
+    assert positions.tolist() == [
+        [False, False, True, True, False, False, False, False],
+        [False, False, True, False, False, True, False, False],
+    ]
     assert (perturbed[positions] == 4).all() and (perturbed[~positions] == ids[~positions]).all()
 
 
@@ -133,8 +152,9 @@ def test_objective_runs_and_exports(objective, tmp_path, tiny_overrides, synthet
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records)
-    expected = {"mse": {"mse"}, "mcl": {"mcl", "mse"}, "supcon-hard": {"mcl", "mse"},
-                "carl": {"mcl", "mse", "ptd"}}[objective]
+    expected = {"mse": {"mse"}, "mcl": {"mcl", "mse"}, "supcon-hard": {"mcl", "mse"}, "carl": {"mcl", "mse", "ptd"}}[
+        objective
+    ]
     assert {"mcl", "mse", "ptd"} & set(records[0]) == expected
     model = run / "model"
     assert (model / "modules.json").is_file() and (model / "carl" / "heads.safetensors").is_file()
@@ -146,14 +166,22 @@ def test_objective_runs_and_exports(objective, tmp_path, tiny_overrides, synthet
     assert valence.shape == arousal.shape == (5,) and np.isfinite(valence).all() and np.isfinite(arousal).all()
 
 
-@pytest.mark.parametrize("selection, replacement", [
-    ("random", "hotflip"), ("random", "random"), ("random", "mask"),
-    ("saliency", "random"), ("saliency", "mask"),
-])
+@pytest.mark.parametrize(
+    "selection, replacement",
+    [
+        ("random", "hotflip"),
+        ("random", "random"),
+        ("random", "mask"),
+        ("saliency", "random"),
+        ("saliency", "mask"),
+    ],
+)
 def test_ptd_variants_run(selection, replacement, tmp_path, tiny_overrides):
-    run = train(tmp_path, tiny_overrides + [
-        f"objective.ptd.selection={selection}", f"objective.ptd.replacement={replacement}",
-        "train.max_steps=3"])
+    run = train(
+        tmp_path,
+        tiny_overrides
+        + [f"objective.ptd.selection={selection}", f"objective.ptd.replacement={replacement}", "train.max_steps=3"],
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3
     for r in records:
@@ -175,8 +203,11 @@ def test_sentence_fraction_detects_on_part_of_the_batch(tmp_path, tiny_overrides
     """Half the sentences perturbed: the perturbed share of all tokens drops with them."""
     fractions = {}
     for fraction, sentences in ((1.0, 32), (0.5, 16)):
-        run = train(tmp_path / str(fraction), tiny_overrides + [
-            f"objective.ptd.sentence_fraction={fraction}", "train.max_steps=4", "train.batch_size=32"])
+        run = train(
+            tmp_path / str(fraction),
+            tiny_overrides
+            + [f"objective.ptd.sentence_fraction={fraction}", "train.max_steps=4", "train.batch_size=32"],
+        )
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert all(np.isfinite(r["ptd"]) for r in records)
         assert [r["ptd_sentences"] for r in records] == [sentences] * 4

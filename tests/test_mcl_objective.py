@@ -202,25 +202,29 @@ def test_hard_label_targets_uniform_over_same_class():
     query_classes = torch.tensor([0, 1, 2])
     key_classes = torch.tensor([0, 1, 0, 2, 1, 0])
     targets = hard_label_targets(query_classes, key_classes)
-    expected = torch.tensor([
-        [1 / 3, 0, 1 / 3, 0, 0, 1 / 3],
-        [0, 0.5, 0, 0, 0.5, 0],
-        [0, 0, 0, 1.0, 0, 0],
-    ])
+    expected = torch.tensor(
+        [
+            [1 / 3, 0, 1 / 3, 0, 0, 1 / 3],
+            [0, 0.5, 0, 0, 0.5, 0],
+            [0, 0, 0, 1.0, 0, 0],
+        ]
+    )
     torch.testing.assert_close(targets, expected, atol=1e-7, rtol=0)
     torch.testing.assert_close(targets.sum(-1), torch.ones(3))
 
 
 def test_va_bins_hand_example():
     edges = torch.tensor([[-0.5, 0.5], [-1.0, 1.0]])  # b = 3 bins per dimension
-    labels = torch.tensor([
-        [-1.0, 0.0],  # v bin 0, a bin 1 -> 1
-        [0.6, 2.0],  # v 2, a 2 -> 8
-        [0.0, -2.0],  # v 1, a 0 -> 3
-        [-3.0, -3.0],  # 0, 0 -> 0
-        [0.2, 0.9],  # 1, 1 -> 4
-        [5.0, -0.5],  # 2, 1 -> 7
-    ])
+    labels = torch.tensor(
+        [
+            [-1.0, 0.0],  # v bin 0, a bin 1 -> 1
+            [0.6, 2.0],  # v 2, a 2 -> 8
+            [0.0, -2.0],  # v 1, a 0 -> 3
+            [-3.0, -3.0],  # 0, 0 -> 0
+            [0.2, 0.9],  # 1, 1 -> 4
+            [5.0, -0.5],  # 2, 1 -> 7
+        ]
+    )
     assert va_bins(labels, edges).tolist() == [1, 8, 3, 0, 4, 7]
 
 
@@ -238,11 +242,13 @@ def test_mcl_loss_with_hard_bins_uses_supcon_targets():
     loss_fn = MomentumContrastiveLoss(temperature=0.1, hard_bin_edges=edges)
     out = loss_fn(queries, keys, query_labels, key_labels, own)
     # classes: keys [0, 3, 1, 0, 3, 3]; queries [0, 3, 1]
-    targets = torch.tensor([
-        [0.5, 0, 0, 0.5, 0, 0],
-        [0, 1 / 3, 0, 0, 1 / 3, 1 / 3],
-        [0, 0, 1.0, 0, 0, 0],
-    ])
+    targets = torch.tensor(
+        [
+            [0.5, 0, 0, 0.5, 0, 0],
+            [0, 1 / 3, 0, 0, 1 / 3, 1 / 3],
+            [0, 0, 1.0, 0, 0, 0],
+        ]
+    )
     expected = -(targets * F.log_softmax(queries @ keys.T / 0.1, -1)).sum(-1).mean()
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-5)
 

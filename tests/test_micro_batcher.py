@@ -26,8 +26,9 @@ def run_requests(sizes: list[int], max_batch_texts: int) -> tuple[list[int], lis
         await batcher.start()
         try:
             starts = np.cumsum([0, *sizes])
-            answers = await asyncio.gather(*(batcher.submit([str(i) for i in range(a, a + n)])
-                                             for a, n in zip(starts, sizes)))
+            answers = await asyncio.gather(
+                *(batcher.submit([str(i) for i in range(a, a + n)]) for a, n in zip(starts, sizes))
+            )
         finally:
             await batcher.stop()
         return [a[0] for a in answers]
@@ -35,8 +36,11 @@ def run_requests(sizes: list[int], max_batch_texts: int) -> tuple[list[int], lis
     return batches, asyncio.run(main())
 
 
-@pytest.mark.parametrize("sizes", [[4] + [8] * 20, [127, 5, 64, 64, 1], [1] * 300],
-                         ids=["4+8s (old merge reached 132)", "no-fit-then-exact", "singles"])
+@pytest.mark.parametrize(
+    "sizes",
+    [[4] + [8] * 20, [127, 5, 64, 64, 1], [1] * 300],
+    ids=["4+8s (old merge reached 132)", "no-fit-then-exact", "singles"],
+)
 def test_merged_batches_never_exceed_the_limit(sizes):
     batches, answers = run_requests(sizes, max_batch_texts=128)
     assert max(batches) <= 128, batches

@@ -42,29 +42,44 @@ def _edit_info(folder: Path, **changes) -> None:
 
 
 BREAKAGES = {
-    "truncated weights": (lambda d: _truncate(d / "model.safetensors"),
-                          r"model\.safetensors: truncated: \d+ bytes, the header describes \d+"),
-    "truncated heads": (lambda d: _truncate(d / "carl" / "heads.safetensors"),
-                        r"carl/heads\.safetensors: truncated"),
-    "garbage heads": (lambda d: (d / "carl" / "heads.safetensors").write_bytes(b"not a tensor file"),
-                      r"carl/heads\.safetensors: truncated or not a safetensors file"),
+    "truncated weights": (
+        lambda d: _truncate(d / "model.safetensors"),
+        r"model\.safetensors: truncated: \d+ bytes, the header describes \d+",
+    ),
+    "truncated heads": (lambda d: _truncate(d / "carl" / "heads.safetensors"), r"carl/heads\.safetensors: truncated"),
+    "garbage heads": (
+        lambda d: (d / "carl" / "heads.safetensors").write_bytes(b"not a tensor file"),
+        r"carl/heads\.safetensors: truncated or not a safetensors file",
+    ),
     "carl.json without scale": (lambda d: _edit_info(d, scale="DROP"), r"carl/carl\.json: no 'scale'"),
     "carl.json with a bad scale": (lambda d: _edit_info(d, scale=[5, 1]), r"carl\.json: 'scale' must be \[low, high\]"),
-    "carl.json not JSON": (lambda d: (d / "carl" / "carl.json").write_text("{\"pooling\": ", encoding="utf-8"),
-                           r"carl/carl\.json: not valid JSON"),
+    "carl.json not JSON": (
+        lambda d: (d / "carl" / "carl.json").write_text('{"pooling": ', encoding="utf-8"),
+        r"carl/carl\.json: not valid JSON",
+    ),
     "carl.json bad pooling": (lambda d: _edit_info(d, pooling="max"), r"'pooling' must be one of mean, cls"),
     "heads missing": (lambda d: (d / "carl" / "heads.safetensors").unlink(), r"carl/heads\.safetensors: missing"),
-    "head sizes inconsistent": (lambda d: _widen_regression_head(d),
-                                r"tensor 'regression\.linear\.weight' has shape \[2, 33\], the model needs \[2, 32\]"),
-    "untrained head listed": (lambda d: _edit_info(d, heads=["va", "query"]),
-                              r"tensors do not match carl/carl\.json's heads: missing \['projection\."),
-    "pickled weights only": (lambda d: (d / "model.safetensors").rename(d / "pytorch_model.bin"),
-                             r"pytorch_model\.bin: weights only as a PyTorch pickle"),
+    "head sizes inconsistent": (
+        lambda d: _widen_regression_head(d),
+        r"tensor 'regression\.linear\.weight' has shape \[2, 33\], the model needs \[2, 32\]",
+    ),
+    "untrained head listed": (
+        lambda d: _edit_info(d, heads=["va", "query"]),
+        r"tensors do not match carl/carl\.json's heads: missing \['projection\.",
+    ),
+    "pickled weights only": (
+        lambda d: (d / "model.safetensors").rename(d / "pytorch_model.bin"),
+        r"pytorch_model\.bin: weights only as a PyTorch pickle",
+    ),
     "no config.json": (lambda d: (d / "config.json").unlink(), r"config\.json: missing: not a model folder"),
-    "broken tokenizer": (lambda d: (d / "tokenizer.json").write_text("{}", encoding="utf-8"),
-                         r": cannot load the tokenizer \("),
-    "bad max_seq_length": (lambda d: (d / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}'),
-                           r"sentence_bert_config\.json: 'max_seq_length' must be a positive integer"),
+    "broken tokenizer": (
+        lambda d: (d / "tokenizer.json").write_text("{}", encoding="utf-8"),
+        r": cannot load the tokenizer \(",
+    ),
+    "bad max_seq_length": (
+        lambda d: (d / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}'),
+        r"sentence_bert_config\.json: 'max_seq_length' must be a positive integer",
+    ),
 }
 
 
@@ -85,9 +100,14 @@ def test_missing_or_empty_folders_never_reach_the_hub(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.toml").write_text("", encoding="utf-8")
-    cases = {"empty": "empty/config.json: missing", "./nope": "nope: no such model folder",
-             "runs/a/b": "runs/a/b: no such model folder", "~/carl-no-such-model": "no such model folder",
-             "run": "a carl run folder without an exported model/", str(tmp_path / "absent"): "no such model folder"}
+    cases = {
+        "empty": "empty/config.json: missing",
+        "./nope": "nope: no such model folder",
+        "runs/a/b": "runs/a/b: no such model folder",
+        "~/carl-no-such-model": "no such model folder",
+        "run": "a carl run folder without an exported model/",
+        str(tmp_path / "absent"): "no such model folder",
+    }
     for name, message in cases.items():
         assert looks_local(name)
         with pytest.raises(ModelFolderError, match=message):
@@ -126,7 +146,8 @@ def test_loading_unpickles_nothing(affect_model, monkeypatch):
         monkeypatch.setattr(module, name, refuse)
     encoder = AffectEncoder.load(str(affect_model))
     assert encoder.has_heads and encoder.predict("a serene day").valence == pytest.approx(
-        encoder.predict(["a serene day"]).valence[0])
+        encoder.predict(["a serene day"]).valence[0]
+    )
 
 
 def test_cli_and_service_report_a_broken_folder_in_one_line(affect_model, tmp_path):
@@ -138,12 +159,21 @@ def test_cli_and_service_report_a_broken_folder_in_one_line(affect_model, tmp_pa
     _truncate(truncated / "carl" / "heads.safetensors")
     _edit_info(unscaled, scale="DROP")
     empty.mkdir()
-    cases = [(["predict", str(truncated), "--no-progress"], f"{truncated}/carl/heads.safetensors: truncated"),
-             (["serve", str(unscaled), "--port", "0"], f"{unscaled}/carl/carl.json: no 'scale'"),
-             (["embed", str(empty), "--no-progress"], f"{empty}/config.json: missing: not a model folder")]
+    cases = [
+        (["predict", str(truncated), "--no-progress"], f"{truncated}/carl/heads.safetensors: truncated"),
+        (["serve", str(unscaled), "--port", "0"], f"{unscaled}/carl/carl.json: no 'scale'"),
+        (["embed", str(empty), "--no-progress"], f"{empty}/config.json: missing: not a model folder"),
+    ]
     for args, message in cases:
-        result = subprocess.run([sys.executable, "-m", "carl.cli", *args], input="a serene day\n", text=True,
-                                capture_output=True, env=cli_env(), timeout=120, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "carl.cli", *args],
+            input="a serene day\n",
+            text=True,
+            capture_output=True,
+            env=cli_env(),
+            timeout=120,
+            check=False,
+        )
         assert result.returncode == 2, result.stderr[-2000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("carl ")]
         assert len(errors) == 1 and errors[0].startswith(f"carl {args[0]}: error: {message}"), result.stderr

@@ -213,8 +213,14 @@ def tiny_backbone():
         from transformers import BertConfig, BertModel
 
         torch.manual_seed(0)
-        config = BertConfig(vocab_size=50, hidden_size=H, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=32, max_position_embeddings=32)
+        config = BertConfig(
+            vocab_size=50,
+            hidden_size=H,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+        )
         _TEMPLATE.append(BertModel(config, add_pooling_layer=False))
     return copy.deepcopy(_TEMPLATE[0])
 

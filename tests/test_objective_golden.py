@@ -20,9 +20,18 @@ KEYS = ("step", "loss", "mcl", "mse", "ptd", "mcl_own_key_prob", "ptd_acc_pertur
 
 
 def overrides(encoder: str, train_csv: Path, objective: str) -> list[str]:
-    return [f"data.path={train_csv}", "data.scale=0-1", f"model.encoder={encoder}", f"objective.name={objective}",
-            "objective.mcl.queue_size=32", "train.batch_size=8", "train.learning_rate=1e-3",
-            "train.max_steps=12", "train.checkpoint_every=5", "train.num_threads=1"]
+    return [
+        f"data.path={train_csv}",
+        "data.scale=0-1",
+        f"model.encoder={encoder}",
+        f"objective.name={objective}",
+        "objective.mcl.queue_size=32",
+        "train.batch_size=8",
+        "train.learning_rate=1e-3",
+        "train.max_steps=12",
+        "train.checkpoint_every=5",
+        "train.num_threads=1",
+    ]
 
 
 def trace(encoder: str, train_csv: Path, objective: str, out: Path) -> list[dict]:

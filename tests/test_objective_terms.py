@@ -12,11 +12,18 @@ from carl.training.trainer import CarlTrainer
 
 def test_each_objective_resolves_to_its_weighted_terms():
     cfg = load_config(None, ["objective.mcl_weight=0.5", "objective.mse_weight=0.25", "objective.ptd_weight=2"])
-    assert cfg.objective.terms() == {"mcl": Term("mcl", "mcl_weight", "soft", 0.5),
-                                     "mse": Term("mse", "mse_weight", weight=0.25),
-                                     "ptd": Term("ptd", "ptd_weight", weight=2.0)}
-    expected = {"carl": {"mcl", "mse", "ptd"}, "mcl": {"mcl", "mse"}, "supcon-hard": {"mcl", "mse"},
-                "mse": {"mse"}, "simcse": {"simcse"}}
+    assert cfg.objective.terms() == {
+        "mcl": Term("mcl", "mcl_weight", "soft", 0.5),
+        "mse": Term("mse", "mse_weight", weight=0.25),
+        "ptd": Term("ptd", "ptd_weight", weight=2.0),
+    }
+    expected = {
+        "carl": {"mcl", "mse", "ptd"},
+        "mcl": {"mcl", "mse"},
+        "supcon-hard": {"mcl", "mse"},
+        "mse": {"mse"},
+        "simcse": {"simcse"},
+    }
     assert set(OBJECTIVE_TERMS) == set(expected)
     for name, losses in expected.items():
         terms = load_config(None, [f"objective.name={name}"]).objective.terms()

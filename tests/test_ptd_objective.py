@@ -52,14 +52,18 @@ def test_word_saliency_uses_l2_norm_over_hidden():
 
 
 def test_word_saliency_batch_with_different_word_counts():
-    word_index = torch.tensor([
-        [-1, 0, 1, 1, 2, -1],
-        [-1, 0, 0, -1, -1, -1],  # one word, then padding
-    ])
-    grad = grads_with_norms([
-        [9.0, 0.5, 3.0, 7.0, 1.0, 9.0],
-        [9.0, 2.0, 0.25, 9.0, 9.0, 9.0],
-    ])
+    word_index = torch.tensor(
+        [
+            [-1, 0, 1, 1, 2, -1],
+            [-1, 0, 0, -1, -1, -1],  # one word, then padding
+        ]
+    )
+    grad = grads_with_norms(
+        [
+            [9.0, 0.5, 3.0, 7.0, 1.0, 9.0],
+            [9.0, 2.0, 0.25, 9.0, 9.0, 9.0],
+        ]
+    )
     scores = word_saliency(grad, word_index)
     assert scores.shape == (2, 3)
     assert scores[0].tolist() == pytest.approx([0.5, 7.0, 1.0])
@@ -78,11 +82,13 @@ def test_word_saliency_zero_gradient_word_is_present():
 
 
 def test_select_words_hand_example():
-    scores = torch.tensor([
-        [1.0, 5.0, 3.0, NEG],
-        [2.0, NEG, NEG, NEG],
-        [0.1, 0.4, 0.3, 0.2],
-    ])
+    scores = torch.tensor(
+        [
+            [1.0, 5.0, 3.0, NEG],
+            [2.0, NEG, NEG, NEG],
+            [0.1, 0.4, 0.3, 0.2],
+        ]
+    )
     chosen = select_words(scores, 0.5)
     assert chosen.tolist() == [
         [False, True, True, False],  # round(1.5) = 2: words 1 and 2
@@ -120,14 +126,18 @@ def test_select_words_empty_sentence_chooses_nothing():
 
 
 def test_positions_from_words_marks_all_subwords_only():
-    word_index = torch.tensor([
-        [-1, 0, 1, 1, 1, 2, -1, -1],
-        [-1, 0, 0, 1, -1, -1, -1, -1],
-    ])
-    chosen = torch.tensor([
-        [False, True, False],
-        [True, False, False],
-    ])
+    word_index = torch.tensor(
+        [
+            [-1, 0, 1, 1, 1, 2, -1, -1],
+            [-1, 0, 0, 1, -1, -1, -1, -1],
+        ]
+    )
+    chosen = torch.tensor(
+        [
+            [False, True, False],
+            [True, False, False],
+        ]
+    )
     positions = positions_from_words(chosen, word_index)
     assert positions.tolist() == [
         [False, False, True, True, True, False, False, False],
@@ -146,26 +156,30 @@ def test_positions_never_on_special_or_pad_even_if_word0_chosen():
 # --------------------------------------------------------------------------- replacements
 
 # vocabulary of 6 tokens in 2-d; token 0 is a (banned) special token with a big embedding
-EMBEDDING = torch.tensor([
-    [5.0, 5.0],  # 0 special
-    [1.0, 0.0],  # 1
-    [0.0, 1.0],  # 2
-    [-1.0, 0.0],  # 3
-    [2.0, 2.0],  # 4
-    [0.0, -2.0],  # 5
-])
+EMBEDDING = torch.tensor(
+    [
+        [5.0, 5.0],  # 0 special
+        [1.0, 0.0],  # 1
+        [0.0, 1.0],  # 2
+        [-1.0, 0.0],  # 3
+        [2.0, 2.0],  # 4
+        [0.0, -2.0],  # 5
+    ]
+)
 
 
 def test_hotflip_hand_example():
     banned = torch.tensor([True, False, False, False, False, False])
     input_ids = torch.tensor([1, 2, 4, 4, 3])
-    grads = torch.tensor([
-        [0.0, 1.0],  # gains (E_v - e_1).g = E_v[1] - 0 -> [5, 0, 1, 0, 2, -2]: 0 banned -> 4
-        [1.0, 0.0],  # E_v[0] - 0 -> [5, 1, 0, -1, 2, 0]: -> 4
-        [1.0, 0.5],  # E.g = [7.5, 1, .5, -1, 3, -1] - 3: original 4 is best allowed -> excluded -> 1
-        [0.0, -1.0],  # E.g = [-5, 0, -1, 0, -2, 2] + 2: -> 5
-        [-1.0, -0.1],  # E.g = [-5.5, -1, -.1, 1, -2.2, .2]: original 3 is the argmax, excluded -> 5
-    ])
+    grads = torch.tensor(
+        [
+            [0.0, 1.0],  # gains (E_v - e_1).g = E_v[1] - 0 -> [5, 0, 1, 0, 2, -2]: 0 banned -> 4
+            [1.0, 0.0],  # E_v[0] - 0 -> [5, 1, 0, -1, 2, 0]: -> 4
+            [1.0, 0.5],  # E.g = [7.5, 1, .5, -1, 3, -1] - 3: original 4 is best allowed -> excluded -> 1
+            [0.0, -1.0],  # E.g = [-5, 0, -1, 0, -2, 2] + 2: -> 5
+            [-1.0, -0.1],  # E.g = [-5.5, -1, -.1, 1, -2.2, .2]: original 3 is the argmax, excluded -> 5
+        ]
+    )
     got = hotflip_replacements(input_ids, grads, EMBEDDING, banned)
     assert got.tolist() == [4, 4, 1, 5, 5]
 
@@ -291,22 +305,27 @@ MASK_ID = 3
 
 def ptd_batch():
     # [CLS] w0 w1 w1 w2 w3 [SEP] [PAD] / [CLS] w0 w0 w1 [SEP] [PAD] [PAD] [PAD]
-    input_ids = torch.tensor([
-        [1, 10, 11, 12, 13, 14, 2, 0],
-        [1, 15, 16, 17, 2, 0, 0, 0],
-    ])
-    word_index = torch.tensor([
-        [-1, 0, 1, 1, 2, 3, -1, -1],
-        [-1, 0, 0, 1, -1, -1, -1, -1],
-    ])
+    input_ids = torch.tensor(
+        [
+            [1, 10, 11, 12, 13, 14, 2, 0],
+            [1, 15, 16, 17, 2, 0, 0, 0],
+        ]
+    )
+    word_index = torch.tensor(
+        [
+            [-1, 0, 1, 1, 2, 3, -1, -1],
+            [-1, 0, 0, 1, -1, -1, -1, -1],
+        ]
+    )
     return input_ids, word_index
 
 
 def test_perturb_random_mask_only_at_chosen_positions():
     torch.manual_seed(0)
     input_ids, word_index = ptd_batch()
-    ptd = PerturbedTokenDetection(ratio=0.5, selection="random", replacement="mask",
-                                  special_ids=SPECIAL, mask_token_id=MASK_ID, vocab_size=VOCAB)
+    ptd = PerturbedTokenDetection(
+        ratio=0.5, selection="random", replacement="mask", special_ids=SPECIAL, mask_token_id=MASK_ID, vocab_size=VOCAB
+    )
     embedding = torch.randn(VOCAB, 4)
     grad = torch.zeros(2, 8, 4)
     for _ in range(5):
@@ -327,12 +346,21 @@ def test_perturb_random_mask_only_at_chosen_positions():
 
 def test_perturb_saliency_chooses_largest_gradient_words():
     input_ids, word_index = ptd_batch()
-    ptd = PerturbedTokenDetection(ratio=0.25, selection="saliency", replacement="mask",
-                                  special_ids=SPECIAL, mask_token_id=MASK_ID, vocab_size=VOCAB)
-    grad = grads_with_norms([
-        [99.0, 1.0, 0.5, 6.0, 2.0, 5.0, 99.0, 99.0],  # words: 1, 6, 2, 5 -> word 1 (max over sub-words)
-        [99.0, 0.1, 0.2, 3.0, 99.0, 99.0, 99.0, 99.0],  # words: 0.2, 3 -> word 1
-    ], hidden=4)
+    ptd = PerturbedTokenDetection(
+        ratio=0.25,
+        selection="saliency",
+        replacement="mask",
+        special_ids=SPECIAL,
+        mask_token_id=MASK_ID,
+        vocab_size=VOCAB,
+    )
+    grad = grads_with_norms(
+        [
+            [99.0, 1.0, 0.5, 6.0, 2.0, 5.0, 99.0, 99.0],  # words: 1, 6, 2, 5 -> word 1 (max over sub-words)
+            [99.0, 0.1, 0.2, 3.0, 99.0, 99.0, 99.0, 99.0],  # words: 0.2, 3 -> word 1
+        ],
+        hidden=4,
+    )
     perturbed, positions = ptd.perturb(input_ids, word_index, grad, torch.randn(VOCAB, 4))
     assert positions.tolist() == [
         [False, False, True, True, False, False, False, False],
@@ -348,8 +376,14 @@ def test_perturb_saliency_hotflip():
     input_ids, word_index = ptd_batch()
     embedding = torch.randn(VOCAB, 4, generator=g)
     grad = torch.randn(2, 8, 4, generator=g)
-    ptd = PerturbedTokenDetection(ratio=0.5, selection="saliency", replacement="hotflip",
-                                  special_ids=SPECIAL, mask_token_id=MASK_ID, vocab_size=VOCAB)
+    ptd = PerturbedTokenDetection(
+        ratio=0.5,
+        selection="saliency",
+        replacement="hotflip",
+        special_ids=SPECIAL,
+        mask_token_id=MASK_ID,
+        vocab_size=VOCAB,
+    )
     perturbed, positions = ptd.perturb(input_ids, word_index, grad, embedding)
     # the chosen words are the top-scoring ones
     scores = word_saliency(grad, word_index)
@@ -366,8 +400,9 @@ def test_perturb_saliency_hotflip():
 def test_perturb_random_replacement():
     torch.manual_seed(4)
     input_ids, word_index = ptd_batch()
-    ptd = PerturbedTokenDetection(ratio=1.0, selection="random", replacement="random",
-                                  special_ids=SPECIAL, mask_token_id=None, vocab_size=VOCAB)
+    ptd = PerturbedTokenDetection(
+        ratio=1.0, selection="random", replacement="random", special_ids=SPECIAL, mask_token_id=None, vocab_size=VOCAB
+    )
     perturbed, positions = ptd.perturb(input_ids, word_index, torch.zeros(2, 8, 4), torch.randn(VOCAB, 4))
     assert torch.equal(positions, word_index >= 0)  # ratio 1: every word
     assert not (perturbed[positions] == input_ids[positions]).any()
@@ -413,4 +448,4 @@ def test_sample_sentences_keeps_a_share_of_distinct_rows_in_order(fraction, expe
     rows = out_rows[:, 0].tolist()
     assert len(rows) == expected and rows == sorted(set(rows))
     assert out_mask.shape[1] == int(mask[rows].sum(-1).max()) == out_grad.shape[1]
-    assert torch.equal(out_grad, grad[rows][:, :out_mask.shape[1]])
+    assert torch.equal(out_grad, grad[rows][:, : out_mask.shape[1]])

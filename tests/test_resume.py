@@ -38,8 +38,13 @@ def assert_checkpoints_complete(run: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def resume_overrides(tiny_overrides) -> list[str]:
-    return tiny_overrides + ["train.max_steps=8", "train.checkpoint_every=3", "train.batch_size=8",
-                             "objective.mcl.queue_size=32", "train.keep_checkpoints=2"]
+    return tiny_overrides + [
+        "train.max_steps=8",
+        "train.checkpoint_every=3",
+        "train.batch_size=8",
+        "objective.mcl.queue_size=32",
+        "train.keep_checkpoints=2",
+    ]
 
 
 def train_args(out: Path, overrides: list[str]) -> list[str]:
@@ -74,8 +79,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, run_cli, resum
     assert_checkpoints_complete(resumed)
 
     texts = synthetic_csv.heldout_texts[:20]
-    np.testing.assert_allclose(AffectEncoder.load(str(resumed)).encode(texts),
-                               AffectEncoder.load(str(straight)).encode(texts), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        AffectEncoder.load(str(resumed)).encode(texts),
+        AffectEncoder.load(str(straight)).encode(texts),
+        rtol=0,
+        atol=1e-6,
+    )
     va_resumed = np.stack(AffectEncoder.load(str(resumed)).predict(texts))
     va_straight = np.stack(AffectEncoder.load(str(straight)).predict(texts))
     np.testing.assert_allclose(va_resumed, va_straight, rtol=0, atol=1e-6)
@@ -116,9 +125,15 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, resume_overrides):
 
 
 def test_exploding_learning_rate_raises_training_diverged(tmp_path, tiny_overrides):
-    overrides = tiny_overrides + ["train.learning_rate=1e6", "train.head_learning_rate=1e6",
-                                  "train.warmup_ratio=0", "train.max_steps=30", "train.checkpoint_every=1",
-                                  "train.keep_checkpoints=1", "train.max_grad_norm=1e9"]
+    overrides = tiny_overrides + [
+        "train.learning_rate=1e6",
+        "train.head_learning_rate=1e6",
+        "train.warmup_ratio=0",
+        "train.max_steps=30",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=1",
+        "train.max_grad_norm=1e9",
+    ]
     with pytest.raises(TrainingDiverged, match="non-finite loss") as caught:
         CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
     bad_step = int(re.search(r"non-finite loss at step (\d+)", str(caught.value)).group(1))
@@ -133,8 +148,11 @@ def test_exploding_learning_rate_raises_training_diverged(tmp_path, tiny_overrid
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
 
 
-@pytest.mark.parametrize("objective", [["objective.name=mse"], ["objective.name=mcl", "objective.mcl.queue_size=0"]],
-                         ids=["mse", "mcl-no-queue"])
+@pytest.mark.parametrize(
+    "objective",
+    [["objective.name=mse"], ["objective.name=mcl", "objective.mcl.queue_size=0"]],
+    ids=["mse", "mcl-no-queue"],
+)
 def test_runs_with_an_empty_queue_resume(tmp_path, resume_overrides, objective):
     """Without a queue (mse; mcl with in-batch keys) a checkpoint loads and the resumed trace matches."""
     overrides = resume_overrides + objective + ["train.max_steps=4", "train.checkpoint_every=2"]

@@ -32,8 +32,13 @@ async def echo(scope, receive, send):
         size += len(message.get("body", b""))
         more = message.get("more_body", False)
     body = json.dumps({"bytes": size}).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -43,8 +48,17 @@ def address():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(echo, host="127.0.0.1", port=port, http=guarded_protocol(limits),
-                                           lifespan="off", log_level="warning", timeout_keep_alive=5))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            echo,
+            host="127.0.0.1",
+            port=port,
+            http=guarded_protocol(limits),
+            lifespan="off",
+            log_level="warning",
+            timeout_keep_alive=5,
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -57,8 +71,9 @@ def address():
 
 
 def request(path: str = "/", body: bytes = b"") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def read_response(sock: socket.socket) -> bytes:
@@ -70,7 +85,9 @@ def read_response(sock: socket.socket) -> bytes:
             return data
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body

@@ -37,9 +37,18 @@ def stack(app, *, max_bytes: int = 100, max_requests: int = 2):
     return JsonOnly(BodyLimit(InFlightLimit(app, max_requests=max_requests), max_bytes=max_bytes))
 
 
-@pytest.mark.parametrize("value, expected", [(b"application/json", True), (b"application/json; charset=utf-8", True),
-                                             (b"Application/JSON", True), (b"application/problem+json", True),
-                                             (b"text/plain", False), (b"application/jsonx", False), (None, False)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (b"application/json", True),
+        (b"application/json; charset=utf-8", True),
+        (b"Application/JSON", True),
+        (b"application/problem+json", True),
+        (b"text/plain", False),
+        (b"application/jsonx", False),
+        (None, False),
+    ],
+)
 def test_is_json(value, expected):
     assert is_json(value) is expected
 
@@ -89,8 +98,12 @@ def test_a_body_still_arriving_is_not_in_flight():
             await never.wait()
             return {"type": "http.disconnect"}
 
-        scope = {"type": "http", "method": "POST", "path": "/embed",
-                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"10")]}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/embed",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"10")],
+        }
 
         async def ignore(message):
             pass

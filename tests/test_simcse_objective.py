@@ -49,16 +49,16 @@ def test_identical_distinct_views_give_near_zero_loss_and_scale_is_ignored():
 
 @pytest.fixture(scope="module")
 def simcse_overrides(tiny_overrides) -> list[str]:
-    return tiny_overrides + ["objective.name=simcse", "train.max_steps=4", "train.checkpoint_every=2",
-                             "train.seed=3"]
+    return tiny_overrides + ["objective.name=simcse", "train.max_steps=4", "train.checkpoint_every=2", "train.seed=3"]
 
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def test_simcse_trains_without_key_encoder_and_exports_no_va_head(tmp_path, simcse_overrides, tiny_encoder,
-                                                                  synthetic_csv):
+def test_simcse_trains_without_key_encoder_and_exports_no_va_head(
+    tmp_path, simcse_overrides, tiny_encoder, synthetic_csv
+):
     trainer = CarlTrainer(load_config(None, simcse_overrides), tmp_path, show_progress=False)
     core = trainer.accelerator.unwrap_model(trainer.model)
     assert core.key_encoder is None and core.queue.size == 0
@@ -98,8 +98,9 @@ def test_simcse_resume_is_exact(tmp_path, simcse_overrides, synthetic_csv):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), (a["step"], key)
     np.testing.assert_allclose(AffectEncoder.load(str(tmp_path)).encode(texts), straight, rtol=0, atol=1e-6)
     with pytest.raises(ConfigError):  # the same folder under other settings is refused
-        CarlTrainer(load_config(None, simcse_overrides + ["objective.simcse.temperature=0.1"]), tmp_path,
-                    show_progress=False).train()
+        CarlTrainer(
+            load_config(None, simcse_overrides + ["objective.simcse.temperature=0.1"]), tmp_path, show_progress=False
+        ).train()
 
 
 def test_simcse_loss_falls(tmp_path, tiny_overrides):

@@ -16,8 +16,24 @@ def run_script(name: str, *args: str) -> None:
 
 
 def test_train_speed_reports_each_objective_relative_to_mse(tmp_path, tiny_encoder):
-    run_script("train_speed.py", "--steps", "3", "--warmup", "1", "--processes", "1", "--batch-size", "8",
-               "--objectives", "mse", "carl", "--encoder", tiny_encoder, "--out", str(tmp_path))
+    run_script(
+        "train_speed.py",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--processes",
+        "1",
+        "--batch-size",
+        "8",
+        "--objectives",
+        "mse",
+        "carl",
+        "--encoder",
+        tiny_encoder,
+        "--out",
+        str(tmp_path),
+    )
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]
     assert [c["objective"] for c in cells] == ["mse", "carl"]
     assert all(c["steps_timed"] == 2 and c["median_step_s"] > 0 for c in cells)
@@ -26,8 +42,22 @@ def test_train_speed_reports_each_objective_relative_to_mse(tmp_path, tiny_encod
 
 def test_profile_step_profiles_each_cell_including_another_precision(tmp_path, tiny_encoder):
     # a second precision in the same process needs accelerate's process-wide state reset
-    run_script("profile_step.py", "--cells", "mse", "carl@bf16", "--steps", "2", "--warmup", "1",
-               "--batch-size", "8", "--encoder", tiny_encoder, "--out", str(tmp_path))
+    run_script(
+        "profile_step.py",
+        "--cells",
+        "mse",
+        "carl@bf16",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "8",
+        "--encoder",
+        tiny_encoder,
+        "--out",
+        str(tmp_path),
+    )
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["cell"] for r in rows] == ["mse", "carl@bf16"]
     for r in rows:

@@ -37,13 +37,13 @@ def inputs(tmp_path_factory):
             w = csv.writer(f, delimiter=delim)
             w.writerow(["id", "body"])
             w.writerows(enumerate(TEXTS))
-    (folder / "t.jsonl").write_text("\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate(TEXTS))
-                                    + "\n\n", encoding="utf-8")
+    (folder / "t.jsonl").write_text(
+        "\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate(TEXTS)) + "\n\n", encoding="utf-8"
+    )
     return folder
 
 
-@pytest.mark.parametrize("name, column", [("t.txt", "text"), ("t.csv", "body"), ("t.tsv", "body"),
-                                          ("t.jsonl", "body")])
+@pytest.mark.parametrize("name, column", [("t.txt", "text"), ("t.csv", "body"), ("t.tsv", "body"), ("t.jsonl", "body")])
 def test_every_format_streams_the_same_texts(inputs, name, column):
     source = TextSource(str(inputs / name), column)
     assert source.total_bytes == (inputs / name).stat().st_size and source.bytes_read() == 0
@@ -59,11 +59,14 @@ def test_stdin(monkeypatch):
     assert read_texts("-") == ["one", "  ", "café"]  # read as bytes, BOM dropped, whitespace kept
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("bad.csv", "id,text\n1,x\n", "no column 'body'"),
-    ("bad.jsonl", '{"body": "ok"}\n{"body": 3}\n', "line 2, field 'body': expected a string"),
-    ("bad2.jsonl", '{"body": "ok"}\nnot json\n', "line 2, field 'body': cannot read"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.csv", "id,text\n1,x\n", "no column 'body'"),
+        ("bad.jsonl", '{"body": "ok"}\n{"body": 3}\n', "line 2, field 'body': expected a string"),
+        ("bad2.jsonl", '{"body": "ok"}\nnot json\n', "line 2, field 'body': cannot read"),
+    ],
+)
 def test_bad_input_names_file_line_and_field(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -115,8 +118,7 @@ def test_memory_is_bounded_by_the_chunk_not_the_input(tmp_path):
     out = tmp_path / "big.npy"
     tracemalloc.start()
     try:
-        count = embed_stream(ConstantEncoder(), TextSource(str(src)), str(out), chunk_size=1000,
-                             show_progress=False)
+        count = embed_stream(ConstantEncoder(), TextSource(str(src)), str(out), chunk_size=1000, show_progress=False)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -141,8 +143,9 @@ def test_cli_outputs_match_the_python_api(affect_model, inputs, tmp_path):
     emb = encoder.encode(TEXTS)
     valence, arousal = encoder.predict(TEXTS)
     src, common = inputs / "t.csv", ["--column", "body", "--chunk-size", "2", "--no-progress", "--threads", "1"]
-    outs = {name: tmp_path / name for name in ("e.npy", "e.jsonl", "e.csv", "p.jsonl", "p.csv", "p.npy",
-                                               "x.jsonl", "x.csv")}
+    outs = {
+        name: tmp_path / name for name in ("e.npy", "e.jsonl", "e.csv", "p.jsonl", "p.csv", "p.npy", "x.jsonl", "x.csv")
+    }
     for name, path in outs.items():
         command = {"e": "embed", "p": "predict", "x": "explain"}[name[0]]
         assert main([command, str(affect_model), "-i", str(src), "-o", str(path), *common]) == 0
@@ -171,9 +174,14 @@ def test_cli_reads_stdin_and_reports_bad_input(affect_model, tmp_path, capsys):
 
     from conftest import cli_env
 
-    result = subprocess.run([sys.executable, "-m", "carl.cli", "predict", str(affect_model), "--no-progress",
-                             "--threads", "1"], input="a serene day\n\nfurious\n", capture_output=True, text=True,
-                            env=cli_env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "carl.cli", "predict", str(affect_model), "--no-progress", "--threads", "1"],
+        input="a serene day\n\nfurious\n",
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["a serene day", "", "furious"]
     bad = tmp_path / "bad.jsonl"
@@ -191,10 +199,13 @@ def test_inference_subcommands_document_their_options(command, capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: carl {command}")
-    for flag in {"embed": ["--chunk-size", "--threads", "--dtype", "--normalize", "--errors", "blank"],
-                 "predict": ["--chunk-size", "--no-progress", "--errors"], "explain": ["--html", "--html-limit", "--errors"],
-                 "serve": ["--host", "--port", "--max-texts", "--max-chars", "--max-wait-ms", "--max-body-bytes"],
-                 "export-onnx": ["--output"]}[command]:
+    for flag in {
+        "embed": ["--chunk-size", "--threads", "--dtype", "--normalize", "--errors", "blank"],
+        "predict": ["--chunk-size", "--no-progress", "--errors"],
+        "explain": ["--html", "--html-limit", "--errors"],
+        "serve": ["--host", "--port", "--max-texts", "--max-chars", "--max-wait-ms", "--max-body-bytes"],
+        "export-onnx": ["--output"],
+    }[command]:
         assert flag in text
 
 
@@ -202,8 +213,14 @@ def run_cli_bytes(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess
     """``python -m carl.cli`` with raw bytes on stdin; stdout and stderr decoded leniently."""
     from conftest import cli_env
 
-    result = subprocess.run([sys.executable, "-m", "carl.cli", *args, "--no-progress", "--threads", "1"],
-                            input=stdin, capture_output=True, env=cli_env(), timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "carl.cli", *args, "--no-progress", "--threads", "1"],
+        input=stdin,
+        capture_output=True,
+        env=cli_env(),
+        timeout=120,
+        check=False,
+    )
     result.stdout, result.stderr = (x.decode("utf-8", "replace") for x in (result.stdout, result.stderr))
     return result
 
@@ -220,8 +237,10 @@ def test_invalid_utf8_names_the_line_or_is_replaced(affect_model, tmp_path):
     with pytest.raises(DataError, match=r"bad.csv, line 3: invalid UTF-8 \(byte 0xef at byte 5"):
         list(TextSource(str(bad)))
     assert list(TextSource(str(bad), errors="replace")) == ["fine", "na\ufffdve"]
-    assert main(["predict", str(affect_model), "-i", str(bad), "-o", str(out), "--errors", "replace",
-                 "--no-progress"]) == 0
+    assert (
+        main(["predict", str(affect_model), "-i", str(bad), "-o", str(out), "--errors", "replace", "--no-progress"])
+        == 0
+    )
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in rows] == ["fine", "na\ufffdve"]
     with pytest.raises(ValueError, match="unknown decoding policy 'ignore'"):
@@ -248,14 +267,18 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys):
     src.write_text("a serene day\n", encoding="utf-8")
     (tmp_path / "folder.npy").mkdir()
     (tmp_path / "afile").write_text("x", encoding="utf-8")
-    cases = [(["embed", "-o", str(tmp_path / "emb.parquet")],
-              "unknown output format '.parquet'; name a .npy, .jsonl, .csv file or '-' for stdout"),
-             (["predict", "-o", str(tmp_path / "noext")], "unknown output format '(no extension)'"),
-             (["explain", "-o", str(tmp_path / "x.npy")], "unknown output format '.npy'; name a .jsonl, .csv"),
-             (["explain", "--html", str(tmp_path / "page.txt")], "name a .html, .htm file"),
-             (["embed", "-o", str(tmp_path / "folder.npy")], "folder.npy: is a folder"),
-             (["predict", "-o", str(tmp_path / "afile" / "p.csv")], "afile is a file, not a folder"),
-             (["export-onnx", "-o", str(tmp_path / "m.bin")], "name a .onnx file")]
+    cases = [
+        (
+            ["embed", "-o", str(tmp_path / "emb.parquet")],
+            "unknown output format '.parquet'; name a .npy, .jsonl, .csv file or '-' for stdout",
+        ),
+        (["predict", "-o", str(tmp_path / "noext")], "unknown output format '(no extension)'"),
+        (["explain", "-o", str(tmp_path / "x.npy")], "unknown output format '.npy'; name a .jsonl, .csv"),
+        (["explain", "--html", str(tmp_path / "page.txt")], "name a .html, .htm file"),
+        (["embed", "-o", str(tmp_path / "folder.npy")], "folder.npy: is a folder"),
+        (["predict", "-o", str(tmp_path / "afile" / "p.csv")], "afile is a file, not a folder"),
+        (["export-onnx", "-o", str(tmp_path / "m.bin")], "name a .onnx file"),
+    ]
     for args, message in cases:
         command, rest = args[0], args[1:]
         extra = ["-i", str(src), "--no-progress"] if command != "export-onnx" else []
@@ -263,8 +286,10 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "no-model" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.npy", "t.txt"]  # nothing written
-    for output, message in ((tmp_path / "emb.parquet", "unknown output format '.parquet'"),
-                            (tmp_path / "folder.npy", "folder.npy: is a folder")):
+    for output, message in (
+        (tmp_path / "emb.parquet", "unknown output format '.parquet'"),
+        (tmp_path / "folder.npy", "folder.npy: is a folder"),
+    ):
         result = run_cli_bytes("embed", missing_model, "-o", str(output), stdin=b"a day\n")
         assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.npy", "t.txt"]

@@ -25,24 +25,37 @@ class HostReadCounter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") in HOST_READS:
-            caller = next(f for f in reversed(traceback.extract_stack()[:-1])
-                          if "/torch/" not in f.filename and f.filename != __file__)
+            caller = next(
+                f
+                for f in reversed(traceback.extract_stack()[:-1])
+                if "/torch/" not in f.filename and f.filename != __file__
+            )
             if "/carl/" in caller.filename and "/tests/" not in caller.filename:
                 self.sites[(caller.filename.split("/carl/")[-1], caller.name)] += 1
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("objective, allowed", [
-    ("mse", {("training/trainer.py", "_log")}),
-    # the perturbed pass needs three sizes on the host: its length, the word count, the perturbed tokens
-    ("carl", {("training/trainer.py", "_log"), ("objectives/perturbed_token_detection.py", "sample_sentences"),
-              ("objectives/perturbed_token_detection.py", "_scatter_words"),
-              ("objectives/perturbed_token_detection.py", "perturb")}),
-])
+@pytest.mark.parametrize(
+    "objective, allowed",
+    [
+        ("mse", {("training/trainer.py", "_log")}),
+        # the perturbed pass needs three sizes on the host: its length, the word count, the perturbed tokens
+        (
+            "carl",
+            {
+                ("training/trainer.py", "_log"),
+                ("objectives/perturbed_token_detection.py", "sample_sentences"),
+                ("objectives/perturbed_token_detection.py", "_scatter_words"),
+                ("objectives/perturbed_token_detection.py", "perturb"),
+            },
+        ),
+    ],
+)
 def test_a_step_reads_the_device_once_besides_the_sizes_it_needs(tmp_path, tiny_overrides, objective, allowed):
     steps = 3
-    cfg = load_config(None, tiny_overrides + [f"objective.name={objective}", f"train.max_steps={steps}",
-                                              "train.checkpoint_every=0"])
+    cfg = load_config(
+        None, tiny_overrides + [f"objective.name={objective}", f"train.max_steps={steps}", "train.checkpoint_every=0"]
+    )
     trainer = CarlTrainer(cfg, tmp_path, show_progress=False)
     counter = HostReadCounter()
 
@@ -50,6 +63,7 @@ def test_a_step_reads_the_device_once_besides_the_sizes_it_needs(tmp_path, tiny_
         def wrapped(*args):
             with counter:
                 return fn(*args)
+
         return wrapped
 
     trainer.training_step, trainer._log = counted(trainer.training_step), counted(trainer._log)
@@ -62,8 +76,11 @@ def test_encoder_passes_exclude_cudnn_attention(tmp_path, tiny_overrides):
     """Training (query, key and perturbed passes) and inference run without cuDNN's attention."""
     from carl import AffectEncoder
 
-    trainer = CarlTrainer(load_config(None, tiny_overrides + ["train.max_steps=2", "train.checkpoint_every=0"]),
-                          tmp_path, show_progress=False)
+    trainer = CarlTrainer(
+        load_config(None, tiny_overrides + ["train.max_steps=2", "train.checkpoint_every=0"]),
+        tmp_path,
+        show_progress=False,
+    )
     seen = []
     record = lambda module, args: seen.append(torch.backends.cuda.cudnn_sdp_enabled())  # noqa: E731
     core = trainer.accelerator.unwrap_model(trainer.model)

@@ -77,8 +77,7 @@ class ClassificationDataset:
     def subset(self, indices: Sequence[int] | np.ndarray) -> ClassificationDataset:
         """Rows at ``indices``, in that order."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return ClassificationDataset([self.texts[i] for i in idx], self.labels[idx].copy(),
-                                     self.classes, self.source)
+        return ClassificationDataset([self.texts[i] for i in idx], self.labels[idx].copy(), self.classes, self.source)
 
     def sample(self, limit: int, seed: int = 0) -> ClassificationDataset:
         """A fixed random subset of ``limit`` rows (all rows, in order, when ``limit`` is 0 or >= N)."""
@@ -107,8 +106,9 @@ def data_file(*parts: str) -> Path:
 def _bundled(*parts: str) -> Path:
     path = data_file(*parts)
     if not path.is_file():
-        raise DataError("bundled data file missing: reinstall carl (pip install -e .) or restore it "
-                        "from git", path=path)
+        raise DataError(
+            "bundled data file missing: reinstall carl (pip install -e .) or restore it from git", path=path
+        )
     return path
 
 
@@ -133,8 +133,9 @@ def read_labelled_lines(path: PathArg, n_classes: int, *, encoding: str = "utf-8
             continue
         head, _, sentence = line.partition(" ")
         if not head.isdigit() or int(head) >= n_classes:
-            raise DataError(f"expected '<label 0-{n_classes - 1}> <sentence>', got {line[:40]!r}",
-                            path=path, line=number)
+            raise DataError(
+                f"expected '<label 0-{n_classes - 1}> <sentence>', got {line[:40]!r}", path=path, line=number
+            )
         if not sentence.strip():
             raise DataError("empty sentence", path=path, line=number)
         texts.append(sentence.strip())
@@ -169,8 +170,9 @@ def load_mr() -> ClassificationDataset:
     """MR (Pang and Lee, 2005): 5,331 negative (0) then 5,331 positive (1) snippets."""
     neg, pos = _bundled("mr", "rt-polarity.neg"), _bundled("mr", "rt-polarity.pos")
     negatives, positives = _read_lines(neg, "cp1252"), _read_lines(pos, "cp1252")
-    return ClassificationDataset(negatives + positives, [0] * len(negatives) + [1] * len(positives),
-                                 MR_CLASSES, str(neg.parent))
+    return ClassificationDataset(
+        negatives + positives, [0] * len(negatives) + [1] * len(positives), MR_CLASSES, str(neg.parent)
+    )
 
 
 # --------------------------------------------------------------------------- GoEmotions
@@ -200,8 +202,7 @@ def read_goemotions(split: str) -> list[tuple[str, list[str]]]:
         if not row:
             continue
         if len(row) != 3:
-            raise DataError(f"expected 3 tab-separated fields, found {len(row)}", path=path,
-                            line=reader.line_num)
+            raise DataError(f"expected 3 tab-separated fields, found {len(row)}", path=path, line=reader.line_num)
         try:
             labels = [names[int(x)] for x in row[1].split(",")]
         except (ValueError, IndexError):
@@ -243,17 +244,29 @@ def load_goemotions(split: str) -> AffectDataset:
     label_rows = [labels for _, labels in rows]
     va = np.array([np.mean([lookup(label, mapping) for label in labels], axis=0) for labels in label_rows])
     # lines are only for error messages; read_goemotions has checked every label id already
-    targets = encode_labels(label_rows, range(1, len(rows) + 1), names, multi_label=True, path=path,
-                            column="labels", known_from="emotions.txt")
+    targets = encode_labels(
+        label_rows,
+        range(1, len(rows) + 1),
+        names,
+        multi_label=True,
+        path=path,
+        column="labels",
+        known_from="emotions.txt",
+    )
     return AffectDataset([text for text, _ in rows], va.astype(np.float32), UNIT, path, tuple(names), targets)
 
 
 # --------------------------------------------------------------------------- user data
 
 
-def load_user_classification(path: PathArg, *, text_column: str = "text", label_column: str = "label",
-                             file_format: str | None = None,
-                             classes: Sequence[str] | None = None) -> ClassificationDataset:
+def load_user_classification(
+    path: PathArg,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    file_format: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> ClassificationDataset:
     """A CSV/TSV/JSONL file with a text column and a categorical label column.
 
     Class names are the sorted distinct labels (or ``classes``, in which case an unknown label
@@ -266,10 +279,23 @@ def load_user_classification(path: PathArg, *, text_column: str = "text", label_
     texts, label_rows = [], []
     for line, record in table.records:
         texts.append(text_value(table, line, record, text_column))
-        label_rows.append(parse_label_cell(raw_value(table, line, record, label_column),
-                                           text_table=table.file_format != "jsonl", path=table.path, line=line,
-                                           field=label_column))
+        label_rows.append(
+            parse_label_cell(
+                raw_value(table, line, record, label_column),
+                text_table=table.file_format != "jsonl",
+                path=table.path,
+                line=line,
+                field=label_column,
+            )
+        )
     names = tuple(classes) if classes is not None else label_set(label_rows)
-    targets = encode_labels(label_rows, [line for line, _ in table.records], names, multi_label=False,
-                            path=table.path, column=label_column, known_from="the given classes")
+    targets = encode_labels(
+        label_rows,
+        [line for line, _ in table.records],
+        names,
+        multi_label=False,
+        path=table.path,
+        column=label_column,
+        known_from="the given classes",
+    )
     return ClassificationDataset(texts, targets, names, str(path))

@@ -37,7 +37,14 @@ def load_emobank(split: str) -> AffectDataset:
     normalised from 1-5 to [0, 1]. Dominance (D) is not used.
     """
     if split not in EMOBANK_SPLITS:
-        raise ValueError(f"unknown EmoBank split {split!r}; choose one of "
-                         f"{', '.join(repr(s) for s in EMOBANK_SPLITS)}")
-    return load_table(emobank_path(), text_column="text", valence_column="V", arousal_column="A",
-                      scale=EMOBANK_SCALE, file_format="csv", split_column="split", split=split)
+        raise ValueError(f"unknown EmoBank split {split!r}; choose one of {', '.join(repr(s) for s in EMOBANK_SPLITS)}")
+    return load_table(
+        emobank_path(),
+        text_column="text",
+        valence_column="V",
+        arousal_column="A",
+        scale=EMOBANK_SCALE,
+        file_format="csv",
+        split_column="split",
+        split=split,
+    )

@@ -62,8 +62,9 @@ WARRINER_CITATION = (
     "dominance for 13,915 English lemmas. Behavior Research Methods, 45(4), 1191-1207. "
     "doi:10.3758/s13428-012-0314-x"
 )
-WARRINER_SOURCE = ("github.com/JULIELab/XANEW, Ratings_Warriner_et_al.csv, "
-                   "commit 8b6e40a1fc17ab5d9f7ad9a1aa817be3075f7a20")
+WARRINER_SOURCE = (
+    "github.com/JULIELab/XANEW, Ratings_Warriner_et_al.csv, commit 8b6e40a1fc17ab5d9f7ad9a1aa817be3075f7a20"
+)
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,34 @@ WARRINER_NORMS: dict[str, WarrinerEntry] = {
 }
 
 GOEMOTIONS_LABELS: tuple[str, ...] = (
-    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion",
-    "curiosity", "desire", "disappointment", "disapproval", "disgust", "embarrassment",
-    "excitement", "fear", "gratitude", "grief", "joy", "love", "nervousness", "optimism",
-    "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
+    "admiration",
+    "amusement",
+    "anger",
+    "annoyance",
+    "approval",
+    "caring",
+    "confusion",
+    "curiosity",
+    "desire",
+    "disappointment",
+    "disapproval",
+    "disgust",
+    "embarrassment",
+    "excitement",
+    "fear",
+    "gratitude",
+    "grief",
+    "joy",
+    "love",
+    "nervousness",
+    "optimism",
+    "pride",
+    "realization",
+    "relief",
+    "remorse",
+    "sadness",
+    "surprise",
+    "neutral",
 )
 EKMAN_LABELS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")
 
@@ -158,15 +183,16 @@ def load_mapping_file(path: str | PathLike[str]) -> dict[str, tuple[float, float
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason})", path=path) from err
     except json.JSONDecodeError as err:
-        raise DataError(f"malformed JSON: {err.msg} (column {err.colno})", path=path,
-                        line=err.lineno) from err
+        raise DataError(f"malformed JSON: {err.msg} (column {err.colno})", path=path, line=err.lineno) from err
     if not isinstance(raw, dict) or not raw:
-        raise DataError('expected a non-empty JSON object {"label": [valence01, arousal01], ...}',
-                        path=path)
+        raise DataError('expected a non-empty JSON object {"label": [valence01, arousal01], ...}', path=path)
     mapping: dict[str, tuple[float, float]] = {}
     for label, value in raw.items():
-        if not isinstance(value, list) or len(value) != 2 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
             raise DataError(f"expected [valence01, arousal01], got {value!r}", path=path, field=label)
         v, a = float(value[0]), float(value[1])
         if not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in (v, a)):
@@ -175,8 +201,7 @@ def load_mapping_file(path: str | PathLike[str]) -> dict[str, tuple[float, float
         if not key:
             raise DataError("empty label name", path=path, field=label)
         if key in mapping:
-            raise DataError(f"label {label!r} given twice (labels are case-insensitive)",
-                            path=path, field=label)
+            raise DataError(f"label {label!r} given twice (labels are case-insensitive)", path=path, field=label)
         mapping[key] = (v, a)
     return mapping
 
@@ -185,16 +210,25 @@ def get_mapping(mapping: str | PathLike[str] = "goemotions") -> dict[str, tuple[
     """A named mapping (see :func:`available_mappings`) or a JSON file; returns a fresh dict."""
     if isinstance(mapping, str) and mapping.strip().lower() in _MAPPINGS:
         return dict(_MAPPINGS[mapping.strip().lower()])
-    if isinstance(mapping, PathLike) or (isinstance(mapping, str) and (
-            mapping.lower().endswith(".json") or Path(mapping).exists())):
+    if isinstance(mapping, PathLike) or (
+        isinstance(mapping, str) and (mapping.lower().endswith(".json") or Path(mapping).exists())
+    ):
         return load_mapping_file(mapping)
-    raise ValueError(f"unknown label mapping {mapping!r}; use one of {available_mappings()} "
-                     "or a path to a JSON file {\"label\": [valence01, arousal01]}")
+    raise ValueError(
+        f"unknown label mapping {mapping!r}; use one of {available_mappings()} "
+        'or a path to a JSON file {"label": [valence01, arousal01]}'
+    )
 
 
-def lookup(label: str, mapping: Mapping[str, tuple[float, float]], *, mapping_name: str = "mapping",
-           path: str | PathLike[str] | None = None, line: int | None = None,
-           field: str | None = None) -> tuple[float, float]:
+def lookup(
+    label: str,
+    mapping: Mapping[str, tuple[float, float]],
+    *,
+    mapping_name: str = "mapping",
+    path: str | PathLike[str] | None = None,
+    line: int | None = None,
+    field: str | None = None,
+) -> tuple[float, float]:
     """``mapping[label]`` (case-insensitive) or :class:`UnknownLabelError` with close matches."""
     key = _normalise_label(label)
     if key in mapping:
@@ -202,8 +236,12 @@ def lookup(label: str, mapping: Mapping[str, tuple[float, float]], *, mapping_na
     close = difflib.get_close_matches(key, list(mapping), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     known = ", ".join(sorted(mapping))
-    raise UnknownLabelError(f"unknown emotion label {label!r} for {mapping_name}{hint} "
-                            f"(known labels: {known})", path=path, line=line, field=field)
+    raise UnknownLabelError(
+        f"unknown emotion label {label!r} for {mapping_name}{hint} (known labels: {known})",
+        path=path,
+        line=line,
+        field=field,
+    )
 
 
 def emotion_to_va(label: str, mapping: str | PathLike[str] = "goemotions") -> tuple[float, float]:

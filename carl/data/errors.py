@@ -20,8 +20,9 @@ class DataError(ValueError):
         reason: the message without the location prefix.
     """
 
-    def __init__(self, reason: str, *, path: str | PathLike[str] | None = None,
-                 line: int | None = None, field: str | None = None):
+    def __init__(
+        self, reason: str, *, path: str | PathLike[str] | None = None, line: int | None = None, field: str | None = None
+    ):
         self.path = None if path is None else str(path)
         self.line = line
         self.field = field

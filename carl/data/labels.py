@@ -29,8 +29,16 @@ import numpy as np
 from .errors import DataError
 
 
-def parse_label_cell(value: Any, *, text_table: bool, multi_label: bool = False, delimiter: str = "",
-                     path: str | None = None, line: int | None = None, field: str | None = None) -> list[str]:
+def parse_label_cell(
+    value: Any,
+    *,
+    text_table: bool,
+    multi_label: bool = False,
+    delimiter: str = "",
+    path: str | None = None,
+    line: int | None = None,
+    field: str | None = None,
+) -> list[str]:
     """The labels of one raw cell, in cell order without repeats; one label unless ``multi_label``.
 
     ``text_table``: the cell comes from a CSV/TSV file, where a JSON list is written as text.
@@ -41,8 +49,9 @@ def parse_label_cell(value: Any, *, text_table: bool, multi_label: bool = False,
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise DataError(f"{value!r} starts like a JSON list of labels but is not valid JSON "
-                            f"({err.msg})", **where) from None
+            raise DataError(
+                f"{value!r} starts like a JSON list of labels but is not valid JSON ({err.msg})", **where
+            ) from None
     if isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
             raise DataError(f"a list of labels must hold only text, got {json.dumps(value)}", **where)
@@ -59,8 +68,11 @@ def parse_label_cell(value: Any, *, text_table: bool, multi_label: bool = False,
         raise DataError("label is empty" if len(labels) == 1 else f"an empty label in {value!r}", **where)
     labels = list(dict.fromkeys(labels))
     if len(labels) > 1 and not multi_label:
-        raise DataError(f"{len(labels)} labels ({', '.join(labels)}) in a single-label column; "
-                        "set data.multi_label = true for several labels per text", **where)
+        raise DataError(
+            f"{len(labels)} labels ({', '.join(labels)}) in a single-label column; "
+            "set data.multi_label = true for several labels per text",
+            **where,
+        )
     return labels
 
 
@@ -79,8 +91,16 @@ def label_set(label_rows: Sequence[Sequence[str]]) -> tuple[str, ...]:
     return tuple(sorted({label for labels in label_rows for label in labels}))
 
 
-def encode_labels(label_rows: Sequence[Sequence[str]], lines: Sequence[int], classes: Sequence[str], *,
-                  multi_label: bool, path: str, column: str, known_from: str) -> np.ndarray:
+def encode_labels(
+    label_rows: Sequence[Sequence[str]],
+    lines: Sequence[int],
+    classes: Sequence[str],
+    *,
+    multi_label: bool,
+    path: str,
+    column: str,
+    known_from: str,
+) -> np.ndarray:
     """Class indices ``[N]`` int64 (single-label) or multi-hot ``[N, C]`` float32 (multi-label).
 
     A label outside ``classes`` raises :class:`DataError` at its row's ``lines`` entry, naming
@@ -91,7 +111,11 @@ def encode_labels(label_rows: Sequence[Sequence[str]], lines: Sequence[int], cla
     for row, (labels, line) in enumerate(zip(label_rows, lines)):
         for label in labels:
             if label not in index:
-                raise DataError(f"label {label!r} is not one of the labels known from {known_from}: "
-                                f"{', '.join(classes)}", path=path, line=line, field=column)
+                raise DataError(
+                    f"label {label!r} is not one of the labels known from {known_from}: {', '.join(classes)}",
+                    path=path,
+                    line=line,
+                    field=column,
+                )
             targets[row, index[label]] = 1.0
     return targets if multi_label else targets.argmax(1).astype(np.int64)

@@ -36,8 +36,11 @@ def strata(data: AffectDataset) -> tuple[np.ndarray, str]:
     small = {name: n for name, n in counts.items() if n < 2}
     if small:
         listing = ", ".join(f"{name!r} ({n})" for name, n in small.items())
-        raise DataError(f"too few examples of class {listing} for a stratified dev split (at least 2 per "
-                        "class); give a dev file (data.dev_path) or more examples", path=data.source)
+        raise DataError(
+            f"too few examples of class {listing} for a stratified dev split (at least 2 per "
+            "class); give a dev file (data.dev_path) or more examples",
+            path=data.source,
+        )
     if not data.multi_label:
         return data.targets.astype(np.int64), "the class"
     frequency = np.array(list(counts.values()), dtype=np.float64)
@@ -71,12 +74,16 @@ def hold_out_dev(train: AffectDataset, fraction: float, seed: int) -> tuple[Affe
     ids, sizes = np.unique(stratum, return_counts=True)
     counts = _dev_counts(sizes, fraction)
     if counts.sum() == 0:
-        raise DataError(f"{len(train)} rows are too few to hold out {fraction:.0%} as dev; give a dev "
-                        "file (data.dev_path)", path=train.source)
+        raise DataError(
+            f"{len(train)} rows are too few to hold out {fraction:.0%} as dev; give a dev file (data.dev_path)",
+            path=train.source,
+        )
     rng = np.random.default_rng(seed)
     dev_rows = [rng.permutation(np.flatnonzero(stratum == s))[:k] for s, k in zip(ids, counts)]
     is_dev = np.zeros(len(train), dtype=bool)
     is_dev[np.concatenate(dev_rows)] = True
-    note = (f"dev: held out {int(is_dev.sum())} of {len(train)} training rows ({fraction:.0%}, seed {seed}, "
-            f"stratified on {basis}); training on {int((~is_dev).sum())}")
+    note = (
+        f"dev: held out {int(is_dev.sum())} of {len(train)} training rows ({fraction:.0%}, seed {seed}, "
+        f"stratified on {basis}); training on {int((~is_dev).sum())}"
+    )
     return train.subset(~is_dev), train.subset(is_dev), note

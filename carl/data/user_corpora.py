@@ -37,8 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .readers import (AffectDataset, load_table, number_value, read_records, require_columns,
-                      text_value)
+from .readers import AffectDataset, load_table, number_value, read_records, require_columns, text_value
 from .scales import Scale, as_scale
 
 PathArg = str | PathLike[str]
@@ -57,27 +56,40 @@ class UserCorpus:
 
 USER_CORPORA: dict[str, UserCorpus] = {
     "iemocap": UserCorpus(
-        "iemocap", "IEMOCAP (Busso et al., 2008)", "1-5",
+        "iemocap",
+        "IEMOCAP (Busso et al., 2008)",
+        "1-5",
         "a CSV with columns 'text', 'valence', 'activation' (IEMOCAP 1-5 scale)",
         "IEMOCAP is licence-gated: request it at https://sail.usc.edu/iemocap/ (USC SAIL), "
-        "then export the transcripts with per-utterance mean valence and activation to CSV."),
+        "then export the transcripts with per-utterance mean valence and activation to CSV.",
+    ),
     "facebookposts": UserCorpus(
-        "facebookposts", "Facebook posts (Preotiuc-Pietro et al., 2016)", "1-9",
+        "facebookposts",
+        "Facebook posts (Preotiuc-Pietro et al., 2016)",
+        "1-9",
         "dataset-fb-valence-arousal-anon.csv with columns 'Anonymized Message', 'Valence1', "
         "'Valence2', 'Arousal1', 'Arousal2' (1-9)",
         "download dataset-fb-valence-arousal-anon.csv from the World Well-Being Project: "
-        "http://wwbp.org/downloads/public_data/dataset-fb-valence-arousal-anon.csv"),
+        "http://wwbp.org/downloads/public_data/dataset-fb-valence-arousal-anon.csv",
+    ),
     "emotales": UserCorpus(
-        "emotales", "EmoTales (Francisco et al., 2012)", "1-9",
-        "a CSV with columns 'text', 'valence', 'arousal' (default scale 1-9; pass scale= "
-        "otherwise)",
+        "emotales",
+        "EmoTales (Francisco et al., 2012)",
+        "1-9",
+        "a CSV with columns 'text', 'valence', 'arousal' (default scale 1-9; pass scale= otherwise)",
         "EmoTales is not publicly downloadable: ask the authors (Francisco, Hervas, Peinado, "
         "Gervas; NIL group, Universidad Complutense de Madrid) and export the sentence-level "
-        "dimensional annotations to CSV."),
+        "dimensional annotations to CSV.",
+    ),
 }
 
-_ALIASES = {"iemocap": "iemocap", "facebookposts": "facebookposts", "facebook": "facebookposts",
-            "fb": "facebookposts", "emotales": "emotales"}
+_ALIASES = {
+    "iemocap": "iemocap",
+    "facebookposts": "facebookposts",
+    "facebook": "facebookposts",
+    "fb": "facebookposts",
+    "emotales": "emotales",
+}
 
 
 def _corpus_key(name: str) -> str:
@@ -89,12 +101,12 @@ def _corpus_key(name: str) -> str:
 
 def _missing(corpus: UserCorpus, path: PathArg | None) -> DataError:
     where = "no path given" if path is None else "file not found"
-    return DataError(f"{where} for {corpus.title}. Expected {corpus.expected}. "
-                     f"How to obtain it: {corpus.how_to_obtain}", path=path)
+    return DataError(
+        f"{where} for {corpus.title}. Expected {corpus.expected}. How to obtain it: {corpus.how_to_obtain}", path=path
+    )
 
 
-def load_user_corpus(name: str, path: PathArg | None, *,
-                     scale: Scale | str | None = None) -> AffectDataset:
+def load_user_corpus(name: str, path: PathArg | None, *, scale: Scale | str | None = None) -> AffectDataset:
     """Load ``"iemocap"``, ``"facebookposts"`` or ``"emotales"`` from a user-supplied ``path``.
 
     ``scale`` overrides the corpus default (IEMOCAP 1-5, Facebook 1-9, EmoTales 1-9).
@@ -105,11 +117,9 @@ def load_user_corpus(name: str, path: PathArg | None, *,
         raise _missing(corpus, path)
     chosen = as_scale(scale if scale is not None else corpus.scale)
     if corpus.name == "iemocap":
-        return load_table(path, text_column="text", valence_column="valence",
-                          arousal_column="activation", scale=chosen)
+        return load_table(path, text_column="text", valence_column="valence", arousal_column="activation", scale=chosen)
     if corpus.name == "emotales":
-        return load_table(path, text_column="text", valence_column="valence",
-                          arousal_column="arousal", scale=chosen)
+        return load_table(path, text_column="text", valence_column="valence", arousal_column="arousal", scale=chosen)
     return _load_facebook(path, chosen)
 
 

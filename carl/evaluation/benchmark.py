@@ -50,22 +50,37 @@ class Method:
         return self.kind == "carl"
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("frozen", "frozen", (), "the backbone, not trained (the floor)"),
-    Method("mse", "carl", ("objective.name=mse",), "VA regression fine-tuning only"),
-    Method("supcon-hard", "carl", ("objective.name=supcon-hard",), "hard-label (binned VA) SupCon, no PTD"),
-    Method("mcl", "carl", ("objective.name=mcl",), "continuous-label momentum contrast, no PTD"),
-    Method("carl", "carl", ("objective.name=carl",), "CARL: MCL + saliency PTD (hotflip)"),
-    Method("carl-random-positions", "carl", ("objective.name=carl", "objective.ptd.selection=random"),
-           "CARL with random positions instead of saliency"),
-    Method("carl-replace-random", "carl", ("objective.name=carl", "objective.ptd.replacement=random"),
-           "CARL, salient words replaced by random tokens"),
-    Method("carl-replace-mask", "carl", ("objective.name=carl", "objective.ptd.replacement=mask"),
-           "CARL, salient words replaced by the mask token"),
-    Method("simcse", "carl", ("objective.name=simcse",), "unsupervised SimCSE on the same sentences (tau 0.05)"),
-    Method("vader", "lexicon", (), "VADER compound score (one feature)"),
-    Method("textblob", "lexicon", (), "TextBlob polarity (one feature)"),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("frozen", "frozen", (), "the backbone, not trained (the floor)"),
+        Method("mse", "carl", ("objective.name=mse",), "VA regression fine-tuning only"),
+        Method("supcon-hard", "carl", ("objective.name=supcon-hard",), "hard-label (binned VA) SupCon, no PTD"),
+        Method("mcl", "carl", ("objective.name=mcl",), "continuous-label momentum contrast, no PTD"),
+        Method("carl", "carl", ("objective.name=carl",), "CARL: MCL + saliency PTD (hotflip)"),
+        Method(
+            "carl-random-positions",
+            "carl",
+            ("objective.name=carl", "objective.ptd.selection=random"),
+            "CARL with random positions instead of saliency",
+        ),
+        Method(
+            "carl-replace-random",
+            "carl",
+            ("objective.name=carl", "objective.ptd.replacement=random"),
+            "CARL, salient words replaced by random tokens",
+        ),
+        Method(
+            "carl-replace-mask",
+            "carl",
+            ("objective.name=carl", "objective.ptd.replacement=mask"),
+            "CARL, salient words replaced by the mask token",
+        ),
+        Method("simcse", "carl", ("objective.name=simcse",), "unsupervised SimCSE on the same sentences (tau 0.05)"),
+        Method("vader", "lexicon", (), "VADER compound score (one feature)"),
+        Method("textblob", "lexicon", (), "TextBlob polarity (one feature)"),
+    )
+}
 DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
 QUICK_SEEDS: tuple[int, ...] = (1,)
@@ -79,8 +94,7 @@ LOSS_KEYS = ("loss", "mcl", "mse", "ptd", "simcse")
 
 def quick_task_settings(**changes) -> TaskSettings:
     """Subsets for ``--quick``: 500 sentences per split of every task, MR 1,000 (10 folds)."""
-    base = dict(limit=500, mr_limit=1000, goemotions_train_limit=500, goemotions_dev_limit=500,
-                geometry_limit=500)
+    base = dict(limit=500, mr_limit=1000, goemotions_train_limit=500, goemotions_dev_limit=500, geometry_limit=500)
     base.update(changes)
     return TaskSettings(**base)
 
@@ -152,16 +166,19 @@ def plan_cells(settings: BenchmarkSettings) -> list[Cell]:
         for name in settings.methods:
             method = METHODS[name]
             if method.seeded:
-                overrides = (*method.overrides, f"model.encoder={settings.encoder}", f"train.seed={seed}",
-                             *settings.overrides)
+                overrides = (
+                    *method.overrides,
+                    f"model.encoder={settings.encoder}",
+                    f"train.seed={seed}",
+                    *settings.overrides,
+                )
                 cells.append(Cell(method, seed, overrides))
     return cells
 
 
 def cell_spec(cell: Cell, settings: BenchmarkSettings) -> dict:
     """Everything a cell's numbers depend on; a cached cell must match it."""
-    spec = {"method": cell.method.name, "kind": cell.method.kind, "seed": cell.seed,
-            "tasks": settings.tasks.to_dict()}
+    spec = {"method": cell.method.name, "kind": cell.method.kind, "seed": cell.seed, "tasks": settings.tasks.to_dict()}
     if cell.method.kind == "frozen":
         spec["encoder"] = settings.encoder
     if cell.method.seeded:
@@ -224,7 +241,8 @@ def load_cached(path: Path, spec: dict) -> dict | None:
     if cell.get("spec_hash") != _spec_hash(spec):
         raise BenchmarkMismatch(
             f"{path} was computed under other settings (spec {cell.get('spec')}, now {spec}); "
-            f"benchmark into a new --out, or delete that cell file to recompute it")
+            f"benchmark into a new --out, or delete that cell file to recompute it"
+        )
     return cell
 
 
@@ -256,11 +274,14 @@ def training_summary(records: list[dict], wall_seconds: float) -> dict:
     """Steps, median/total step time, final loss components and the loss curves."""
     times = [r["step_time"] for r in records if "step_time" in r]
     last = records[-1] if records else {}
-    return {"steps": int(last.get("step", 0)), "wall_seconds": wall_seconds,
-            "median_step_seconds": statistics.median(times) if times else None,
-            "train_seconds": float(sum(times)) if times else None,
-            "final": {k: last[k] for k in LOSS_KEYS if k in last},
-            "curves": loss_curves(records)}
+    return {
+        "steps": int(last.get("step", 0)),
+        "wall_seconds": wall_seconds,
+        "median_step_seconds": statistics.median(times) if times else None,
+        "train_seconds": float(sum(times)) if times else None,
+        "final": {k: last[k] for k in LOSS_KEYS if k in last},
+        "curves": loss_curves(records),
+    }
 
 
 def train_cell(cell: Cell, run_dir: Path, show_progress: bool) -> tuple[str, dict]:
@@ -272,15 +293,22 @@ def train_cell(cell: Cell, run_dir: Path, show_progress: bool) -> tuple[str, dic
     return str(run_dir), cfg.to_dict()
 
 
-def run_cell(cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_progress: bool = True,
-             log=print) -> dict:
+def run_cell(
+    cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_progress: bool = True, log=print
+) -> dict:
     """Compute one cell (train if needed, evaluate) and cache it; returns the cell record."""
     from carl.inference import AffectEncoder
 
     spec = cell_spec(cell, settings)
     started = time.time()
-    record: dict = {"name": cell.name, "method": cell.method.name, "kind": cell.method.kind,
-                    "seed": cell.seed, "spec": spec, "spec_hash": _spec_hash(spec)}
+    record: dict = {
+        "name": cell.name,
+        "method": cell.method.name,
+        "kind": cell.method.kind,
+        "seed": cell.seed,
+        "spec": spec,
+        "spec_hash": _spec_hash(spec),
+    }
     if cell.method.kind == "lexicon":
         from carl.evaluation.lexicon import evaluate_lexicon
 
@@ -298,8 +326,9 @@ def run_cell(cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_p
         record["config"] = config
         eval_started = time.time()
         encoder = AffectEncoder.load(model_path)
-        record["results"] = evaluate_encoder(encoder, settings.tasks, data=data, batch_size=settings.batch_size,
-                                             show_progress=show_progress)
+        record["results"] = evaluate_encoder(
+            encoder, settings.tasks, data=data, batch_size=settings.batch_size, show_progress=show_progress
+        )
         record["eval_seconds"] = time.time() - eval_started
         del encoder
     record["wall_seconds"] = time.time() - started
@@ -314,8 +343,14 @@ def headline(record: dict) -> str:
     """A one-line summary of a cell's main numbers."""
     tasks = record.get("results", {}).get("tasks", {})
     parts = []
-    for task, key in (("emobank", "valence_pearson"), ("emobank", "arousal_pearson"), ("sst2", "accuracy"),
-                      ("mr", "accuracy"), ("sst5", "accuracy"), ("goemotions", "macro_f1")):
+    for task, key in (
+        ("emobank", "valence_pearson"),
+        ("emobank", "arousal_pearson"),
+        ("sst2", "accuracy"),
+        ("mr", "accuracy"),
+        ("sst5", "accuracy"),
+        ("goemotions", "macro_f1"),
+    ):
         value = tasks.get(task, {}).get("metrics", {}).get(key)
         if value is not None:
             parts.append(f"{task} {key} {value:.4f}")
@@ -338,8 +373,14 @@ def check_inputs(settings: BenchmarkSettings) -> None:
             lexicon_scorer(name)
 
 
-def run_benchmark(out: str | Path, settings: BenchmarkSettings | None = None, *, show_progress: bool = True,
-                  command: str | None = None, log=print) -> dict:
+def run_benchmark(
+    out: str | Path,
+    settings: BenchmarkSettings | None = None,
+    *,
+    show_progress: bool = True,
+    command: str | None = None,
+    log=print,
+) -> dict:
     """Run (or resume) every cell, then write ``results.json`` and the report; returns what
     ``results.json`` holds."""
     from carl.evaluation.report import write_report
@@ -368,8 +409,10 @@ def run_benchmark(out: str | Path, settings: BenchmarkSettings | None = None, *,
         "task_protocols": {name: task.protocol for name, task in data.items()},
         "cells": cells,  # whole in memory for the report; results.json keeps them without point arrays
         "computed_this_run": computed,
-        "runtime": {"this_invocation_seconds": time.time() - started,
-                    "all_cells_seconds": float(sum(c.get("wall_seconds", 0.0) for c in cells.values()))},
+        "runtime": {
+            "this_invocation_seconds": time.time() - started,
+            "all_cells_seconds": float(sum(c.get("wall_seconds", 0.0) for c in cells.values())),
+        },
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -22,24 +22,47 @@ train), the given --encoder and seed, then any --set overrides. See docs/evaluat
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``carl benchmark``."""
-    parser.add_argument("--out", "-o", default="benchmarks/results/main",
-                        help="benchmark folder: cells/, runs/, results.json, report.md, plots "
-                             "(default benchmarks/results/main)")
-    parser.add_argument("--quick", action="store_true",
-                        help="one seed, 40 training steps per cell, data subsets (< 20 min on 2 cores)")
+    parser.add_argument(
+        "--out",
+        "-o",
+        default="benchmarks/results/main",
+        help="benchmark folder: cells/, runs/, results.json, report.md, plots (default benchmarks/results/main)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed, 40 training steps per cell, data subsets (< 20 min on 2 cores)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 1 2 3; --quick: 1)")
     parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
     parser.add_argument("--tasks", nargs="+", help="bundled tasks (default: emobank sst2 mr sst5 goemotions)")
     parser.add_argument("--encoder", default="minilm-l6", help="backbone for every method (default minilm-l6)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every trained cell, e.g. --set train.epochs=2 (repeatable)")
-    parser.add_argument("--corpus", action="append", default=[], metavar="NAME=PATH",
-                        help="a user copy of iemocap, facebookposts or emotales (repeatable)")
-    parser.add_argument("--va-file", action="append", default=[], metavar="PATH",
-                        help="any CSV/TSV/JSONL with text, valence, arousal columns (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every trained cell, e.g. --set train.epochs=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a user copy of iemocap, facebookposts or emotales (repeatable)",
+    )
+    parser.add_argument(
+        "--va-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="any CSV/TSV/JSONL with text, valence, arousal columns (repeatable)",
+    )
     parser.add_argument("--va-scale", default="1-5", help="rating scale of the --va-file files (default 1-5)")
-    parser.add_argument("--readme", metavar="PATH",
-                        help="also write the main tables into this README between its benchmark-results markers")
+    parser.add_argument(
+        "--readme",
+        metavar="PATH",
+        help="also write the main tables into this README between its benchmark-results markers",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -72,13 +95,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     from carl.evaluation.report import update_readme
 
     settings = settings_from_args(args)
-    command = "carl benchmark " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "benchmark" \
-        else None
+    command = "carl benchmark " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "benchmark" else None
     results = run_benchmark(args.out, settings, show_progress=not args.no_progress, command=command)
     if args.readme:
         if update_readme(args.readme, results, f"{args.out}/report.md"):
             print(f"updated the results section of {args.readme}")
         else:
-            print(f"{args.readme} has no <!-- benchmark-results:start --> / <!-- benchmark-results:end --> "
-                  "markers: README not changed", file=sys.stderr)
+            print(
+                f"{args.readme} has no <!-- benchmark-results:start --> / <!-- benchmark-results:end --> "
+                "markers: README not changed",
+                file=sys.stderr,
+            )
     return 0

@@ -67,8 +67,9 @@ def negative_log_likelihood(logits, targets, temperature: float = 1.0) -> float:
 def fit_temperature(logits, targets) -> float:
     """The temperature T > 0 that minimises the dev NLL (softmax for classes [N], sigmoid for [N, C])."""
     z, y = _as_logits_and_targets(logits, targets)
-    result = minimize_scalar(lambda log_t: _nll(z, y, math.exp(log_t)), bounds=LOG_T_BOUNDS,
-                             method="bounded", options={"xatol": 1e-6})
+    result = minimize_scalar(
+        lambda log_t: _nll(z, y, math.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6}
+    )
     return math.exp(float(result.x))
 
 

@@ -41,8 +41,9 @@ def unique_texts(groups: Iterable[Sequence[str]]) -> list[str]:
     return list(dict.fromkeys(t for group in groups for t in group))
 
 
-def embed_table(encoder, groups: Iterable[Sequence[str]], *, batch_size: int = 64,
-                show_progress: bool = False) -> FeatureTable:
+def embed_table(
+    encoder, groups: Iterable[Sequence[str]], *, batch_size: int = 64, show_progress: bool = False
+) -> FeatureTable:
     """Embed the distinct texts of ``groups`` once with ``encoder.encode`` (an AffectEncoder)."""
     texts = unique_texts(groups)
     return FeatureTable(texts, encoder.encode(texts, batch_size=batch_size, show_progress=show_progress))

@@ -36,8 +36,8 @@ def normalise(x: np.ndarray) -> np.ndarray:
 def _squared_distances(x: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 65536) -> np.ndarray:
     out = np.empty(len(i), dtype=np.float64)
     for start in range(0, len(i), chunk):
-        a, b = x[i[start:start + chunk]], x[j[start:start + chunk]]
-        out[start:start + chunk] = np.sum((a - b) ** 2, axis=1)
+        a, b = x[i[start : start + chunk]], x[j[start : start + chunk]]
+        out[start : start + chunk] = np.sum((a - b) ** 2, axis=1)
     return out
 
 
@@ -77,7 +77,7 @@ def va_pairs(labels: np.ndarray, max_distance: float = VA_PAIR_DISTANCE) -> tupl
     """Index pairs ``i < j`` whose VA labels [N, 2] lie within ``max_distance`` (Euclidean)."""
     labels = np.asarray(labels, dtype=np.float64)
     i, j = np.triu_indices(len(labels), k=1)
-    close = np.sum((labels[i] - labels[j]) ** 2, axis=1) <= max_distance ** 2 + 1e-12
+    close = np.sum((labels[i] - labels[j]) ** 2, axis=1) <= max_distance**2 + 1e-12
     return i[close], j[close]
 
 
@@ -96,15 +96,19 @@ def sample_rows(n: int, limit: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
 
 
-def geometry_metrics(emb: np.ndarray, *, va: np.ndarray | None = None, classes: np.ndarray | None = None,
-                     max_distance: float = VA_PAIR_DISTANCE) -> dict[str, float]:
+def geometry_metrics(
+    emb: np.ndarray,
+    *,
+    va: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
+    max_distance: float = VA_PAIR_DISTANCE,
+) -> dict[str, float]:
     """``uniformity`` and, given labels, ``alignment_va`` / ``alignment_label`` with pair counts."""
-    out: dict[str, float] = {"uniformity": uniformity(emb), "n": int(len(emb))}
+    out: dict[str, float] = {"uniformity": uniformity(emb), "n": len(emb)}
     if va is not None:
         pairs = va_pairs(va, max_distance)
-        out.update(alignment_va=pair_alignment(emb, pairs), pairs_va=int(len(pairs[0])),
-                   va_pair_distance=max_distance)
+        out.update(alignment_va=pair_alignment(emb, pairs), pairs_va=len(pairs[0]), va_pair_distance=max_distance)
     if classes is not None:
         pairs = label_pairs(classes)
-        out.update(alignment_label=pair_alignment(emb, pairs), pairs_label=int(len(pairs[0])))
+        out.update(alignment_label=pair_alignment(emb, pairs), pairs_label=len(pairs[0]))
     return out

@@ -39,8 +39,10 @@ def lexicon_scorer(name: str) -> Callable[[str], float]:
 
             return lambda text: float(TextBlob(text).sentiment.polarity)
     except ImportError as err:
-        raise RuntimeError(f"the {name} baseline needs the package {PACKAGES[name]}: "
-                           f"pip install {PACKAGES[name]} (or pip install -e '.[eval]')") from err
+        raise RuntimeError(
+            f"the {name} baseline needs the package {PACKAGES[name]}: "
+            f"pip install {PACKAGES[name]} (or pip install -e '.[eval]')"
+        ) from err
     raise ValueError(f"unknown lexicon {name!r}; choose one of {LEXICONS}")
 
 
@@ -70,7 +72,7 @@ def evaluate_lexicon(name: str, data: dict[str, TaskData], settings: TaskSetting
         emobank.pop("test_predictions", None)
         emobank.pop("test_labels", None)
         emobank["metrics"].update(
-            valence_raw_pearson=pearson(raw, test.labels[:, 0]),
-            valence_raw_spearman=spearman(raw, test.labels[:, 0]))
+            valence_raw_pearson=pearson(raw, test.labels[:, 0]), valence_raw_spearman=spearman(raw, test.labels[:, 0])
+        )
     results.update(embed_seconds=score_seconds, texts_embedded=len(table.index), embedding_dim=1)
     return results

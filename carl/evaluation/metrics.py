@@ -29,7 +29,7 @@ def spearman(pred: np.ndarray, true: np.ndarray) -> float:
 def mse(pred: np.ndarray, true: np.ndarray) -> float:
     """Mean squared error."""
     diff = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
-    return float(np.mean(diff ** 2))
+    return float(np.mean(diff**2))
 
 
 def accuracy(pred: np.ndarray, true: np.ndarray) -> float:
@@ -65,8 +65,11 @@ def macro_f1(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray, prefix: str = "") -> dict[str, float]:
     """``{prefix}pearson``, ``{prefix}spearman``, ``{prefix}mse``."""
-    return {f"{prefix}pearson": pearson(pred, true), f"{prefix}spearman": spearman(pred, true),
-            f"{prefix}mse": mse(pred, true)}
+    return {
+        f"{prefix}pearson": pearson(pred, true),
+        f"{prefix}spearman": spearman(pred, true),
+        f"{prefix}mse": mse(pred, true),
+    }
 
 
 def classification_metrics(pred: np.ndarray, true: np.ndarray, n_classes: int) -> dict:

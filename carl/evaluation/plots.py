@@ -36,8 +36,11 @@ def _label(cell: dict) -> str:
 
 def va_scatter(results: dict, out: Path) -> tuple[str, str] | None:
     """Predicted vs true valence and arousal on EmoBank test (ridge probe), per method."""
-    cells = [c for c in (_first_cell(results, m) for m in SCATTER_METHODS) if c
-             and "test_predictions" in c["results"]["tasks"].get("emobank", {})]
+    cells = [
+        c
+        for c in (_first_cell(results, m) for m in SCATTER_METHODS)
+        if c and "test_predictions" in c["results"]["tasks"].get("emobank", {})
+    ]
     if not cells:
         return None
     fig = _figure(len(cells), 2)
@@ -61,8 +64,9 @@ def va_scatter(results: dict, out: Path) -> tuple[str, str] | None:
 
 def embeddings_2d(results: dict, out: Path) -> tuple[str, str] | None:
     """EmoBank test embeddings, PCA to 2-D, coloured by valence and by arousal (before/after CARL)."""
-    cells = [c for c in (_first_cell(results, m) for m in ("frozen", "carl"))
-             if c and "emobank_test_2d" in c["results"]]
+    cells = [
+        c for c in (_first_cell(results, m) for m in ("frozen", "carl")) if c and "emobank_test_2d" in c["results"]
+    ]
     labelled = [c for c in cells if "test_labels" in c["results"]["tasks"].get("emobank", {})]
     if not labelled:
         return None
@@ -74,8 +78,7 @@ def embeddings_2d(results: dict, out: Path) -> tuple[str, str] | None:
         for d, (dim, cmap) in enumerate((("valence", "RdYlGn"), ("arousal", "viridis"))):
             ax = axes[row, d]
             low, high = np.percentile(labels[:, d], [5, 95])  # EmoBank's labels crowd the middle
-            points = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:, d], cmap=cmap, s=6, alpha=0.8,
-                                vmin=low, vmax=high)
+            points = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:, d], cmap=cmap, s=6, alpha=0.8, vmin=low, vmax=high)
             fig.colorbar(points, ax=ax, label=f"{dim} (5th-95th percentile)", extend="both")
             ax.set_title(f"{_label(cell)}, coloured by {dim}", fontsize=9)
             ax.set_xticks([])
@@ -87,10 +90,14 @@ def embeddings_2d(results: dict, out: Path) -> tuple[str, str] | None:
 
 def per_class_f1(results: dict, out: Path) -> tuple[str, str] | None:
     """Per-class F1 bars (mean over seeds) for GoEmotions-Ekman and SST-5."""
-    tasks = [t for t in ("goemotions", "sst5")
-             if any(t in c["results"].get("tasks", {}) for c in results["cells"].values())]
-    groups = {m: cells for m, cells in method_cells(results).items()
-              if any(t in cells[0]["results"].get("tasks", {}) for t in tasks)}
+    tasks = [
+        t for t in ("goemotions", "sst5") if any(t in c["results"].get("tasks", {}) for c in results["cells"].values())
+    ]
+    groups = {
+        m: cells
+        for m, cells in method_cells(results).items()
+        if any(t in cells[0]["results"].get("tasks", {}) for t in tasks)
+    }
     if not tasks or not groups:
         return None
     fig = _figure(len(tasks), 1, width=max(8.0, 1.3 * len(groups) + 4), height=3.8)
@@ -102,8 +109,14 @@ def per_class_f1(results: dict, out: Path) -> tuple[str, str] | None:
         width = 0.8 / len(methods)
         for k, method in enumerate(methods):
             values = np.asarray([c["results"]["tasks"][task]["metrics"]["per_class_f1"] for c in groups[method]])
-            ax.bar(np.arange(len(classes)) + k * width, values.mean(0), width,
-                   yerr=values.std(0, ddof=1) if len(values) > 1 else None, label=method, capsize=2)
+            ax.bar(
+                np.arange(len(classes)) + k * width,
+                values.mean(0),
+                width,
+                yerr=values.std(0, ddof=1) if len(values) > 1 else None,
+                label=method,
+                capsize=2,
+            )
         ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=20, fontsize=8)
         ax.set_ylabel("F1")
         ax.set_title(f"{task}: per-class F1 (mean over seeds)", fontsize=10)
@@ -122,8 +135,15 @@ def alignment_uniformity(results: dict, out: Path) -> tuple[str, str] | None:
         if geo:
             u = [g["uniformity"] for g in geo]
             a = [g["alignment_va"] for g in geo]
-            points.append((method, statistics.fmean(u), statistics.fmean(a),
-                           statistics.stdev(u) if len(u) > 1 else 0.0, statistics.stdev(a) if len(a) > 1 else 0.0))
+            points.append(
+                (
+                    method,
+                    statistics.fmean(u),
+                    statistics.fmean(a),
+                    statistics.stdev(u) if len(u) > 1 else 0.0,
+                    statistics.stdev(a) if len(a) > 1 else 0.0,
+                )
+            )
     if not points:
         return None
     fig = _figure(1, 1, width=6.0, height=4.8)
@@ -142,8 +162,9 @@ def alignment_uniformity(results: dict, out: Path) -> tuple[str, str] | None:
 
 def loss_curves(results: dict, out: Path) -> tuple[str, str] | None:
     """Training loss components over steps for the first seed of each trained method."""
-    cells = [c for c in (_first_cell(results, m) for m in method_cells(results))
-             if c and c.get("training", {}).get("curves")]
+    cells = [
+        c for c in (_first_cell(results, m) for m in method_cells(results)) if c and c.get("training", {}).get("curves")
+    ]
     if not cells:
         return None
     cols = min(3, len(cells))
@@ -155,8 +176,13 @@ def loss_curves(results: dict, out: Path) -> tuple[str, str] | None:
         for component, curve in cell["training"]["curves"].items():
             curve = np.asarray(curve)
             if len(curve) and np.all(curve[:, 1] > 0):
-                ax.plot(curve[:, 0], curve[:, 1], label=component, color=LOSS_COLOURS.get(component),
-                        lw=1.8 if component == "loss" else 1.0)
+                ax.plot(
+                    curve[:, 0],
+                    curve[:, 1],
+                    label=component,
+                    color=LOSS_COLOURS.get(component),
+                    lw=1.8 if component == "loss" else 1.0,
+                )
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(_label(cell), fontsize=9)

@@ -57,8 +57,7 @@ def frozen_check(module: torch.nn.Module, what: str = "encoder") -> Iterator[str
     before = parameter_fingerprint(module)
     yield before
     if parameter_fingerprint(module) != before:
-        raise EncoderNotFrozen(f"{what} weights changed during probing: the probe must leave the "
-                               "encoder frozen")
+        raise EncoderNotFrozen(f"{what} weights changed during probing: the probe must leave the encoder frozen")
 
 
 def _best(candidates: Sequence[float], score) -> float:
@@ -80,8 +79,15 @@ class ProbeResult:
     predictions: np.ndarray | None = field(default=None, repr=False)
 
 
-def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray,
-                test_x: np.ndarray, test_y: np.ndarray, alphas=ALPHAS) -> ProbeResult:
+def ridge_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    dev_x: np.ndarray,
+    dev_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    alphas=ALPHAS,
+) -> ProbeResult:
     """Fit ridge per VA dimension on standardised features [N, H], alpha chosen by dev Pearson r.
 
     Labels are [N, 2]; returns Pearson r, Spearman rho and MSE on test for each dimension, as
@@ -105,8 +111,7 @@ def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev
 # --------------------------------------------------------------------------- folds
 
 
-def kfold_indices(n: int, k: int = 10, seed: int = CV_SEED,
-                  labels: np.ndarray | None = None) -> list[np.ndarray]:
+def kfold_indices(n: int, k: int = 10, seed: int = CV_SEED, labels: np.ndarray | None = None) -> list[np.ndarray]:
     """Test indices of ``k`` shuffled folds over ``n`` items (stratified when ``labels`` given).
 
     The folds are disjoint, cover ``0..n-1`` and depend only on (n, k, seed, labels).
@@ -120,8 +125,9 @@ def kfold_indices(n: int, k: int = 10, seed: int = CV_SEED,
     return [np.sort(test) for _, test in KFold(n_splits=k, shuffle=True, random_state=seed).split(placeholder)]
 
 
-def _inner_splits(n: int, inner_folds: int, seed: int,
-                  labels: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _inner_splits(
+    n: int, inner_folds: int, seed: int, labels: np.ndarray | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, validation) index pairs inside one outer training part.
 
     ``inner_folds >= 2``: full inner k-fold; ``inner_folds == 1``: one validation fold of a
@@ -156,10 +162,19 @@ def _score(pred: np.ndarray, true: np.ndarray, n_classes: int, select_by: str) -
     return classification_metrics(pred, true, n_classes)[select_by]
 
 
-def logistic_probe(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray,
-                   test_x: np.ndarray, test_y: np.ndarray, *, n_classes: int | None = None,
-                   Cs: Sequence[float] = C_GRID, seed: int = 0,
-                   select_by: str = "accuracy") -> ClassificationResult:
+def logistic_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    dev_x: np.ndarray,
+    dev_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    n_classes: int | None = None,
+    Cs: Sequence[float] = C_GRID,
+    seed: int = 0,
+    select_by: str = "accuracy",
+) -> ClassificationResult:
     """Logistic regression on standardised features, C chosen by dev ``select_by``.
 
     ``select_by`` is ``"accuracy"`` or ``"macro_f1"``; the model is refitted on train only
@@ -177,9 +192,17 @@ def logistic_probe(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, 
     return ClassificationResult(classification_metrics(pred, test_y, n_classes), best, dev_scores, pred)
 
 
-def cv_logistic_probe(x: np.ndarray, y: np.ndarray, *, n_classes: int | None = None, k: int = 10,
-                      seed: int = CV_SEED, inner_folds: int = 1, Cs: Sequence[float] = C_GRID,
-                      select_by: str = "accuracy") -> ClassificationResult:
+def cv_logistic_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_classes: int | None = None,
+    k: int = 10,
+    seed: int = CV_SEED,
+    inner_folds: int = 1,
+    Cs: Sequence[float] = C_GRID,
+    select_by: str = "accuracy",
+) -> ClassificationResult:
     """Stratified ``k``-fold cross-validation of :func:`logistic_probe`.
 
     In each outer fold C is chosen on the inner validation part(s) of the outer training part
@@ -202,8 +225,9 @@ def cv_logistic_probe(x: np.ndarray, y: np.ndarray, *, n_classes: int | None = N
             for itr, ival in inner:
                 scaler = StandardScaler().fit(x[train[itr]])
                 model = _fit_logistic(scaler.transform(x[train[itr]]), y[train[itr]], C, seed)
-                scores.append(_score(model.predict(scaler.transform(x[train[ival]])), y[train[ival]],
-                                     n_classes, select_by))
+                scores.append(
+                    _score(model.predict(scaler.transform(x[train[ival]])), y[train[ival]], n_classes, select_by)
+                )
             return float(np.mean(scores))
 
         best = _best(list(Cs), inner_score)
@@ -222,8 +246,9 @@ def cv_logistic_probe(x: np.ndarray, y: np.ndarray, *, n_classes: int | None = N
     return ClassificationResult(metrics, chosen, {}, predictions)
 
 
-def cv_ridge_probe(x: np.ndarray, y: np.ndarray, *, k: int = 10, seed: int = CV_SEED,
-                   inner_folds: int = 1, alphas=ALPHAS) -> ProbeResult:
+def cv_ridge_probe(
+    x: np.ndarray, y: np.ndarray, *, k: int = 10, seed: int = CV_SEED, inner_folds: int = 1, alphas=ALPHAS
+) -> ProbeResult:
     """``k``-fold cross-validated :func:`ridge_probe` for VA data without an official split.
 
     Alpha is chosen per fold on the inner validation part of the outer training part; metrics
@@ -238,8 +263,9 @@ def cv_ridge_probe(x: np.ndarray, y: np.ndarray, *, k: int = 10, seed: int = CV_
         train = np.setdiff1d(everything, test)
         itr, ival = _inner_splits(len(train), inner_folds, seed + f, None)[0]
         # choose alpha on the inner split, then refit on the whole outer training part
-        inner = ridge_probe(x[train[itr]], y[train[itr]], x[train[ival]], y[train[ival]],
-                            x[train[ival]], y[train[ival]], alphas)  # the test fold is not touched
+        inner = ridge_probe(
+            x[train[itr]], y[train[itr]], x[train[ival]], y[train[ival]], x[train[ival]], y[train[ival]], alphas
+        )  # the test fold is not touched
         scaler = StandardScaler().fit(x[train])
         fold = {}
         for d, name in enumerate(DIMENSIONS):

@@ -20,23 +20,45 @@ README_END = "<!-- benchmark-results:end -->"
 # (source, metric, header, direction): source is a task name or "geometry:<set>";
 # direction +1 = higher is better, -1 = lower is better
 TABLES: dict[str, tuple[str, list[tuple[str, str, str, int]]]] = {
-    "va": ("VA regression: EmoBank test, ridge probe (alpha on dev); MSE on the 0-1 scale", [
-        ("emobank", "valence_pearson", "valence r", 1), ("emobank", "valence_spearman", "valence rho", 1),
-        ("emobank", "valence_mse", "valence MSE", -1), ("emobank", "arousal_pearson", "arousal r", 1),
-        ("emobank", "arousal_spearman", "arousal rho", 1), ("emobank", "arousal_mse", "arousal MSE", -1)]),
-    "polarity": ("Polarity: SST-2 test (C on dev) and MR (stratified k-fold CV, C on an inner fold), "
-                 "logistic-regression probe", [
-        ("sst2", "accuracy", "SST-2 acc", 1), ("sst2", "macro_f1", "SST-2 macro-F1", 1),
-        ("mr", "accuracy", "MR acc", 1), ("mr", "macro_f1", "MR macro-F1", 1)]),
-    "emotion": ("Emotion: GoEmotions Ekman + neutral test (C on dev by macro-F1) and SST-5 test", [
-        ("goemotions", "accuracy", "GoEmotions acc", 1), ("goemotions", "macro_f1", "GoEmotions macro-F1", 1),
-        ("sst5", "accuracy", "SST-5 acc", 1), ("sst5", "macro_f1", "SST-5 macro-F1", 1)]),
-    "geometry": ("Geometry (Wang and Isola, 2020), L2-normalised embeddings; lower is better", [
-        ("geometry:emobank_test", "alignment_va", "align VA-near (EmoBank)", -1),
-        ("geometry:emobank_test", "uniformity", "uniformity (EmoBank)", -1),
-        ("geometry:sst2_test", "alignment_label", "align same-label (SST-2)", -1),
-        ("geometry:goemotions_test", "alignment_label", "align same-label (GoEmotions)", -1),
-        ("geometry:goemotions_test", "uniformity", "uniformity (GoEmotions)", -1)]),
+    "va": (
+        "VA regression: EmoBank test, ridge probe (alpha on dev); MSE on the 0-1 scale",
+        [
+            ("emobank", "valence_pearson", "valence r", 1),
+            ("emobank", "valence_spearman", "valence rho", 1),
+            ("emobank", "valence_mse", "valence MSE", -1),
+            ("emobank", "arousal_pearson", "arousal r", 1),
+            ("emobank", "arousal_spearman", "arousal rho", 1),
+            ("emobank", "arousal_mse", "arousal MSE", -1),
+        ],
+    ),
+    "polarity": (
+        "Polarity: SST-2 test (C on dev) and MR (stratified k-fold CV, C on an inner fold), logistic-regression probe",
+        [
+            ("sst2", "accuracy", "SST-2 acc", 1),
+            ("sst2", "macro_f1", "SST-2 macro-F1", 1),
+            ("mr", "accuracy", "MR acc", 1),
+            ("mr", "macro_f1", "MR macro-F1", 1),
+        ],
+    ),
+    "emotion": (
+        "Emotion: GoEmotions Ekman + neutral test (C on dev by macro-F1) and SST-5 test",
+        [
+            ("goemotions", "accuracy", "GoEmotions acc", 1),
+            ("goemotions", "macro_f1", "GoEmotions macro-F1", 1),
+            ("sst5", "accuracy", "SST-5 acc", 1),
+            ("sst5", "macro_f1", "SST-5 macro-F1", 1),
+        ],
+    ),
+    "geometry": (
+        "Geometry (Wang and Isola, 2020), L2-normalised embeddings; lower is better",
+        [
+            ("geometry:emobank_test", "alignment_va", "align VA-near (EmoBank)", -1),
+            ("geometry:emobank_test", "uniformity", "uniformity (EmoBank)", -1),
+            ("geometry:sst2_test", "alignment_label", "align same-label (SST-2)", -1),
+            ("geometry:goemotions_test", "alignment_label", "align same-label (GoEmotions)", -1),
+            ("geometry:goemotions_test", "uniformity", "uniformity (GoEmotions)", -1),
+        ],
+    ),
 }
 
 
@@ -66,8 +88,12 @@ def aggregate(values: list[float]) -> dict | None:
     """Mean, sample standard deviation (0 for one value) and the values."""
     if not values:
         return None
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+        "values": values,
+    }
 
 
 def summarise(results: dict) -> dict[str, dict[str, dict | None]]:
@@ -93,8 +119,11 @@ def _extra_tasks(results: dict) -> list[str]:
 
 
 def _extra_metrics(results: dict, task: str) -> list[str]:
-    kinds = {c["results"]["tasks"][task]["kind"] for c in results["cells"].values()
-             if task in c.get("results", {}).get("tasks", {})}
+    kinds = {
+        c["results"]["tasks"][task]["kind"]
+        for c in results["cells"].values()
+        if task in c.get("results", {}).get("tasks", {})
+    }
     return ["valence_pearson", "arousal_pearson"] if "va" in kinds else ["accuracy", "macro_f1"]
 
 
@@ -113,8 +142,10 @@ def markdown_table(summary: dict, columns: list[tuple[str, str, str, int]], seed
         means = [row[f"{source}/{metric}"]["mean"] for row in summary.values() if row.get(f"{source}/{metric}")]
         if means:
             best[f"{source}/{metric}"] = max(means) if direction > 0 else min(means)
-    lines = ["| method | seeds | " + " | ".join(h for _, _, h, _ in columns) + " |",
-             "|---|---:|" + "---:|" * len(columns)]
+    lines = [
+        "| method | seeds | " + " | ".join(h for _, _, h, _ in columns) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
     for method, row in summary.items():
         if all(row.get(f"{s}/{m}") is None for s, m, _, _ in columns):
             continue
@@ -132,22 +163,26 @@ def markdown_table(summary: dict, columns: list[tuple[str, str, str, int]], seed
 
 
 def _seed_counts(results: dict) -> dict[str, int]:
-    return {m: (len(cells) if cells[0].get("seed") is not None else 0)
-            for m, cells in method_cells(results).items()}
+    return {m: (len(cells) if cells[0].get("seed") is not None else 0) for m, cells in method_cells(results).items()}
 
 
 def cost_table(results: dict) -> str:
     """Training and evaluation time per method (means over seeds)."""
     groups = method_cells(results)
+
     def mean_of(cells, getter):
         values = [v for v in (getter(c) for c in cells) if isinstance(v, (int, float))]
         return statistics.fmean(values) if values else None
-    step = {m: mean_of(cells, lambda c: c.get("training", {}).get("median_step_seconds"))
-            for m, cells in groups.items()}
+
+    step = {
+        m: mean_of(cells, lambda c: c.get("training", {}).get("median_step_seconds")) for m, cells in groups.items()
+    }
     base = step.get("mse")
-    lines = ["| method | steps | training (s) | median step (s) | step time / mse | embed (s) | evaluation (s) "
-             "| cell total (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | steps | training (s) | median step (s) | step time / mse | embed (s) | evaluation (s) "
+        "| cell total (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for method, cells in groups.items():
         steps = mean_of(cells, lambda c: c.get("training", {}).get("steps"))
         train = mean_of(cells, lambda c: c.get("training", {}).get("wall_seconds"))
@@ -156,8 +191,10 @@ def cost_table(results: dict) -> str:
         total = mean_of(cells, lambda c: c.get("wall_seconds"))
         ratio = f"{step[method] / base:.2f}" if step[method] and base else "-"
         f = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-        lines.append(f"| {method} | {f(steps)} | {f(train)} | {f(step[method], 3)} | {ratio} | {f(embed)} | "
-                     f"{f(evaluation)} | {f(total)} |")
+        lines.append(
+            f"| {method} | {f(steps)} | {f(train)} | {f(step[method], 3)} | {ratio} | {f(embed)} | "
+            f"{f(evaluation)} | {f(total)} |"
+        )
     return "\n".join(lines)
 
 
@@ -188,13 +225,15 @@ def header_lines(results: dict) -> list[str]:
         "",
         f"Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPU cores "
         f"({env.get('processor', '?')}), torch threads {env.get('torch_threads', '?')}"
-        + (f", GPUs {env['gpus']}" if env.get("gpus") else "") + f"; git {env.get('git_revision')}.",
+        + (f", GPUs {env['gpus']}" if env.get("gpus") else "")
+        + f"; git {env.get('git_revision')}.",
         "",
         f"Software: Python {env.get('python', '?')}; {versions}.",
         "",
         f"Encoder `{settings['encoder']}`; seeds {list(settings['seeds'])}; training overrides for every "
         f"trained cell: {', '.join(f'`{o}`' for o in settings['overrides']) or 'none (carl defaults)'}"
-        + ("; **quick variant** (subsets, short training)" if settings.get("quick") else "") + ".",
+        + ("; **quick variant** (subsets, short training)" if settings.get("quick") else "")
+        + ".",
     ]
 
 
@@ -206,20 +245,32 @@ def write_report(results: dict, out: str | Path) -> Path:
     summary = summarise(results)
     seeds = _seed_counts(results)
     plots = write_plots(results, out)
-    lines = ["# CARL benchmark report", "", *header_lines(results), "",
-             "Numbers are mean ± sample standard deviation over seeds (one value for seedless rows); "
-             "the best mean of each column is in **bold** (highest for r, rho, accuracy, F1; lowest "
-             "for MSE, alignment, uniformity). All probes run on frozen embeddings.", ""]
+    lines = [
+        "# CARL benchmark report",
+        "",
+        *header_lines(results),
+        "",
+        "Numbers are mean ± sample standard deviation over seeds (one value for seedless rows); "
+        "the best mean of each column is in **bold** (highest for r, rho, accuracy, F1; lowest "
+        "for MSE, alignment, uniformity). All probes run on frozen embeddings.",
+        "",
+    ]
     for key, (title, columns) in TABLES.items():
         lines += [f"## {title}", "", markdown_table(summary, columns, seeds), ""]
         if key == "va":
-            lines += ["VADER and TextBlob: their polarity score is the single feature of the same ridge probe "
-                      "(so their r is the absolute correlation with valence); they have no arousal row.", ""]
+            lines += [
+                "VADER and TextBlob: their polarity score is the single feature of the same ridge probe "
+                "(so their r is the absolute correlation with valence); they have no arousal row.",
+                "",
+            ]
         if key == "geometry":
             distance = results["settings"]["tasks"].get("va_pair_distance")
-            lines += [f"VA-near pairs: EmoBank test sentences whose (valence, arousal) on the 0-1 scale lie "
-                      f"within Euclidean distance {distance}; same-label pairs share the gold class; "
-                      "uniformity over all pairs (t = 2); alignment with alpha = 2.", ""]
+            lines += [
+                f"VA-near pairs: EmoBank test sentences whose (valence, arousal) on the 0-1 scale lie "
+                f"within Euclidean distance {distance}; same-label pairs share the gold class; "
+                "uniformity over all pairs (t = 2); alignment with alpha = 2.",
+                "",
+            ]
     extra = _extra_tasks(results)
     if extra:
         columns = [(t, m, f"{t} {m}", 1) for t in extra for m in _extra_metrics(results, t)]
@@ -228,16 +279,31 @@ def write_report(results: dict, out: str | Path) -> Path:
     missing = [c for c in USER_CORPORA.values() if c.name not in given]
     if missing:
         lines += ["## Corpora not included in this run", ""]
-        lines += [f"- **{c.title}**: not run, no copy given. {c.how_to_obtain} Then rerun with "
-                  f"`--corpus {c.name}=PATH` (expected: {c.expected})." for c in missing]
+        lines += [
+            f"- **{c.title}**: not run, no copy given. {c.how_to_obtain} Then rerun with "
+            f"`--corpus {c.name}=PATH` (expected: {c.expected})."
+            for c in missing
+        ]
         lines.append("")
-    lines += ["## Tasks and data sizes", "", task_table(results), "",
-              "GoEmotions: the 27 emotions mapped to Ekman's six plus neutral with the authors' mapping; an "
-              f"example is kept when its labels map to one class (filtering "
-              f"`{results['settings']['tasks'].get('goemotions_filtering')}`; counts per split in "
-              "`carl/data/goemotions/README.md`); the training split is a fixed random subset of the size shown.",
-              "", "## Cost", "", cost_table(results), "",
-              "## Methods", "", "| method | what |", "|---|---|"]
+    lines += [
+        "## Tasks and data sizes",
+        "",
+        task_table(results),
+        "",
+        "GoEmotions: the 27 emotions mapped to Ekman's six plus neutral with the authors' mapping; an "
+        f"example is kept when its labels map to one class (filtering "
+        f"`{results['settings']['tasks'].get('goemotions_filtering')}`; counts per split in "
+        "`carl/data/goemotions/README.md`); the training split is a fixed random subset of the size shown.",
+        "",
+        "## Cost",
+        "",
+        cost_table(results),
+        "",
+        "## Methods",
+        "",
+        "| method | what |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {m['description']} |" for name, m in results.get("methods", {}).items()]
     lines += ["", "## Plots", ""]
     lines += [f"![{title}]({name})\n" for name, title in plots]
@@ -248,24 +314,35 @@ def write_report(results: dict, out: str | Path) -> Path:
 
 # the README's one compact table: the headline metric of each task, frozen-embedding probes
 README_COLUMNS: list[tuple[str, str, str, int]] = [
-    ("emobank", "valence_pearson", "EmoBank valence r", 1), ("emobank", "arousal_pearson", "arousal r", 1),
-    ("sst2", "accuracy", "SST-2 acc", 1), ("mr", "accuracy", "MR acc", 1),
-    ("sst5", "macro_f1", "SST-5 macro-F1", 1), ("goemotions", "macro_f1", "GoEmotions macro-F1", 1),
-    ("geometry:emobank_test", "uniformity", "uniformity", -1)]
+    ("emobank", "valence_pearson", "EmoBank valence r", 1),
+    ("emobank", "arousal_pearson", "arousal r", 1),
+    ("sst2", "accuracy", "SST-2 acc", 1),
+    ("mr", "accuracy", "MR acc", 1),
+    ("sst5", "macro_f1", "SST-5 macro-F1", 1),
+    ("goemotions", "macro_f1", "GoEmotions macro-F1", 1),
+    ("geometry:emobank_test", "uniformity", "uniformity", -1),
+]
 
 
 def readme_section(results: dict, report_path: str = "benchmarks/results/main/report.md") -> str:
     """The README's results section: the command, one compact table and where the rest is."""
     settings = results["settings"]
     env = results.get("environment", {})
-    lines = [README_START, "",
-             f"`{results.get('command', 'carl benchmark')}`: encoder `{settings['encoder']}`, seeds "
-             f"{list(settings['seeds'])}, {', '.join(f'`{o}`' for o in settings['overrides']) or 'carl defaults'}; "
-             f"{env.get('cpu_count', '?')}-core {env.get('processor', '?')} machine, "
-             f"{_hours(results.get('runtime', {}).get('all_cells_seconds', 0.0))} in all.", "",
-             markdown_table(summarise(results), README_COLUMNS, _seed_counts(results)), "",
-             f"Mean ± std over seeds, best in bold; probes on frozen embeddings. Every metric, the "
-             f"plots and the machine: `{report_path}`.", "", README_END]
+    lines = [
+        README_START,
+        "",
+        f"`{results.get('command', 'carl benchmark')}`: encoder `{settings['encoder']}`, seeds "
+        f"{list(settings['seeds'])}, {', '.join(f'`{o}`' for o in settings['overrides']) or 'carl defaults'}; "
+        f"{env.get('cpu_count', '?')}-core {env.get('processor', '?')} machine, "
+        f"{_hours(results.get('runtime', {}).get('all_cells_seconds', 0.0))} in all.",
+        "",
+        markdown_table(summarise(results), README_COLUMNS, _seed_counts(results)),
+        "",
+        f"Mean ± std over seeds, best in bold; probes on frozen embeddings. Every metric, the "
+        f"plots and the machine: `{report_path}`.",
+        "",
+        README_END,
+    ]
     return "\n".join(lines)
 
 
@@ -276,6 +353,6 @@ def update_readme(readme: str | Path, results: dict, report_path: str) -> bool:
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         return False
-    new = text[:start] + readme_section(results, report_path) + text[end + len(README_END):]
+    new = text[:start] + readme_section(results, report_path) + text[end + len(README_END) :]
     readme.write_text(new, encoding="utf-8")
     return True

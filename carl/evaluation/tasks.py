@@ -27,11 +27,17 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from carl.data.classification import (
+    ClassificationDataset,
+    load_goemotions_ekman,
+    load_mr,
+    load_sst2,
+    load_sst5,
+    load_user_classification,
+)
 from carl.data.emobank import load_emobank
 from carl.data.errors import DataError
 from carl.data.readers import AffectDataset, load_table, read_records
-from carl.data.classification import (ClassificationDataset, load_goemotions_ekman, load_mr, load_sst2,
-                             load_sst5, load_user_classification)
 from carl.data.user_corpora import USER_CORPORA, _corpus_key, load_user_corpus
 from carl.evaluation.features import Features, FeatureTable, embed_table
 from carl.evaluation.geometry import VA_PAIR_DISTANCE, geometry_metrics, sample_rows
@@ -131,28 +137,42 @@ def load_task_data(settings: TaskSettings) -> dict[str, TaskData]:
             splits = {sp: _cap(loader(sp), s.limit, s.seed) for sp in ("train", "dev", "test")}
             out[name] = TaskData(name, "classification", splits, TASK_TITLES[name])
         elif name == "mr":
-            out[name] = TaskData(name, "classification", {"all": _cap(load_mr(), s.mr_limit, s.seed)},
-                                 TASK_TITLES[name], folds=s.cv_folds)
+            out[name] = TaskData(
+                name,
+                "classification",
+                {"all": _cap(load_mr(), s.mr_limit, s.seed)},
+                TASK_TITLES[name],
+                folds=s.cv_folds,
+            )
         elif name == "goemotions":
-            caps = {"train": _min_cap(s.limit, s.goemotions_train_limit),
-                    "dev": _min_cap(s.limit, s.goemotions_dev_limit), "test": s.limit}
-            splits = {sp: _cap(load_goemotions_ekman(sp, s.goemotions_filtering), caps[sp], s.seed)
-                      for sp in ("train", "dev", "test")}
+            caps = {
+                "train": _min_cap(s.limit, s.goemotions_train_limit),
+                "dev": _min_cap(s.limit, s.goemotions_dev_limit),
+                "test": s.limit,
+            }
+            splits = {
+                sp: _cap(load_goemotions_ekman(sp, s.goemotions_filtering), caps[sp], s.seed)
+                for sp in ("train", "dev", "test")
+            }
             out[name] = TaskData(name, "classification", splits, TASK_TITLES[name], select_by="macro_f1")
     for corpus, path in s.user_corpora.items():
         title = USER_CORPORA[corpus].title
-        out[corpus] = TaskData(corpus, "va", {"all": load_user_corpus(corpus, path)}, f"{title} VA",
-                               folds=s.cv_folds)
+        out[corpus] = TaskData(corpus, "va", {"all": load_user_corpus(corpus, path)}, f"{title} VA", folds=s.cv_folds)
         if _has_column(path, s.user_label_column):
             text_column = {"facebookposts": "Anonymized Message"}.get(corpus, "text")
             out[f"{corpus}-categories"] = TaskData(
-                f"{corpus}-categories", "classification",
+                f"{corpus}-categories",
+                "classification",
                 {"all": load_user_classification(path, text_column=text_column, label_column=s.user_label_column)},
-                f"{title} categories", select_by="macro_f1", folds=s.cv_folds)
+                f"{title} categories",
+                select_by="macro_f1",
+                folds=s.cv_folds,
+            )
     for path in s.va_files:
         name = f"file:{Path(path).name}"
-        out[name] = TaskData(name, "va", {"all": load_table(path, scale=s.va_file_scale)},
-                             f"{Path(path).name} VA", folds=s.cv_folds)
+        out[name] = TaskData(
+            name, "va", {"all": load_table(path, scale=s.va_file_scale)}, f"{Path(path).name} VA", folds=s.cv_folds
+        )
     return out
 
 
@@ -166,22 +186,25 @@ def _has_column(path: str, column: str) -> bool:
 
 def missing_user_corpora(settings: TaskSettings) -> dict[str, str]:
     """Corpus title -> how to obtain it, for every user corpus not given a path."""
-    return {c.title: f"{c.how_to_obtain} Then pass --corpus {c.name}=PATH (expected: {c.expected})."
-            for c in USER_CORPORA.values() if c.name not in settings.user_corpora}
+    return {
+        c.title: f"{c.how_to_obtain} Then pass --corpus {c.name}=PATH (expected: {c.expected})."
+        for c in USER_CORPORA.values()
+        if c.name not in settings.user_corpora
+    }
 
 
 # --------------------------------------------------------------------------- running
 
 
-def run_task(task: TaskData, features: Features, settings: TaskSettings, *,
-             keep_predictions: bool = False) -> dict:
+def run_task(task: TaskData, features: Features, settings: TaskSettings, *, keep_predictions: bool = False) -> dict:
     """Probe one task on ``features``; returns metrics, chosen regularisation, sizes, protocol."""
     started = time.perf_counter()
     out: dict = {"kind": task.kind, "title": task.title, "protocol": task.protocol, "n": task.sizes()}
     if task.kind == "va":
         if "all" in task.splits:
-            result = probe_va_cv(features, task.splits["all"], k=task.folds, seed=settings.seed,
-                                 inner_folds=settings.inner_folds)
+            result = probe_va_cv(
+                features, task.splits["all"], k=task.folds, seed=settings.seed, inner_folds=settings.inner_folds
+            )
         else:
             result = probe_va_splits(features, task.splits["train"], task.splits["dev"], task.splits["test"])
             if keep_predictions:
@@ -192,16 +215,35 @@ def run_task(task: TaskData, features: Features, settings: TaskSettings, *,
         data = task.splits["all"] if "all" in task.splits else task.splits["train"]
         n_classes = len(data.classes)
         if "all" in task.splits:
-            result = cv_logistic_probe(features(data.texts), data.labels, n_classes=n_classes, k=task.folds,
-                                       seed=settings.seed, inner_folds=settings.inner_folds,
-                                       select_by=task.select_by)
+            result = cv_logistic_probe(
+                features(data.texts),
+                data.labels,
+                n_classes=n_classes,
+                k=task.folds,
+                seed=settings.seed,
+                inner_folds=settings.inner_folds,
+                select_by=task.select_by,
+            )
         else:
             tr, dv, te = (task.splits[s] for s in ("train", "dev", "test"))
-            result = logistic_probe(features(tr.texts), tr.labels, features(dv.texts), dv.labels,
-                                    features(te.texts), te.labels, n_classes=n_classes,
-                                    seed=settings.seed, select_by=task.select_by)
-        out.update(metrics=result.metrics, C=result.C, dev_scores=result.dev_scores,
-                   classes=list(data.classes), select_by=task.select_by)
+            result = logistic_probe(
+                features(tr.texts),
+                tr.labels,
+                features(dv.texts),
+                dv.labels,
+                features(te.texts),
+                te.labels,
+                n_classes=n_classes,
+                seed=settings.seed,
+                select_by=task.select_by,
+            )
+        out.update(
+            metrics=result.metrics,
+            C=result.C,
+            dev_scores=result.dev_scores,
+            classes=list(data.classes),
+            select_by=task.select_by,
+        )
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -217,8 +259,14 @@ def geometry_sets(data: dict[str, TaskData], settings: TaskSettings) -> dict[str
     return sets
 
 
-def evaluate_features(features: Features, data: dict[str, TaskData], settings: TaskSettings, *,
-                      geometry: bool = True, keep_predictions: bool = True) -> dict:
+def evaluate_features(
+    features: Features,
+    data: dict[str, TaskData],
+    settings: TaskSettings,
+    *,
+    geometry: bool = True,
+    keep_predictions: bool = True,
+) -> dict:
     """Run every task (and geometry) on ``features``; returns ``{"tasks": ..., "geometry": ...}``."""
     results: dict = {"tasks": {}, "geometry": {}}
     # one BLAS thread: the probes are small, and several BLAS threads on cores shared with a
@@ -229,8 +277,11 @@ def evaluate_features(features: Features, data: dict[str, TaskData], settings: T
         if geometry:
             for name, g in geometry_sets(data, settings).items():
                 results["geometry"][name] = geometry_metrics(
-                    features(g["texts"]), va=g.get("va"), classes=g.get("classes"),
-                    max_distance=settings.va_pair_distance)
+                    features(g["texts"]),
+                    va=g.get("va"),
+                    classes=g.get("classes"),
+                    max_distance=settings.va_pair_distance,
+                )
     return results
 
 
@@ -242,8 +293,14 @@ def project_2d(emb: np.ndarray) -> np.ndarray:
     return PCA(n_components=2, svd_solver="full").fit_transform(x)
 
 
-def evaluate_encoder(encoder, settings: TaskSettings | None = None, *, data: dict[str, TaskData] | None = None,
-                     batch_size: int = 64, show_progress: bool = False) -> dict:
+def evaluate_encoder(
+    encoder,
+    settings: TaskSettings | None = None,
+    *,
+    data: dict[str, TaskData] | None = None,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> dict:
     """Every task on the frozen ``encoder`` (an :class:`~carl.inference.AffectEncoder`).
 
     Each distinct text is embedded once. Adds ``emobank_test_2d`` (PCA of the EmoBank test
@@ -258,8 +315,12 @@ def evaluate_encoder(encoder, settings: TaskSettings | None = None, *, data: dic
         table = embed_table(encoder, groups, batch_size=batch_size, show_progress=show_progress)
         embed_seconds = time.perf_counter() - started
         results = evaluate_features(table, data, settings)
-    results.update(encoder_fingerprint=fingerprint, embed_seconds=embed_seconds,
-                   texts_embedded=len(table.index), embedding_dim=table.dim)
+    results.update(
+        encoder_fingerprint=fingerprint,
+        embed_seconds=embed_seconds,
+        texts_embedded=len(table.index),
+        embedding_dim=table.dim,
+    )
     if "emobank" in data:
         results["emobank_test_2d"] = np.round(project_2d(table(data["emobank"].splits["test"].texts)), 5).tolist()
     return results

@@ -24,8 +24,9 @@ DEFAULT_THRESHOLD = 0.5
 def _check(probs, targets) -> tuple[np.ndarray, np.ndarray]:
     p, y = np.asarray(probs, dtype=np.float64), np.asarray(targets) > 0.5
     if p.ndim != 2 or p.shape != y.shape:
-        raise ValueError(f"probabilities and multi-hot targets must both have shape [N, C], got {p.shape} "
-                         f"and {y.shape}")
+        raise ValueError(
+            f"probabilities and multi-hot targets must both have shape [N, C], got {p.shape} and {y.shape}"
+        )
     return p, y
 
 

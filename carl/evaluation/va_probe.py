@@ -13,29 +13,36 @@ from os import PathLike
 from carl.data.emobank import load_emobank
 from carl.data.readers import AffectDataset, load_table
 from carl.evaluation.features import Features, embed_table
-from carl.evaluation.probe import (CV_SEED, EncoderNotFrozen, ProbeResult, cv_ridge_probe,
-                                   frozen_check, ridge_probe)
+from carl.evaluation.probe import CV_SEED, EncoderNotFrozen, ProbeResult, cv_ridge_probe, frozen_check, ridge_probe
 
-__all__ = ["EncoderNotFrozen", "evaluate_emobank", "evaluate_va", "evaluate_va_file",
-           "probe_va_cv", "probe_va_splits"]
+__all__ = ["EncoderNotFrozen", "evaluate_emobank", "evaluate_va", "evaluate_va_file", "probe_va_cv", "probe_va_splits"]
 
 
-def probe_va_splits(features: Features, train: AffectDataset, dev: AffectDataset,
-                    test: AffectDataset) -> ProbeResult:
+def probe_va_splits(features: Features, train: AffectDataset, dev: AffectDataset, test: AffectDataset) -> ProbeResult:
     """Ridge probe: fit on train, alpha on dev, metrics and predictions on test."""
-    return ridge_probe(features(train.texts), train.labels, features(dev.texts), dev.labels,
-                       features(test.texts), test.labels)
+    return ridge_probe(
+        features(train.texts), train.labels, features(dev.texts), dev.labels, features(test.texts), test.labels
+    )
 
 
-def probe_va_cv(features: Features, data: AffectDataset, *, k: int = 10, seed: int = CV_SEED,
-                inner_folds: int = 1) -> ProbeResult:
+def probe_va_cv(
+    features: Features, data: AffectDataset, *, k: int = 10, seed: int = CV_SEED, inner_folds: int = 1
+) -> ProbeResult:
     """``k``-fold cross-validated ridge probe (alpha chosen inside each training part)."""
     return cv_ridge_probe(features(data.texts), data.labels, k=k, seed=seed, inner_folds=inner_folds)
 
 
-def evaluate_va(encoder, train: AffectDataset, dev: AffectDataset | None = None,
-                test: AffectDataset | None = None, *, batch_size: int = 64, show_progress: bool = False,
-                k: int = 10, seed: int = CV_SEED) -> ProbeResult:
+def evaluate_va(
+    encoder,
+    train: AffectDataset,
+    dev: AffectDataset | None = None,
+    test: AffectDataset | None = None,
+    *,
+    batch_size: int = 64,
+    show_progress: bool = False,
+    k: int = 10,
+    seed: int = CV_SEED,
+) -> ProbeResult:
     """Probe ``encoder`` on VA data: official split when dev and test are given, else k-fold CV.
 
     Raises :class:`EncoderNotFrozen` if the encoder's weights change while probing.
@@ -50,8 +57,7 @@ def evaluate_va(encoder, train: AffectDataset, dev: AffectDataset | None = None,
         return probe_va_splits(table, train, dev, test)
 
 
-def evaluate_emobank(encoder, *, batch_size: int = 64, show_progress: bool = True,
-                     limit: int = 0) -> ProbeResult:
+def evaluate_emobank(encoder, *, batch_size: int = 64, show_progress: bool = True, limit: int = 0) -> ProbeResult:
     """Ridge probe on EmoBank: fit on train, choose alpha on dev, report on test (r, rho, MSE).
 
     ``limit`` keeps the first N sentences of each split (0 = all).
@@ -65,16 +71,31 @@ def evaluate_emobank(encoder, *, batch_size: int = 64, show_progress: bool = Tru
     return evaluate_va(encoder, *splits, batch_size=batch_size, show_progress=show_progress)
 
 
-def evaluate_va_file(encoder, path: str | PathLike[str], *, scale: str = "1-5", text_column: str = "text",
-                     valence_column: str = "valence", arousal_column: str = "arousal",
-                     split_column: str | None = None, file_format: str | None = None,
-                     batch_size: int = 64, show_progress: bool = False, k: int = 10) -> ProbeResult:
+def evaluate_va_file(
+    encoder,
+    path: str | PathLike[str],
+    *,
+    scale: str = "1-5",
+    text_column: str = "text",
+    valence_column: str = "valence",
+    arousal_column: str = "arousal",
+    split_column: str | None = None,
+    file_format: str | None = None,
+    batch_size: int = 64,
+    show_progress: bool = False,
+    k: int = 10,
+) -> ProbeResult:
     """VA probe on a user CSV/TSV/JSONL: its ``split_column`` (train/dev/test) or k-fold CV."""
-    kwargs = dict(text_column=text_column, valence_column=valence_column, arousal_column=arousal_column,
-                  scale=scale, file_format=file_format)
+    kwargs = dict(
+        text_column=text_column,
+        valence_column=valence_column,
+        arousal_column=arousal_column,
+        scale=scale,
+        file_format=file_format,
+    )
     if split_column:
-        train, dev, test = (load_table(path, split_column=split_column, split=s, **kwargs)
-                            for s in ("train", "dev", "test"))
+        train, dev, test = (
+            load_table(path, split_column=split_column, split=s, **kwargs) for s in ("train", "dev", "test")
+        )
         return evaluate_va(encoder, train, dev, test, batch_size=batch_size, show_progress=show_progress)
-    return evaluate_va(encoder, load_table(path, **kwargs), batch_size=batch_size,
-                       show_progress=show_progress, k=k)
+    return evaluate_va(encoder, load_table(path, **kwargs), batch_size=batch_size, show_progress=show_progress, k=k)

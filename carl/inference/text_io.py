@@ -79,19 +79,23 @@ class TextSource:
         is exact for UTF-8: no multi-byte character contains the newline byte 0x0a."""
         for number, line in enumerate(raw, 1):
             if number == 1 and line.startswith(codecs.BOM_UTF8):
-                line = line[len(codecs.BOM_UTF8):]
+                line = line[len(codecs.BOM_UTF8) :]
             try:
                 yield line.decode("utf-8", self.errors)
             except UnicodeDecodeError as err:
-                raise DataError(f"invalid UTF-8 (byte 0x{line[err.start]:02x} at byte {err.start + 1} of the "
-                                "line); convert the input to UTF-8 or pass --errors replace",
-                                path=self.name, line=number) from None
+                raise DataError(
+                    f"invalid UTF-8 (byte 0x{line[err.start]:02x} at byte {err.start + 1} of the "
+                    "line); convert the input to UTF-8 or pass --errors replace",
+                    path=self.name,
+                    line=number,
+                ) from None
 
     def _csv(self, lines: Iterable[str], delimiter: str) -> Iterator[str]:
         reader = csv.DictReader(lines, delimiter=delimiter)
         if self.column not in (reader.fieldnames or []):
-            raise DataError(f"no column {self.column!r} (found {reader.fieldnames})", path=self.path,
-                            line=1, field=self.column)
+            raise DataError(
+                f"no column {self.column!r} (found {reader.fieldnames})", path=self.path, line=1, field=self.column
+            )
         for row in reader:
             value = row[self.column]
             if value is None:
@@ -105,11 +109,13 @@ class TextSource:
             try:
                 value = json.loads(line)[self.column]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DataError(f"cannot read {self.column!r}: {err}", path=self.path, line=number,
-                                field=self.column) from err
+                raise DataError(
+                    f"cannot read {self.column!r}: {err}", path=self.path, line=number, field=self.column
+                ) from err
             if not isinstance(value, str):
-                raise DataError(f"expected a string, got {type(value).__name__}", path=self.path,
-                                line=number, field=self.column)
+                raise DataError(
+                    f"expected a string, got {type(value).__name__}", path=self.path, line=number, field=self.column
+                )
             yield value
 
 

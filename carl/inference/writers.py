@@ -30,7 +30,7 @@ NPY_HEADER_BYTES = 128  # multiple of 64 (numpy's alignment); fits any 2-D shape
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """A version 1.0 ``.npy`` header of exactly NPY_HEADER_BYTES bytes."""
-    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (np.lib.format.dtype_to_descr(dtype), shape)
+    text = f"{{'descr': {np.lib.format.dtype_to_descr(dtype)!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
     prefix = b"\x93NUMPY\x01\x00"
     room = NPY_HEADER_BYTES - len(prefix) - 2
     body = text.ljust(room - 1).encode("latin1") + b"\n"
@@ -47,7 +47,7 @@ class _AtomicFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-        self.file: IO = open(self.tmp, mode, **kwargs)
+        self.file: IO = open(self.tmp, mode, **kwargs)  # noqa: SIM115 - closed by commit() or abort()
 
     def commit(self) -> None:
         self.file.flush()
@@ -67,7 +67,7 @@ class _AtomicFile:
 class NpyStreamWriter:
     """Append float32 rows [n, D] to a ``.npy`` file whose row count is fixed at ``close()``."""
 
-    def __init__(self, path: str | Path, dtype: np.dtype = np.dtype(np.float32)):
+    def __init__(self, path: str | Path, dtype: np.dtype | type = np.float32):
         self.dtype = np.dtype(dtype)
         self.rows = 0
         self.width: int | None = None
@@ -137,8 +137,10 @@ def check_output(path: str | Path | None, suffixes: tuple[str, ...]) -> None:
         return
     target = Path(path)
     if target.suffix.lower() not in suffixes:
-        raise ValueError(f"{path}: unknown output format {target.suffix or '(no extension)'!r}; "
-                         f"name a {', '.join(suffixes)} file" + (" or '-' for stdout" if ".jsonl" in suffixes else ""))
+        raise ValueError(
+            f"{path}: unknown output format {target.suffix or '(no extension)'!r}; "
+            f"name a {', '.join(suffixes)} file" + (" or '-' for stdout" if ".jsonl" in suffixes else "")
+        )
     if target.is_dir():
         raise ValueError(f"{path}: is a folder; name a file to write")
     ancestor = target.absolute().parent

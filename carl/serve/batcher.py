@@ -11,6 +11,7 @@ runs, new requests queue up and form the next batch, so under load batches grow 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,9 +48,14 @@ class MicroBatcher:
     them serialised.
     """
 
-    def __init__(self, forward: Callable[[list[str]], tuple[np.ndarray | None, ...]], *,
-                 max_batch_texts: int = 128, max_wait_ms: float = 5.0,
-                 executor: ThreadPoolExecutor | None = None):
+    def __init__(
+        self,
+        forward: Callable[[list[str]], tuple[np.ndarray | None, ...]],
+        *,
+        max_batch_texts: int = 128,
+        max_wait_ms: float = 5.0,
+        executor: ThreadPoolExecutor | None = None,
+    ):
         if max_batch_texts < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_texts must be >= 1 and max_wait_ms >= 0")
         self.forward = forward
@@ -70,10 +76,8 @@ class MicroBatcher:
         """Stop the worker; requests still queued fail with ``RuntimeError``."""
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         waiting = [self._held] if self._held is not None else []
         while self._queue is not None and not self._queue.empty():
             waiting.append(self._queue.get_nowait())

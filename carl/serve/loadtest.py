@@ -23,8 +23,35 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-WORDS = ("the morning felt serene and calm but the meeting made everyone furious and tired while "
-         "a letter from home left her thrilled excited anxious gloomy bored relaxed").split()
+WORDS = [
+    "the",
+    "morning",
+    "felt",
+    "serene",
+    "and",
+    "calm",
+    "but",
+    "the",
+    "meeting",
+    "made",
+    "everyone",
+    "furious",
+    "and",
+    "tired",
+    "while",
+    "a",
+    "letter",
+    "from",
+    "home",
+    "left",
+    "her",
+    "thrilled",
+    "excited",
+    "anxious",
+    "gloomy",
+    "bored",
+    "relaxed",
+]
 
 
 @dataclass
@@ -51,14 +78,24 @@ def random_payload(rng: random.Random, max_texts: int) -> dict:
     return {"texts": [" ".join(rng.choices(WORDS, k=rng.randint(3, 30))) for _ in range(rng.randint(1, max_texts))]}
 
 
-async def run_load(url: str, *, requests: int = 1000, concurrency: int = 16, time_limit_s: float = 60.0,
-                   max_texts: int = 8, predict: bool = True, seed: int = 0) -> LoadReport:
+async def run_load(
+    url: str,
+    *,
+    requests: int = 1000,
+    concurrency: int = 16,
+    time_limit_s: float = 60.0,
+    max_texts: int = 8,
+    predict: bool = True,
+    seed: int = 0,
+) -> LoadReport:
     """Drive the server at ``url`` and return a :class:`LoadReport` (loopback use intended)."""
     import httpx
 
     rng = random.Random(seed)
-    payloads = [("/predict" if predict and rng.random() < 0.5 else "/embed", random_payload(rng, max_texts))
-                for _ in range(requests)]
+    payloads = [
+        ("/predict" if predict and rng.random() < 0.5 else "/embed", random_payload(rng, max_texts))
+        for _ in range(requests)
+    ]
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     samples: list[str] = []
@@ -92,10 +129,18 @@ async def run_load(url: str, *, requests: int = 1000, concurrency: int = 16, tim
     wall = time.perf_counter() - started
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     done = len(latencies)
-    return LoadReport(requests=done, errors=done - statuses.get("200", 0), status_counts=statuses,
-                      p50_ms=float(np.percentile(lat, 50)), p95_ms=float(np.percentile(lat, 95)),
-                      max_ms=float(lat.max()), wall_s=wall, requests_per_s=done / wall if wall else 0.0,
-                      texts=texts, error_samples=samples)
+    return LoadReport(
+        requests=done,
+        errors=done - statuses.get("200", 0),
+        status_counts=statuses,
+        p50_ms=float(np.percentile(lat, 50)),
+        p95_ms=float(np.percentile(lat, 95)),
+        max_ms=float(lat.max()),
+        wall_s=wall,
+        requests_per_s=done / wall if wall else 0.0,
+        texts=texts,
+        error_samples=samples,
+    )
 
 
 @dataclass
@@ -121,12 +166,20 @@ def stalled_request(i: int) -> bytes:
     headers, odd ones send the headers of a POST /embed and the start of its 1000-byte body."""
     if i % 2 == 0:
         return b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-    return (b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n{\"texts\": [\"stal")
+    return (
+        b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"texts": ["stal'
+    )
 
 
-async def stall_clients(url: str, *, sockets: int = 300, duration_s: float = 10.0,
-                        stop: asyncio.Event | None = None, all_open: asyncio.Event | None = None) -> StallReport:
+async def stall_clients(
+    url: str,
+    *,
+    sockets: int = 300,
+    duration_s: float = 10.0,
+    stop: asyncio.Event | None = None,
+    all_open: asyncio.Event | None = None,
+) -> StallReport:
     """Hold ``sockets`` connections that each send part of a request (:func:`stalled_request`) and
     then nothing, for ``duration_s`` or until ``stop`` is set; a connection the server closes is
     opened again, so ``sockets`` stay stalled throughout. ``all_open`` is set once every socket
@@ -156,8 +209,9 @@ async def stall_clients(url: str, *, sockets: int = 300, duration_s: float = 10.
                     all_open.set()
                 read = asyncio.ensure_future(reader.read())  # everything until the server closes
                 stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait([read, stopped], timeout=max(end - loop.time(), 0),
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    [read, stopped], timeout=max(end - loop.time(), 0), return_when=asyncio.FIRST_COMPLETED
+                )
                 stopped.cancel()
                 if read.done() and read.exception() is None:
                     counts["closed"] += 1
@@ -174,9 +228,16 @@ async def stall_clients(url: str, *, sockets: int = 300, duration_s: float = 10.
 
     await asyncio.gather(*(one(i) for i in range(sockets)))
     times = np.asarray(held) if held else np.zeros(1)
-    return StallReport(sockets=sockets, opened=counts["opened"], connect_errors=counts["connect_errors"],
-                       closed_by_server=counts["closed"], answered_408=counts["408"], still_open=counts["open"],
-                       held_p50_s=float(np.percentile(times, 50)), held_max_s=float(times.max()))
+    return StallReport(
+        sockets=sockets,
+        opened=counts["opened"],
+        connect_errors=counts["connect_errors"],
+        closed_by_server=counts["closed"],
+        answered_408=counts["408"],
+        still_open=counts["open"],
+        held_p50_s=float(np.percentile(times, 50)),
+        held_max_s=float(times.max()),
+    )
 
 
 def _stall_in_process(url: str, sockets: int, stop, reports) -> None:
@@ -249,11 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--max-texts", type=int, default=8)
     parser.add_argument("--embed-only", action="store_true", help="no /predict (a model without heads)")
-    parser.add_argument("--stalled", type=int, default=0,
-                        help="also run the load while this many connections stall (default 0: load only)")
+    parser.add_argument(
+        "--stalled",
+        type=int,
+        default=0,
+        help="also run the load while this many connections stall (default 0: load only)",
+    )
     args = parser.parse_args(argv)
-    load = {"requests": args.requests, "concurrency": args.concurrency, "time_limit_s": args.time_limit,
-            "max_texts": args.max_texts, "predict": not args.embed_only}
+    load = {
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "time_limit_s": args.time_limit,
+        "max_texts": args.max_texts,
+        "predict": not args.embed_only,
+    }
     if args.stalled:
         result = asyncio.run(compare_with_stalled(args.url, stalled=args.stalled, **load))
         print(json.dumps(result, indent=2))

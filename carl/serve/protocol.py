@@ -30,8 +30,10 @@ from carl.serve.schemas import ServeLimits
 def request_timeout(detail: str) -> bytes:
     """A complete HTTP/1.1 408 response that closes the connection, body ``{"detail": detail}``."""
     body = json.dumps({"detail": detail}).encode()
-    head = (f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -48,8 +50,9 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:  # this connection is already counted
-            self.logger.warning("Closed a new connection: %d connections are open (max_connections).",
-                                len(self.connections) - 1)
+            self.logger.warning(
+                "Closed a new connection: %d connections are open (max_connections).", len(self.connections) - 1
+            )
             transport.close()
             return
         self._arm("head")

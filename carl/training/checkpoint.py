@@ -102,8 +102,9 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
             else:
                 scalars.setdefault(str(param), {})[name] = value
     save_file(tensors, str(folder / "optimizer.safetensors"))
-    write_text_atomic(folder / "optimizer.json",
-                      json.dumps({"param_groups": saved["param_groups"], "scalars": scalars}))
+    write_text_atomic(
+        folder / "optimizer.json", json.dumps({"param_groups": saved["param_groups"], "scalars": scalars})
+    )
 
 
 def _prune(root: Path, keep: int, newest: int) -> None:
@@ -146,12 +147,18 @@ def resume_checkpoint(accelerator: Accelerator, run_dir: Path, parts: TrainingSt
     if not folders:
         if named is None:
             return None
-        raise CheckpointError(f"{pointer} names {named!r} but {root} holds no checkpoint folder: nothing to "
-                              f"resume from. Move {root} away to start afresh, or train into a new --output")
+        raise CheckpointError(
+            f"{pointer} names {named!r} but {root} holds no checkpoint folder: nothing to "
+            f"resume from. Move {root} away to start afresh, or train into a new --output"
+        )
     target = root / named if named is not None else None
     if target not in folders.values():
-        _say(accelerator, f"{pointer} " + (f"names {named!r}, which does not exist" if named is not None
-                                           else "is missing") + "; looking for the newest good checkpoint")
+        _say(
+            accelerator,
+            f"{pointer} "
+            + (f"names {named!r}, which does not exist" if named is not None else "is missing")
+            + "; looking for the newest good checkpoint",
+        )
         target = None
     order = ([target] if target else []) + [p for _, p in sorted(folders.items(), reverse=True) if p != target]
     failures = []
@@ -165,8 +172,10 @@ def resume_checkpoint(accelerator: Accelerator, run_dir: Path, parts: TrainingSt
         if folder != target:
             _say(accelerator, f"falling back to {folder}, the newest good checkpoint")
         return resumed
-    raise CheckpointError(f"no usable checkpoint in {root} ({'; '.join(failures)}). Move {root} away to start "
-                          f"afresh, or train into a new --output")
+    raise CheckpointError(
+        f"no usable checkpoint in {root} ({'; '.join(failures)}). Move {root} away to start "
+        f"afresh, or train into a new --output"
+    )
 
 
 def _say(accelerator: Accelerator, message: str) -> None:
@@ -183,8 +192,7 @@ def _reading(path: Path):
         raise
     except FileNotFoundError as err:
         raise CheckpointError(f"{path} is missing") from err
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError,
-            SafetensorError) as err:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{path} is unreadable or malformed: {err}") from err
 
 

@@ -28,8 +28,11 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(folder: Path) -> None:
     """List every file of ``folder`` (size, sha256) in ``folder/manifest.json``."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
     write_text_atomic(folder / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=2))
 
 
@@ -59,7 +62,9 @@ def verify_manifest(folder: Path, may_be_missing=lambda name: False) -> list[str
                 continue
             raise CheckpointError(f"{file} is missing (listed in {MANIFEST})")
         if file.stat().st_size != size:
-            raise CheckpointError(f"{file} has {file.stat().st_size} bytes, {MANIFEST} says {size}: truncated or changed")
+            raise CheckpointError(
+                f"{file} has {file.stat().st_size} bytes, {MANIFEST} says {size}: truncated or changed"
+            )
         if sha256_file(file) != digest:
             raise CheckpointError(f"{file} does not match its sha256 in {MANIFEST}: corrupted or changed")
     return list(entries)

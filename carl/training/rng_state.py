@@ -26,8 +26,13 @@ def save_rng_state(path: Path) -> None:
     name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state = {
         "python": {"version": version, "state": list(mt), "gauss_next": gauss},
-        "numpy": {"bit_generator": name, "key": np.asarray(key).tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "bit_generator": name,
+            "key": np.asarray(key).tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
@@ -43,8 +48,15 @@ def load_rng_state(path: Path) -> list[str]:
     state = json.loads(path.read_text(encoding="utf-8"))
     py, npy = state["python"], state["numpy"]
     random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"]))
-    np.random.set_state((str(npy["bit_generator"]), np.asarray(npy["key"], dtype=np.uint32), int(npy["pos"]),
-                         int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    np.random.set_state(
+        (
+            str(npy["bit_generator"]),
+            np.asarray(npy["key"], dtype=np.uint32),
+            int(npy["pos"]),
+            int(npy["has_gauss"]),
+            float(npy["cached_gaussian"]),
+        )
+    )
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if not torch.cuda.is_available():
         return []

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("carl", "torch", "transformers", "accelerate", "sentence-transformers",
-            "scikit-learn", "numpy", "tokenizers")
+PACKAGES = (
+    "carl",
+    "torch",
+    "transformers",
+    "accelerate",
+    "sentence-transformers",
+    "scikit-learn",
+    "numpy",
+    "tokenizers",
+)
 
 
 def _version(name: str) -> str | None:
@@ -25,10 +33,15 @@ def git_revision() -> str | None:
     """The commit of the source tree carl runs from (with ``-dirty``), if it is a git checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("-dirty" if dirty else "")
