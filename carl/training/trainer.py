@@ -36,19 +36,24 @@ from carl.model.export import export_model
 from carl.model.momentum import gather_across_processes
 from carl.objectives import (
     MomentumContrastiveLoss,
+    MultiLabelClassificationLoss,
     ObjectiveOutput,
     PerturbedTokenDetection,
     SimCSELoss,
+    SingleLabelClassificationLoss,
     VARegressionLoss,
 )
+from carl.objectives.classification import balanced_class_weights, positive_class_weights
 from carl.objectives.perturbed_token_detection import sample_sentences
+from carl.training.calibrate import classifier_metadata
 from carl.training.checkpoint import TrainingState, latest_checkpoint, resume_checkpoint, save_checkpoint
 from carl.training.errors import TrainingDiverged
 from carl.training.fingerprint import fingerprint_changes, run_fingerprint
 from carl.training.run_info import environment_info
 
 # the query-encoder heads each term trains; every term but ``ptd`` reads the clean query pass
-TERM_HEADS: dict[str, tuple[str, ...]] = {"mcl": ("query",), "mse": ("va",), "simcse": (), "ptd": ("token_logits",)}
+TERM_HEADS: dict[str, tuple[str, ...]] = {"mcl": ("query",), "mse": ("va",), "simcse": (), "ptd": ("token_logits",),
+                                          "classify": ("class_logits",)}
 PERTURBED_PASS_TERMS = ("ptd",)
 # query-pass views of each sentence a term needs (SimCSE: two dropout views)
 VIEWS = {"simcse": 2}
@@ -70,7 +75,8 @@ class CarlTrainer:
         self.show_progress = show_progress
         self.on_step_end = list(on_step_end or [])
         self.terms = config.objective.terms()
-        clean_pass = {"mcl": self._mcl_term, "mse": self._mse_term, "simcse": self._simcse_term}
+        clean_pass = {"mcl": self._mcl_term, "mse": self._mse_term, "simcse": self._simcse_term,
+                      "classify": self._classify_term}
         self.clean_terms = {name: clean_pass[name] for name in self.terms if name not in PERTURBED_PASS_TERMS}
         self.views = max(VIEWS.get(name, 1) for name in self.terms)
         if config.train.num_threads > 0:
@@ -91,10 +97,12 @@ class CarlTrainer:
         self.train_data, self.dev_data = load_training_data(cfg.data, verbose=acc.is_main_process)
         self._check_queue_size(len(self.train_data))
         backbone, self.tokenizer = load_backbone(cfg.model.encoder)
+        classify = "classify" in self.terms
         self.model = CarlModel(
             backbone, pooling=cfg.model.pooling, projection_dim=cfg.model.projection_dim,
             momentum=cfg.objective.mcl.momentum, queue_size=cfg.objective.mcl.queue_size,
             detector_hidden=cfg.objective.ptd.detector_hidden, use_key_encoder="mcl" in self.terms,
+            num_classes=len(self.train_data.classes) if classify else 0,
         )
         if self.views > 1:
             # the views differ only by dropout, which a backbone loaded by from_pretrained has off
@@ -105,7 +113,7 @@ class CarlTrainer:
         self.losses = {name: self._build_loss(term, labels) for name, term in self.terms.items()}
 
         dataset = TokenizedDataset(self.train_data.texts, self.train_data.labels, self.tokenizer,
-                                   cfg.data.max_length)
+                                   cfg.data.max_length, targets=self.train_data.targets if classify else None)
         # every process draws the same global batches and takes its slice of each (the sampler
         # shards, not accelerate, whose even_batches would repeat sentences to fill a short batch)
         self.sampler = LengthGroupedBatchSampler(dataset.lengths(), self._global_batch(), seed=cfg.train.seed,
@@ -123,9 +131,11 @@ class CarlTrainer:
             self.optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps)
 
     def _build_loss(self, term: Term, labels: torch.Tensor) -> torch.nn.Module:
-        """The loss module of one term (mcl, mse, simcse, else ptd); ``labels`` [N, 2] are the raw
-        training labels."""
+        """The loss module of one term (mcl, mse, simcse, classify, else ptd); ``labels`` [N, 2] are
+        the raw training labels."""
         o = self.cfg.objective
+        if term.loss == "classify":
+            return self._classification_loss().to(self.accelerator.device)
         if term.loss == "mcl":
             return MomentumContrastiveLoss(
                 temperature=o.mcl.temperature, label_temperature=o.mcl.label_temperature,
@@ -140,6 +150,19 @@ class CarlTrainer:
             mask_token_id=self.tokenizer.mask_token_id,
             vocab_size=self.model.backbone.get_input_embeddings().weight.shape[0],
         ).to(self.accelerator.device)
+
+    def _classification_loss(self) -> torch.nn.Module:
+        """CE (single-label) or BCE (multi-label, by the data), with ``objective.class_weights``."""
+        data = self.train_data
+        balanced = self.cfg.objective.class_weights == "balanced"
+        try:
+            if data.multi_label:
+                return MultiLabelClassificationLoss(positive_weights=positive_class_weights(data.targets)
+                                                    if balanced else None)
+            return SingleLabelClassificationLoss(class_weights=balanced_class_weights(data.targets, len(data.classes))
+                                                 if balanced else None)
+        except ValueError as err:  # a class without (positive) training examples
+            raise ConfigError(f"objective.class_weights = balanced: {err}") from None
 
     def _check_queue_size(self, n_train: int) -> None:
         """Refuse a queue that could hold a sentence's own key from its previous visit."""
@@ -225,6 +248,9 @@ class CarlTrainer:
 
     def _mse_term(self, batch, out, labels) -> ObjectiveOutput:
         return self.losses["mse"](out.va, labels)
+
+    def _classify_term(self, batch, out, labels) -> ObjectiveOutput:
+        return self.losses["classify"](out.class_logits, batch["targets"])
 
     def _simcse_term(self, batch, out, labels) -> ObjectiveOutput:
         first, second = out.embedding.chunk(2)  # [B, H] each: the two dropout views
@@ -419,12 +445,17 @@ class CarlTrainer:
         if acc.is_main_process:
             core = acc.unwrap_model(self.model)
             trained = tuple(head for name in self.terms for head in TERM_HEADS[name])
+            classifier = {}
+            if "classify" in self.terms:
+                classifier, note = classifier_metadata(core, self.tokenizer, self.train_data, self.dev_data,
+                                                       max_length=self.cfg.data.max_length)
+                print(note, flush=True)
             export_model(core, self.tokenizer, path, max_length=self.cfg.data.max_length, heads=trained,
                          metadata={"objective": self.cfg.objective.name,
                                    "base_encoder": self.cfg.model.encoder,
                                    "base_encoder_path": resolve_encoder(self.cfg.model.encoder),
                                    "scale": [self.train_data.scale.low, self.train_data.scale.high],
                                    "data": describe_data(self.cfg.data),
-                                   "config": self.cfg.to_dict(), "steps": self.step})
+                                   "config": self.cfg.to_dict(), "steps": self.step, **classifier})
         acc.wait_for_everyone()
         return path
