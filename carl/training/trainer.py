@@ -94,7 +94,8 @@ class CarlTrainer:
     # ----------------------------------------------------------------- set-up
     def _build(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        self.train_data, self.dev_data = load_training_data(cfg.data, verbose=acc.is_main_process)
+        va = bool({"mcl", "mse"} & set(self.terms))  # the terms that read VA labels
+        self.train_data, self.dev_data = load_training_data(cfg.data, verbose=acc.is_main_process, va=va)
         self._check_queue_size(len(self.train_data))
         backbone, self.tokenizer = load_backbone(cfg.model.encoder)
         classify = "classify" in self.terms
@@ -109,7 +110,8 @@ class CarlTrainer:
             # (the other terms train in that eval mode, as they always have)
             backbone.train()
         labels = torch.as_tensor(self.train_data.labels, dtype=torch.float32)
-        self.model.set_label_statistics(labels)
+        if va:  # else the labels may be NaN (classes alone), and the statistics stay 0 and 1
+            self.model.set_label_statistics(labels)
         self.losses = {name: self._build_loss(term, labels) for name, term in self.terms.items()}
 
         dataset = TokenizedDataset(self.train_data.texts, self.train_data.labels, self.tokenizer,
