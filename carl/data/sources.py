@@ -28,9 +28,10 @@ def load_training_data(cfg: DataConfig, verbose: bool = True,
                        va: bool = True) -> tuple[AffectDataset, AffectDataset | None]:
     """Training set (bundled EmoBank train when ``cfg.path`` is empty) and dev set or None.
 
-    The dev file is read against the training file's label set. ``va=False`` (an objective that
-    trains on the classes alone): labelled rows without VA columns get NaN VA, not the mapping's. Without a dev file and with
+    The dev file is read against the training file's label set. Without a dev file and with
     ``cfg.dev_fraction > 0``, dev is a stratified held-out share of train (after ``cfg.limit``).
+    ``va=False`` (an objective that trains on the classes alone): labelled rows without VA
+    columns get NaN VA, not the mapping's.
     """
     cfg.check()
     if cfg.path:
