@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(explain)
     explain.set_defaults(batch_size=16, chunk_size=256)
     explain.add_argument("--target", metavar="CLASS",
-                         help="attribute the calibrated probability of this emotion class (a model with a "
-                              "classification head) instead of valence and arousal")
+                         help="attribute the log-odds of this emotion class's calibrated probability (a model "
+                              "with a classification head) instead of valence and arousal")
     explain.add_argument("--output", "-o", default=None,
                          help=".jsonl (one object per text) or .csv (one row per word); '-' = JSONL on "
                               "stdout (the default unless --html is given)")

@@ -6,9 +6,15 @@ a word's attribution is the sum over its sub-word tokens (``word_ids()`` of the 
 The same for arousal. Positive: the word raises the prediction; the magnitude is in scale units
 (a first-order estimate). Special tokens ([CLS], [SEP]) are left out.
 
-For one emotion class c of a classifier (``explain --target c``) the output is the class's
-calibrated probability, softmax(z / T)_c (single-label) or sigmoid(z_c / T) (multi-label): the
-attribution is then in probability units.
+For one emotion class c of a classifier (``explain --target c``) the output is the log-odds of
+the class's calibrated probability p_c, log(p_c / (1 - p_c)):
+
+    single-label:  z_c / T - logsumexp_{k != c} z_k / T      (p = softmax(z / T))
+    multi-label:   z_c / T                                    (p_c = sigmoid(z_c / T))
+
+Log-odds, not p_c itself: p_c's gradient vanishes where p_c saturates near 0 or 1, which is where
+a confident classifier puts most texts, while the log-odds keep the words' contributions; they
+rise and fall with p_c. The calibrated probability is reported beside the scores.
 
 >>> enc = AffectEncoder.load("runs/x")            # doctest: +SKIP
 >>> e = enc.explain("I was furious this morning")  # doctest: +SKIP
@@ -85,13 +91,13 @@ def _word_table(word_ids: list[int | None], offsets: list[tuple[int, int]]
 
 @dataclass
 class ClassExplanation:
-    """Word-level attributions of one class's calibrated probability for one text."""
+    """Word-level attributions of one class's calibrated log-odds for one text."""
 
     text: str
     words: list[str]
     spans: list[tuple[int, int]]  # character [start, end) of each word in ``text``
     target: str  # the explained class
-    scores: list[float]  # gradient x input of the class's calibrated probability, per word
+    scores: list[float]  # gradient x input of the class's calibrated log-odds, per word
     probability: float  # the class's calibrated probability
     truncated: bool = False
 
@@ -160,21 +166,24 @@ def check_target(encoder: AffectEncoder, target: str) -> None:
 
 def explain_class(encoder: AffectEncoder, texts: Sequence[str], target: str, *,
                   batch_size: int = 16) -> list[ClassExplanation]:
-    """:class:`ClassExplanation` of class ``target``'s calibrated probability for each text; raises
-    without a classifier or for a class it does not know."""
+    """:class:`ClassExplanation` of class ``target``'s calibrated log-odds for each text (and its
+    calibrated probability); raises without a classifier or for a class it does not know."""
     check_target(encoder, target)
     classifier = encoder.classifier
     c, t = classifier.classes.index(target), classifier.temperature
     texts = as_texts(texts)
     results: list[ClassExplanation | None] = [None] * len(texts)
 
-    def probability(out) -> torch.Tensor:  # [B, 1] calibrated probability of the class
-        z = out.class_logits.float() / t
-        return torch.sigmoid(z[:, c:c + 1]) if classifier.multi_label else z.softmax(-1)[:, c:c + 1]
+    def log_odds(out) -> torch.Tensor:  # [B, 1] log(p_c / (1 - p_c)) of the calibrated probability
+        z = out.class_logits.float() / t  # [B, C]
+        if classifier.multi_label:
+            return z[:, c:c + 1]
+        others = torch.cat([z[:, :c], z[:, c + 1:]], dim=1)
+        return z[:, c:c + 1] - others.logsumexp(dim=1, keepdim=True)
 
     for i, spans, scores, predicted, truncated in _word_attributions(encoder, texts, ("class_logits",),
-                                                                    probability, batch_size):
+                                                                    log_odds, batch_size):
         results[i] = ClassExplanation(text=texts[i], words=[texts[i][s:e] for s, e in spans], spans=spans,
-                                      target=target, scores=scores[:, 0].tolist(), probability=float(predicted[0]),
-                                      truncated=truncated)
+                                      target=target, scores=scores[:, 0].tolist(),
+                                      probability=float(1 / (1 + np.exp(-predicted[0]))), truncated=truncated)
     return results  # type: ignore[return-value]

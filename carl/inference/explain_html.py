@@ -1,7 +1,7 @@
 """A small self-contained HTML page that highlights words by their valence/arousal attribution.
 
 Each text gets two lines: valence (green raises it, red lowers it) and arousal (orange raises it,
-blue lowers it); for ``explain --target CLASS`` one line: the class's calibrated probability (teal
+blue lowers it); for ``explain --target CLASS`` one line: the class's calibrated log-odds (teal
 raises it, magenta lowers it). Colour opacity is |attribution| divided by the largest |attribution| of that text
 and dimension; hovering a word shows its exact score. No scripts, no external resources.
 """
@@ -55,7 +55,8 @@ def _item(i: int, e: Explanation | ClassExplanation) -> str:
     note = " (truncated: later words not explained)" if e.truncated else ""
     if isinstance(e, ClassExplanation):
         return (f'<div class="item" id="t{i}">{_row(e, "class")}<div class="pred">calibrated probability of '
-                f'{html.escape(e.target)} {e.probability:.3f}{note}</div></div>')
+                f'{html.escape(e.target)} {e.probability:.3f} (words coloured by their share of its log-odds)'
+                f'{note}</div></div>')
     low, high = e.scale
     return (f'<div class="item" id="t{i}">{_row(e, "valence")}{_row(e, "arousal")}'
             f'<div class="pred">predicted valence {e.valence:.3f}, arousal {e.arousal:.3f} '

@@ -153,7 +153,7 @@ def explain_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
                    show_progress: bool = True, target: str | None = None) -> int:
     """Explanations to JSONL (one object per text), CSV (one row per word) and/or an HTML page.
 
-    ``target``: attributions of that class's calibrated probability instead of valence and
+    ``target``: attributions of that class's calibrated log-odds instead of valence and
     arousal (CSV column ``attribution``). The HTML page shows the first ``html_limit`` texts (a
     page for millions of texts is no use).
     """
