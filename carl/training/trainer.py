@@ -7,6 +7,9 @@ resolved weight; it never decodes the objective's name. One optimizer step (obje
   2. perturbed pass: the most salient words are replaced (hotflip by default) and the token
      head learns to detect them (BCE); backward;
   3. clip, AdamW step, LR schedule, EMA update of the key encoder, enqueue the gathered keys.
+A classification term (``classify``) adds CE/BCE on the clean pass, so PTD's saliency comes from
+the total clean loss; before export the classifier's temperature (and multi-label thresholds) are
+fitted on dev (``carl/training/calibrate.py``).
 """
 
 from __future__ import annotations
