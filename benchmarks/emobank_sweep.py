@@ -33,6 +33,7 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from carl.evaluation.benchmark import read_metrics
 from carl.training.run_info import environment_info
 
 
@@ -74,7 +75,7 @@ def run_one(name: str, config: str, sets: list[str], args, out: Path) -> dict:
             row["error"] = f"{step}: {done.stderr[-1500:]}"
             return row
     row["metrics"] = json.loads((run / "probe.json").read_text())["metrics"]
-    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = read_metrics(run)
     row["steps"] = len(steps)
     row["median_step_s"] = statistics.median(s["step_time"] for s in steps)
     if not args.keep_models:

@@ -28,6 +28,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from carl.config import load_config
+from carl.evaluation.benchmark import read_metrics
 from carl.training.run_info import environment_info
 from carl.training.trainer import CarlTrainer
 from train_speed import timing_overrides
@@ -67,7 +68,7 @@ def profile_cell(cell: str, args) -> dict:
 
             model.momentum_update = update_and_step
             trainer.train()
-        metrics = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        metrics = read_metrics(Path(run_dir))
         trainer.close()
         AcceleratorState._reset_state(reset_partial_state=True)  # the next cell may use another precision
     events = prof.key_averages()

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from carl.config import load_config
+from carl.evaluation.benchmark import read_metrics
 from carl.training.run_info import environment_info
 from carl.training.trainer import CarlTrainer
 from train_speed import timing_overrides
@@ -71,7 +72,7 @@ def _profile_in(objective: str, args, run_dir: Path) -> dict:
 
     model.momentum_update = update_and_count
     trainer.train()
-    metrics = [json.loads(l) for l in (trainer.out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    metrics = read_metrics(trainer.out)
     step_ms = 1000 * sum(m["step_time"] for m in metrics[args.warmup:]) / args.steps
     phases = {k: 1000 * v / args.steps for k, v in sorted(timer.totals.items(), key=lambda kv: -kv[1])}
     phases["rest of the step"] = step_ms - sum(phases.values())

@@ -28,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from carl.evaluation.benchmark import read_metrics
 from carl.training.run_info import environment_info
 
 
@@ -61,7 +62,7 @@ def run_cell(variant: str, processes: int, args, workdir: Path) -> dict:
     done = subprocess.run(launcher + cli, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{variant} x {processes}: {done.stderr[-2000:]}")
-    steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    steps = read_metrics(out)
     times = [s["step_time"] for s in steps[args.warmup:]]
     step = statistics.median(times)
     return {"objective": variant, "processes": processes, "threads_per_process": threads,

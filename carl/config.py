@@ -194,6 +194,13 @@ class TrainConfig:
     checkpoint_every: int = 100  # 0: only at the end
     keep_checkpoints: int = 2  # >= 1: the newest checkpoints kept in <run>/checkpoints
     num_threads: int = 0  # 0: torch's default
+    # model selection on dev (see carl.training.selection): evaluate every eval_every steps (0: at the end
+    # of each epoch; always at the last step), export the step best on select_metric ("": no dev
+    # evaluation, the last step is exported); stop after early_stopping_patience evaluations without
+    # improvement (0: never)
+    eval_every: int = 0
+    select_metric: str = "va_pearson_mean"
+    early_stopping_patience: int = 0
     # resuming when the training data or encoder changed, or a process's RNG state is missing:
     # error (refuse) or warn (resume anyway; the run no longer reproduces an uninterrupted one)
     resume_mismatch: str = "error"
@@ -247,11 +254,18 @@ class CarlConfig:
                 raise ConfigError(f"{key} = {value!r} must be a non-negative finite number")
         for key, low, high in (("train.warmup_ratio", 0, 1), ("train.keep_checkpoints", 1, None),
                                ("train.checkpoint_every", 0, None), ("train.num_threads", 0, None),
+                               ("train.eval_every", 0, None), ("train.early_stopping_patience", 0, None),
                                ("train.seed", 0, 2**32 - 1)):
             value = _get(self, key)
             if value < low or (high is not None and value > high):
                 bound = f"lie in [{low}, {high}]" if high is not None else f"be at least {low}"
                 raise ConfigError(f"{key} = {value!r} must {bound}")
+        if self.train.select_metric:
+            from carl.training.selection import DEV_METRICS  # torch and scipy: only when selecting
+
+            if self.train.select_metric not in DEV_METRICS:
+                raise ConfigError(f"train.select_metric = {self.train.select_metric!r}: choose one of "
+                                  f"{', '.join(DEV_METRICS)}, or \"\" for no dev evaluation")
         return self
 
     def to_dict(self) -> dict[str, Any]:

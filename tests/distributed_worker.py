@@ -2,7 +2,8 @@
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT_JSON RUN_DIR KEY=VALUE...
 Rank 0 writes whether the queues, queue labels and momentum encoders are identical on all ranks,
-and which sentences each rank's loader yields in one epoch.
+which sentences each rank's loader yields in one epoch, and each rank's last step and model selection
+state.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def main() -> None:
     report["epoch_batches_per_rank"] = [len(b) for b in per_rank]
     report["epoch_indices"] = sorted(i for rank in per_rank for batch in rank for i in batch)
     report["train_size"] = len(trainer.train_data)
+    for name, value in (("step", trainer.step), ("selection", trainer.selection and trainer.selection.to_dict())):
+        per_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, value)
+        report[f"{name}_per_rank"] = per_rank
     for name, tensor in local.items():
         gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, tensor)

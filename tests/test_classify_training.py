@@ -26,8 +26,10 @@ from carl.testing import synthetic_emotion_corpus, write_emotion_csv
 from carl.training.trainer import CarlTrainer
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def metrics(run: Path, dev: bool = False) -> list[dict]:
+    """The step lines of a run's metrics.jsonl, or its dev-evaluation lines."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if ("dev" in r) == dev]
 
 
 def carl_json(model: Path) -> dict:
@@ -47,6 +49,11 @@ def test_single_label_head_learns_separable_classes(emotion_model, emotion_csv):
     assert info["classes"] == ["anger", "joy", "relief", "sadness"] and info["multi_label"] is False
     assert info["calibration"]["fitted_on"] == "dev" and info["calibration"]["dev_rows"] == 200
     assert info["metrics"]["dev_macro_f1"] >= 0.95 and info["thresholds"] is None
+    # a classifier's run selects on the classes' dev macro-F1 by default
+    assert info["selection"]["metric"] == "class_macro_f1"
+    dev = metrics(emotion_model.parent, dev=True)
+    assert dev and all("class_macro_f1" in r["dev"] and "va_pearson_mean" in r["dev"] for r in dev)
+    assert info["selection"]["dev"]["class_macro_f1"] == max(r["dev"]["class_macro_f1"] for r in dev)
     # VA from the GoEmotions mapping of each class: joy texts get a higher valence than anger texts
     valence, _ = encoder.predict(["the thrilled day", "the furious day"])
     assert valence[0] > valence[1]

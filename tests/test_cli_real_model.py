@@ -44,8 +44,12 @@ def real_run(tmp_path_factory, run_cli) -> Path:
 
 
 def test_train_writes_run_folder(real_run):
-    records = [json.loads(line) for line in (real_run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (real_run / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in lines if "dev" not in r]
     assert [r["step"] for r in records] == [1, 2, 3]
+    # EmoBank's official dev split is scored at the last step
+    assert [(r["step"], sorted(r["dev"])) for r in lines if "dev" in r] == [
+        (3, ["va_pearson_arousal", "va_pearson_mean", "va_pearson_valence"])]
     assert all(math.isfinite(r[k]) for r in records for k in ("loss", "mcl", "mse", "ptd"))
     info = json.loads((real_run / "model" / "carl" / "carl.json").read_text())
     assert info["objective"] == "carl" and info["scale"] == [1.0, 5.0] and info["steps"] == 3

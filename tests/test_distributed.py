@@ -74,6 +74,24 @@ def test_two_processes_share_one_queue_and_key_encoder(tiny_encoder, synthetic_c
     assert report["epoch_batches_per_rank"] == [13, 13]
 
 
+def test_two_processes_stop_early_at_the_same_step(tiny_encoder, synthetic_csv, tmp_path):
+    """Rank 0 scores dev; every rank takes the same selection decisions and stops at the same step."""
+    out, run = tmp_path / "ranks.json", tmp_path / "run"
+    overrides = [*_overrides(tiny_encoder, synthetic_csv), f"data.dev_path={synthetic_csv.heldout_path}",
+                 "train.learning_rate=1e-2", "train.head_learning_rate=1e-2",
+                 "train.max_steps=40", "train.eval_every=2", "train.early_stopping_patience=1"]
+    done = subprocess.run(_torchrun(str(WORKER), str(out), str(run), *overrides), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    steps, selections = report["step_per_rank"], report["selection_per_rank"]
+    assert steps[0] == steps[1] < 40 and selections[0] == selections[1]
+    assert selections[0]["evaluations_since_best"] == 1 and selections[0]["best_step"] == steps[0] - 2
+    dev = [r for r in _trace(run) if "dev" in r]
+    assert [r["step"] for r in dev] == list(range(2, steps[0] + 1, 2))
+    assert json.loads((run / "model" / "carl" / "carl.json").read_text())["selection"]["stopped_early"]
+
+
 def test_two_processes_with_split_batches_match_one_process(no_dropout_encoder, synthetic_csv, tmp_path):
     """2 ranks x 8 sentences (split batch of 16) follow the 1-process batch-16 loss trace.
 

@@ -232,10 +232,12 @@ def load_cached(path: Path, spec: dict) -> dict | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The per-step lines of a run's metrics.jsonl (its dev evaluations, lines with ``dev``, left out)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [record for record in lines if "dev" not in record]
 
 
 def loss_curves(records: list[dict], points: int = 200) -> dict[str, list[list[float]]]:

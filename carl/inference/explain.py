@@ -185,5 +185,6 @@ def explain_class(encoder: AffectEncoder, texts: Sequence[str], target: str, *,
                                                                     log_odds, batch_size):
         results[i] = ClassExplanation(text=texts[i], words=[texts[i][s:e] for s, e in spans], spans=spans,
                                       target=target, scores=scores[:, 0].tolist(),
-                                      probability=float(1 / (1 + np.exp(-predicted[0]))), truncated=truncated)
+                                      probability=float(np.exp(-np.logaddexp(0.0, -predicted[0]))),  # sigmoid
+                                      truncated=truncated)
     return results  # type: ignore[return-value]

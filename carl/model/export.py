@@ -124,6 +124,14 @@ def model_card(info: dict) -> str:
     metrics = info.get("metrics") or {}
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float)))
     data = info.get("data", {})
+    selection = info.get("selection")
+    selected = ""
+    if selection and selection["best_step"] is None:
+        selected = f"- Model selection: dev `{selection['metric']}` was never finite; the last step is exported\n"
+    elif selection:
+        selected = (f"- Model selection: step {selection['best_step']} of {selection['steps_trained']}, the best dev "
+                    f"`{selection['metric']}` ({selection['dev'][selection['metric']]:.4f})"
+                    + (", early stopping" if selection["stopped_early"] else "") + "\n")
     return f"""---
 library_name: sentence-transformers
 tags: [carl, affect, valence-arousal, sentence-embeddings]
@@ -137,8 +145,7 @@ arXiv 2502.20613) from `{info.get('base_encoder', '?')}`.
 - Training data: {data.get('description', '?')}
 - Data licence: {data.get('licence', 'see the data source')}
 - Label scale of `predict`: {info.get('scale')}{_classifier_card(info)}
-
-Load with `carl.AffectEncoder.load(path)` or `sentence_transformers.SentenceTransformer(path)`.
+{selected}Load with `carl.AffectEncoder.load(path)` or `sentence_transformers.SentenceTransformer(path)`.
 
 | metric | value |
 |---|---|

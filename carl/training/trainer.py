@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from carl.atomic import write_text_atomic
-from carl.config import CarlConfig, ConfigError, Term, flatten, load_config
+from carl.config import CarlConfig, ConfigError, Term, TrainConfig, flatten, load_config
 from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
 from carl.data.sources import describe_data, load_training_data
 from carl.model.carl_model import CarlModel
@@ -50,9 +50,11 @@ from carl.objectives.classification import balanced_class_weights, positive_clas
 from carl.objectives.perturbed_token_detection import sample_sentences
 from carl.training.calibrate import classifier_metadata
 from carl.training.checkpoint import TrainingState, latest_checkpoint, resume_checkpoint, save_checkpoint
-from carl.training.errors import TrainingDiverged
+from carl.training.errors import CheckpointError, TrainingDiverged
 from carl.training.fingerprint import fingerprint_changes, run_fingerprint
 from carl.training.run_info import environment_info
+from carl.training.selection import (DEV_BATCH_SIZE, DEV_METRICS, Selection, dev_metrics, load_best, predict_dev,
+                                     prune_best, save_best, verify_best)
 
 # the query-encoder heads each term trains; every term but ``ptd`` reads the clean query pass
 TERM_HEADS: dict[str, tuple[str, ...]] = {"mcl": ("query",), "mse": ("va",), "simcse": (), "ptd": ("token_logits",),
@@ -134,6 +136,48 @@ class CarlTrainer:
         self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps)
+        self._build_selection()
+
+    def _trained_heads(self) -> tuple[str, ...]:
+        """The query-encoder heads this run's terms train (the ones exported)."""
+        return tuple(head for name in self.terms for head in TERM_HEADS[name])
+
+    def _build_selection(self) -> None:
+        """Dev batches (longest first) and targets for model selection; ``self.selection`` is None without."""
+        cfg, acc = self.cfg, self.accelerator
+        self.selection: Selection | None = None
+        if not cfg.train.select_metric:
+            return
+        if self.dev_data is None:
+            acc.print("dev: no dev data (data.dev_path empty, data.dev_fraction 0): no model selection, the last "
+                      "step is exported; give data.dev_path or data.dev_fraction > 0 to select on dev")
+            return
+        trained = set(self._trained_heads())
+        default = cfg.train.select_metric == TrainConfig.select_metric
+        # by default a run that trains a classifier selects on its classes
+        metric = DEV_METRICS["class_macro_f1" if default and "class_logits" in trained else cfg.train.select_metric]
+        if metric.head not in trained and default:
+            acc.print(f"dev: objective {cfg.objective.name!r} trains no {metric.head} head, which the default "
+                      f"train.select_metric scores: no model selection, the last step is exported")
+            return
+        if metric.head not in trained:
+            raise ConfigError(f"train.select_metric = {metric.name!r} scores the {metric.head} head, which this run "
+                              f"does not train (objective {cfg.objective.name!r}, objective.mse_weight = "
+                              f"{cfg.objective.mse_weight}); set train.select_metric = \"\" to export the last step")
+        # only the heads that dev metrics score (token logits [B, T] differ in T between batches)
+        self.dev_heads = tuple(sorted(trained & {m.head for m in DEV_METRICS.values()}))
+        dev = TokenizedDataset(self.dev_data.texts, self.dev_data.labels, self.tokenizer, cfg.data.max_length)
+        order = sorted(range(len(dev)), key=lambda i: -len(dev.input_ids[i]))
+        collate = PaddingCollator(self.tokenizer.pad_token_id)
+        self.dev_batches = [collate([dev[i] for i in order[start:start + DEV_BATCH_SIZE]])
+                            for start in range(0, len(order), DEV_BATCH_SIZE)]
+        self.dev_targets = {"va": self.dev_data.labels[order]}
+        if self.dev_data.targets is not None:
+            self.dev_targets["class_logits"] = self.dev_data.targets[order]
+        self.selection = Selection(metric.name)
+        acc.print(f"dev: {len(dev)} sentences; selecting the step with the best {metric.name}, evaluated "
+                  + (f"every {cfg.train.eval_every} steps" if cfg.train.eval_every else "at the end of each epoch")
+                  + " and at the last step")
 
     def _build_loss(self, term: Term, labels: torch.Tensor) -> torch.nn.Module:
         """The loss module of one term (mcl, mse, simcse, classify, else ptd); ``labels`` [N, 2] are
@@ -291,12 +335,13 @@ class CarlTrainer:
         self._start_run_folder(resumed=resumed)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.objective.name}",
                    unit="step", disable=not (self.show_progress and acc.is_local_main_process), dynamic_ncols=True)
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self._stopped():
             self.train_one_epoch(bar)
         bar.close()
         last = latest_checkpoint(self.out)
         if last is None or last.name != f"step-{self.step}":
             self._save()
+        self._restore_best()
         return self._export()
 
     def train_one_epoch(self, bar: tqdm) -> None:
@@ -324,11 +369,14 @@ class CarlTrainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             started, pending = time.perf_counter(), []
+            if self.selection is not None and self._evaluation_due():
+                started_dev = time.perf_counter()
+                self._select(self._evaluate_dev(), time.perf_counter() - started_dev)
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self._save()
             for callback in self.on_step_end:
                 callback(self)
-            if self.step >= self.total_steps:
+            if self.step >= self.total_steps or self._stopped():
                 return
         self.epoch += 1
         self.batch_in_epoch = 0
@@ -338,6 +386,83 @@ class CarlTrainer:
         if pending is not None:
             self.accelerator.unwrap_model(self.model).queue.enqueue(*pending)
             self._pending_enqueue = None
+
+    # -------------------------------------------------------- model selection
+    def _evaluation_due(self) -> bool:
+        """Evaluate at the last step, every ``train.eval_every`` steps, or (0) at each epoch's last step."""
+        every = self.cfg.train.eval_every
+        if self.step >= self.total_steps:
+            return True
+        if every:
+            return self.step % every == 0
+        # no further optimizer step fits in this epoch's remaining micro-batches
+        return len(self.loader) - self.batch_in_epoch < self.cfg.train.gradient_accumulation_steps
+
+    def _evaluate_dev(self) -> dict[str, float]:
+        """Every dev metric of the trained heads; computed on rank 0, the same values on every rank."""
+        acc = self.accelerator
+        values = torch.zeros(len(DEV_METRICS), dtype=torch.float64, device=acc.device)
+        if acc.is_main_process:
+            core = acc.unwrap_model(self.model)
+            predictions = predict_dev(core, self.dev_batches, self.dev_heads, acc.device, acc.autocast)
+            computed = dev_metrics(predictions, self.dev_targets)
+            values[: len(computed)] = torch.tensor(list(computed.values()), dtype=torch.float64)
+        names = [name for name, m in DEV_METRICS.items() if m.head in self.dev_heads]
+        values = broadcast(values, from_process=0).tolist()  # every rank then takes the same decision
+        return dict(zip(names, values))
+
+    def _select(self, values: dict[str, float], dev_time: float) -> None:
+        """Update the best-so-far state; keep the weights of a new best; log a ``dev`` line."""
+        acc, sel = self.accelerator, self.selection
+        improved = sel.update(self.step, values)
+        if acc.is_main_process:
+            if improved:
+                save_best(self.out, acc.unwrap_model(self.model), self.step)
+                prune_best(self.out, sel.best_step)
+            record = {"step": self.step, "epoch": self.epoch, "dev": values, "improved": improved,
+                      "best_step": sel.best_step, "best": sel.best_value, "dev_time": dev_time}
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        acc.wait_for_everyone()
+        if self._stopped():
+            acc.print(f"early stopping at step {self.step}: {sel.evaluations_since_best} evaluations without a better "
+                      f"{sel.metric} than {sel.best_value} (step {sel.best_step})")
+
+    def _stopped(self) -> bool:
+        return self.selection is not None and self.selection.exhausted(self.cfg.train.early_stopping_patience)
+
+    def _restore_selection(self, state: dict, checkpoint: Path) -> None:
+        """Take the checkpoint's best-so-far state; check that the best weights it names are intact."""
+        saved = state.get("selection")
+        if saved is None:
+            return
+        try:
+            self.selection = Selection.from_dict(saved, self.cfg.train.select_metric)
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{checkpoint / 'trainer_state.json'}: bad selection state: {err}") from err
+        if self.selection.best_step is not None:
+            verify_best(self.out, self.selection.best_step)
+
+    def _restore_best(self) -> None:
+        """Load the best dev step's weights into the model (before export)."""
+        sel = self.selection
+        if sel is None:
+            return
+        if sel.best_step is None:
+            self.accelerator.print(f"dev: {sel.metric} was never finite; exporting the last step")
+            return
+        load_best(self.out, self.accelerator.unwrap_model(self.model), sel.best_step)
+        self.accelerator.print(f"dev: exporting step {sel.best_step} of {self.step}, best {sel.metric} = "
+                               f"{sel.best_value:.4f}")
+
+    def _selection_card(self) -> dict:
+        """What the model card records about the selection (empty without one)."""
+        sel = self.selection
+        if sel is None:
+            return {}
+        return {"selection": {"metric": sel.metric, "best_step": sel.best_step, "dev": sel.best_dev,
+                              "eval_every": self.cfg.train.eval_every, "steps_trained": self.step,
+                              "stopped_early": self._stopped()}}
 
     # ------------------------------------------------------------ bookkeeping
     def _log(self, micro_logs: list[dict], grad_norm, started: float) -> float:
@@ -404,6 +529,8 @@ class CarlTrainer:
             print(f"carl: warning: resuming from {resumed.path} although {problem}", file=sys.stderr, flush=True)
         state = resumed.state
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if self.selection is not None:
+            self._restore_selection(state, resumed.path)
         acc.step = state["accelerator_step"]
         acc.print(f"resuming from {resumed.path} (step {self.step}/{self.total_steps})")
         acc.wait_for_everyone()
@@ -413,7 +540,11 @@ class CarlTrainer:
         state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                  "accelerator_step": self.accelerator.step, "num_processes": self.accelerator.num_processes,
                  "fingerprint": self.fingerprint}
+        if self.selection is not None:
+            state["selection"] = self.selection.to_dict()
         save_checkpoint(self.accelerator, self.out, self._training_state(), state, self.cfg.train.keep_checkpoints)
+        if self.selection is not None and self.accelerator.is_main_process:
+            prune_best(self.out, self.selection.best_step)
 
     def _check_resume_config(self) -> None:
         """Refuse to resume a run folder under settings other than those it was started with."""
@@ -449,18 +580,18 @@ class CarlTrainer:
         path = self.out / "model"
         if acc.is_main_process:
             core = acc.unwrap_model(self.model)
-            trained = tuple(head for name in self.terms for head in TERM_HEADS[name])
             classifier = {}
             if "classify" in self.terms:
                 classifier, note = classifier_metadata(core, self.tokenizer, self.train_data, self.dev_data,
                                                        max_length=self.cfg.data.max_length)
                 print(note, flush=True)
-            export_model(core, self.tokenizer, path, max_length=self.cfg.data.max_length, heads=trained,
+            export_model(core, self.tokenizer, path, max_length=self.cfg.data.max_length, heads=self._trained_heads(),
                          metadata={"objective": self.cfg.objective.name,
                                    "base_encoder": self.cfg.model.encoder,
                                    "base_encoder_path": resolve_encoder(self.cfg.model.encoder),
                                    "scale": [self.train_data.scale.low, self.train_data.scale.high],
                                    "data": describe_data(self.cfg.data),
-                                   "config": self.cfg.to_dict(), "steps": self.step, **classifier})
+                                   "config": self.cfg.to_dict(), "steps": self.step, **classifier,
+                                   **self._selection_card()})
         acc.wait_for_everyone()
         return path
