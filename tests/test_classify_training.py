@@ -268,3 +268,27 @@ def test_a_saved_classifier_loads_back_the_same(emotion_model, emotion_csv, tmp_
     a, b = encoder.classify(emotion_csv.test_texts[:20]), again.classify(emotion_csv.test_texts[:20])
     assert a.labels == b.labels and np.allclose(a.probabilities, b.probabilities, atol=1e-6)
     assert again.classifier == encoder.classifier
+
+
+def test_a_killed_classifier_run_resumes_to_the_same_model(tiny_encoder, emotion_csv, tmp_path, run_cli):
+    """SIGKILL after step 5 of carl-classify, resume: the loss trace, the class probabilities and the
+    calibration equal an uninterrupted run's (the class targets are batched like the VA labels)."""
+    sets = [arg for o in emotion_overrides(tiny_encoder, emotion_csv, "objective.name=carl-classify",
+                                           "train.max_steps=8", "train.checkpoint_every=3", "train.batch_size=8",
+                                           "objective.mcl.queue_size=32")
+            for arg in ("--set", o)]
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    killed = run_cli("train", "--output", resumed, "--no-progress", *sets, kill_at_step=5)
+    assert killed.returncode != 0 and not (resumed / "model").exists()
+    for out in (resumed, straight):
+        done = run_cli("train", "--output", out, "--no-progress", *sets)
+        assert done.returncode == 0, done.stderr[-3000:]
+    got, want = metrics(resumed), metrics(straight)
+    assert [r["step"] for r in got] == list(range(1, 9))
+    for a, b in zip(got, want):
+        for key in ("loss", "classify", "mcl", "ptd", "ce_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), (a["step"], key)
+    texts = emotion_csv.test_texts[:20]
+    a, b = AffectEncoder.load(str(resumed)).classify(texts), AffectEncoder.load(str(straight)).classify(texts)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=0, atol=1e-6)
+    assert carl_json(resumed / "model")["temperature"] == pytest.approx(carl_json(straight / "model")["temperature"])

@@ -434,10 +434,10 @@ class CarlTrainer:
     def _restore_selection(self, state: dict, checkpoint: Path) -> None:
         """Take the checkpoint's best-so-far state; check that the best weights it names are intact."""
         saved = state.get("selection")
-        if saved is None:
+        if saved is None or self.selection is None:  # None: this run has no dev data to select on
             return
         try:
-            self.selection = Selection.from_dict(saved, self.cfg.train.select_metric)
+            self.selection = Selection.from_dict(saved, self.selection.metric)
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{checkpoint / 'trainer_state.json'}: bad selection state: {err}") from err
         if self.selection.best_step is not None:
