@@ -72,26 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
                        help=".npy array, .jsonl or .csv rows; '-' = JSONL on stdout")
     embed.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
 
-    predict = sub.add_parser("predict", help="valence and arousal on the training data's scale")
+    predict = sub.add_parser("predict", help="valence and arousal on the training data's scale, emotion classes "
+                                             "with calibrated probabilities")
     _add_model_arg(predict)
     _add_input_args(predict)
-    predict.add_argument("--output", "-o", default="-", help=".jsonl, .csv or .npy [N, 2]; '-' = JSONL on stdout")
+    predict.add_argument("--output", "-o", default="-",
+                         help=".jsonl, .csv or .npy (VA [N, 2], or with --classes or without a VA head the class "
+                              "probabilities [N, C]); '-' = JSONL on stdout")
+    predict.add_argument("--classes", action="store_true",
+                         help="the emotion classes (top label(s) and calibrated probabilities); an error for a "
+                              "model without a classification head. Written whenever the model has one")
 
-    explain = sub.add_parser("explain", help="per-word valence/arousal attributions (JSONL, CSV, HTML page)")
+    explain = sub.add_parser("explain", help="per-word valence/arousal (or one class's) attributions (JSONL, CSV, "
+                                             "HTML page)")
     _add_model_arg(explain)
     _add_input_args(explain)
     explain.set_defaults(batch_size=16, chunk_size=256)
+    explain.add_argument("--target", metavar="CLASS",
+                         help="attribute the log-odds of this emotion class's calibrated probability (a model "
+                              "with a classification head) instead of valence and arousal")
     explain.add_argument("--output", "-o", default=None,
                          help=".jsonl (one object per text) or .csv (one row per word); '-' = JSONL on "
                               "stdout (the default unless --html is given)")
     explain.add_argument("--html", help="write a page highlighting words by their contribution")
     explain.add_argument("--html-limit", type=int, default=200, help="texts shown on the HTML page (default 200)")
 
-    serve = sub.add_parser("serve", help="HTTP service: /embed, /predict, /explain, /health (FastAPI)")
+    serve = sub.add_parser("serve", help="HTTP service: /embed, /predict, /classify, /explain, /health (FastAPI)")
     _add_model_arg(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--max-texts", type=int, default=64, help="texts per /embed or /predict request (default 64)")
+    serve.add_argument("--max-texts", type=int, default=64,
+                       help="texts per /embed, /predict or /classify request (default 64)")
     serve.add_argument("--max-chars", type=int, default=2000, help="characters per text (default 2000)")
     serve.add_argument("--max-explain-texts", type=int, default=8, help="texts per /explain request (default 8)")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1000000)")
@@ -211,7 +222,7 @@ def _predict(args) -> int:
     source = open_source(args.input, args.column, args.errors)
     check_output(args.output, EMBED_OUTPUTS)
     predict_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
-                   chunk_size=args.chunk_size, show_progress=not args.no_progress)
+                   chunk_size=args.chunk_size, show_progress=not args.no_progress, classes=args.classes)
     return 0
 
 
@@ -223,7 +234,8 @@ def _explain(args) -> int:
     check_output(args.output, EXPLAIN_OUTPUTS)
     check_output(args.html, HTML_OUTPUTS)
     explain_stream(_load_encoder(args), source, args.output, html=args.html, html_limit=args.html_limit,
-                   batch_size=args.batch_size, chunk_size=args.chunk_size, show_progress=not args.no_progress)
+                   batch_size=args.batch_size, chunk_size=args.chunk_size, show_progress=not args.no_progress,
+                   target=args.target)
     return 0
 
 

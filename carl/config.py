@@ -21,6 +21,7 @@ POOLINGS = ("mean", "cls")
 SELECTIONS = ("saliency", "random")
 REPLACEMENTS = ("hotflip", "random", "mask")
 RESUME_MISMATCH = ("error", "warn")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 class ConfigError(ValueError):
@@ -31,7 +32,7 @@ class ConfigError(ValueError):
 class Term:
     """One component ``weight * L`` of an objective's total loss.
 
-    ``loss`` names the loss (``carl/objectives``: mcl, mse, ptd, simcse); ``weight_key`` is the
+    ``loss`` names the loss (``carl/objectives``: classify, mcl, mse, ptd, simcse); ``weight_key`` is the
     ``ObjectiveConfig`` key holding its weight (empty: the fixed ``weight``); ``targets`` says what
     the loss contrasts against (mcl: ``soft`` VA-distance targets or ``hard`` binned VA classes).
     ``ObjectiveConfig.terms`` fills in ``weight``.
@@ -50,6 +51,11 @@ OBJECTIVE_TERMS: dict[str, tuple[Term, ...]] = {
     "supcon-hard": (Term("mcl", "mcl_weight", "hard"), Term("mse", "mse_weight")),
     "mse": (Term("mse", "mse_weight"),),
     "simcse": (Term("simcse"),),
+    # emotion classes (CE or BCE by data.multi_label); VA regression only with objective.va_weight > 0
+    "classify": (Term("classify", "classify_weight"), Term("mse", "va_weight")),
+    "mcl-classify": (Term("classify", "classify_weight"), Term("mcl", "mcl_weight", "soft"), Term("mse", "va_weight")),
+    "carl-classify": (Term("classify", "classify_weight"), Term("mcl", "mcl_weight", "soft"),
+                      Term("ptd", "ptd_weight"), Term("mse", "va_weight")),
 }
 OBJECTIVES = tuple(OBJECTIVE_TERMS)
 
@@ -149,6 +155,9 @@ class ObjectiveConfig:
     mcl_weight: float = 1.0
     ptd_weight: float = 1.0
     mse_weight: float = 1.0
+    classify_weight: float = 1.0  # the classification term of classify, mcl-classify, carl-classify
+    va_weight: float = 0.0  # the classification objectives' VA regression term (0: no VA head)
+    class_weights: str = "none"  # none | balanced (CE: N / (C n_c); BCE: positives weigh (N - n_c) / n_c)
     mcl: MCLConfig = field(default_factory=MCLConfig)
     ptd: PTDConfig = field(default_factory=PTDConfig)
     simcse: SimCSEConfig = field(default_factory=SimCSEConfig)
@@ -216,6 +225,7 @@ class CarlConfig:
             ("objective.ptd.replacement", self.objective.ptd.replacement, REPLACEMENTS),
             ("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16")),
             ("train.resume_mismatch", self.train.resume_mismatch, RESUME_MISMATCH),
+            ("objective.class_weights", self.objective.class_weights, CLASS_WEIGHTS),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
@@ -232,8 +242,12 @@ class CarlConfig:
             value = _get(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{key} = {value!r} must be a positive finite number")
+        if "classify" in self.objective.terms() and not self.data.label_column:
+            raise ConfigError(f"objective.name = {self.objective.name!r} trains a classifier: set data.label_column "
+                              "(the column holding each text's emotion label)")
         for key in ("objective.mcl.queue_size", "objective.mcl_weight", "objective.ptd_weight",
-                    "objective.mse_weight", "train.max_steps", "train.weight_decay", "train.warmup_ratio",
+                    "objective.mse_weight", "objective.classify_weight", "objective.va_weight",
+                    "train.max_steps", "train.weight_decay", "train.warmup_ratio",
                     "train.head_learning_rate", "train.max_grad_norm", "data.limit", "model.projection_dim"):
             value = _get(self, key)
             if not (math.isfinite(value) and value >= 0):

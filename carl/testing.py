@@ -5,6 +5,8 @@ fast word-level tokenizer built in code, so a full carl run (train, export, embe
 takes seconds on a CPU and needs no download. ``synthetic_affect_corpus`` writes sentences
 whose valence and arousal are set by a few known affect words among neutral filler words,
 so that learning (and gradient saliency) can be checked against a known answer.
+``synthetic_emotion_corpus`` labels such sentences with the emotion class of their affect words'
+VA quadrant (one class, or several for multi-label data).
 
 >>> from carl.testing import make_tiny_encoder, synthetic_affect_corpus, synthetic_vocabulary
 >>> texts, labels = synthetic_affect_corpus(100, seed=0)           # doctest: +SKIP
@@ -34,6 +36,12 @@ AFFECT_WORDS: dict[str, tuple[float, float]] = {
     "furious": (0.10, 0.95), "terrified": (0.05, 0.85), "anxious": (0.25, 0.75),
     # negative valence, low arousal
     "gloomy": (0.15, 0.15), "bored": (0.30, 0.10), "tired": (0.25, 0.25),
+}
+
+# emotion class of each VA quadrant of AFFECT_WORDS (names from the GoEmotions VA mapping)
+QUADRANT_CLASSES: dict[str, tuple[str, ...]] = {
+    "joy": ("thrilled", "ecstatic", "excited"), "relief": ("serene", "content", "relaxed"),
+    "anger": ("furious", "terrified", "anxious"), "sadness": ("gloomy", "bored", "tired"),
 }
 
 FILLER_WORDS: tuple[str, ...] = (
@@ -78,6 +86,41 @@ def synthetic_affect_corpus(n: int, seed: int = 0, *, min_words: int = 6, max_wo
         va = np.mean([AFFECT_WORDS[w] for w in chosen], axis=0)
         labels[row] = np.clip(va + noise_rng.normal(0.0, noise, size=2), 0.0, 1.0)
     return texts, labels
+
+
+def synthetic_emotion_corpus(n: int, seed: int = 0, *, multi_label: bool = False, label_noise: float = 0.0,
+                             min_words: int = 6, max_words: int = 10) -> tuple[list[str], list[list[str]]]:
+    """``n`` sentences labelled with the emotion class (``QUADRANT_CLASSES``) of their affect words.
+
+    Single-label: one affect word per sentence, one class. Multi-label: affect words from 1 or 2
+    distinct quadrants, one class each. ``label_noise``: the share of sentences whose labels are
+    replaced by one class drawn at random (what no model can learn: an over-confident fit).
+    Returns the texts and each text's labels.
+    """
+    rng = random.Random(seed)
+    classes = list(QUADRANT_CLASSES)
+    texts, labels = [], []
+    for _ in range(n):
+        chosen = rng.sample(classes, rng.choice((1, 2)) if multi_label else 1)
+        affect = [rng.choice(QUADRANT_CLASSES[c]) for c in chosen]
+        words = [rng.choice(FILLER_WORDS) for _ in range(rng.randint(min_words, max_words) - len(affect))]
+        for word in affect:
+            words.insert(rng.randint(0, len(words)), word)
+        texts.append(" ".join(words))
+        labels.append([rng.choice(classes)] if rng.random() < label_noise else sorted(chosen))
+    return texts, labels
+
+
+def write_emotion_csv(path: str | Path, texts: Sequence[str], labels: Sequence[Sequence[str]],
+                      delimiter: str = "|") -> Path:
+    """Write ``text,label`` rows (several labels joined by ``delimiter``) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([text, delimiter.join(names)] for text, names in zip(texts, labels))
+    return path
 
 
 def write_affect_csv(path: str | Path, texts: Sequence[str], labels: np.ndarray) -> Path:

@@ -119,3 +119,68 @@ def affect_model(tmp_path_factory, tiny_overrides) -> Path:
                                               "train.learning_rate=3e-3"])
     CarlTrainer(cfg, out, show_progress=False).train()
     return out / "model"
+
+
+@dataclass
+class EmotionData:
+    """Synthetic emotion-class CSVs (``text,label``; multi-label cells joined by ``|``)."""
+
+    train_path: Path
+    dev_path: Path
+    test_texts: list[str]
+    test_labels: list[list[str]]
+
+
+def _emotion_data(folder: Path, multi_label: bool) -> EmotionData:
+    from carl.testing import synthetic_emotion_corpus, write_emotion_csv
+
+    train = write_emotion_csv(folder / "train.csv", *synthetic_emotion_corpus(400, seed=0, multi_label=multi_label))
+    dev = write_emotion_csv(folder / "dev.csv", *synthetic_emotion_corpus(200, seed=1, multi_label=multi_label))
+    return EmotionData(train, dev, *synthetic_emotion_corpus(200, seed=2, multi_label=multi_label))
+
+
+@pytest.fixture(scope="session")
+def emotion_csv(tmp_path_factory) -> EmotionData:
+    """Single-label: one affect word per text, its VA quadrant's class (joy, relief, anger, sadness)."""
+    return _emotion_data(tmp_path_factory.mktemp("emotion-data"), multi_label=False)
+
+
+@pytest.fixture(scope="session")
+def multi_emotion_csv(tmp_path_factory) -> EmotionData:
+    """Multi-label: affect words of 1 or 2 quadrants per text, one class each."""
+    return _emotion_data(tmp_path_factory.mktemp("multi-emotion-data"), multi_label=True)
+
+
+def emotion_overrides(encoder: str, data: EmotionData, *extra: str) -> list[str]:
+    """``--set`` overrides for a fast classification run of the tiny encoder, calibrated on dev."""
+    return [f"data.path={data.train_path}", f"data.dev_path={data.dev_path}", "data.label_column=label",
+            f"model.encoder={encoder}", "objective.mcl.queue_size=64", "train.batch_size=16",
+            "train.learning_rate=3e-3", "train.max_steps=150", "train.checkpoint_every=100000",
+            "train.num_threads=1", *extra]
+
+
+@pytest.fixture(scope="session")
+def emotion_model(tmp_path_factory, tiny_encoder, emotion_csv) -> Path:
+    """Model folder of a single-label classifier with a VA head too (``classify``, ``va_weight = 1``;
+    VA from the GoEmotions mapping of each class), 150 steps, calibrated on dev."""
+    from carl.config import load_config
+    from carl.training.trainer import CarlTrainer
+
+    out = tmp_path_factory.mktemp("emotion-model")
+    cfg = load_config(None, emotion_overrides(tiny_encoder, emotion_csv, "objective.name=classify",
+                                              "objective.va_weight=1"))
+    CarlTrainer(cfg, out, show_progress=False).train()
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def multi_emotion_model(tmp_path_factory, tiny_encoder, multi_emotion_csv) -> Path:
+    """Model folder of a multi-label classifier (``classify``), 150 steps, calibrated on dev."""
+    from carl.config import load_config
+    from carl.training.trainer import CarlTrainer
+
+    out = tmp_path_factory.mktemp("multi-emotion-model")
+    cfg = load_config(None, emotion_overrides(tiny_encoder, multi_emotion_csv, "objective.name=classify",
+                                              "data.multi_label=true", "data.label_delimiter=|"))
+    CarlTrainer(cfg, out, show_progress=False).train()
+    return out / "model"

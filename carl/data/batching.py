@@ -15,17 +15,19 @@ class TokenizedDataset(Dataset):
     """Sentences tokenised once, with word ids for word-level saliency.
 
     Item: ``input_ids`` list[int], ``word_index`` list[int] (-1 for special tokens),
-    ``labels`` [2] float (VA in [0, 1]) when labels are given.
+    ``labels`` [2] float (VA in [0, 1]) when labels are given, ``targets`` (a class index, or
+    multi-hot [C] float) when class targets are given.
     """
 
     def __init__(self, texts: Sequence[str], labels: np.ndarray | None,
-                 tokenizer: PreTrainedTokenizerBase, max_length: int):
+                 tokenizer: PreTrainedTokenizerBase, max_length: int, targets: np.ndarray | None = None):
         encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.input_ids: list[list[int]] = encoded["input_ids"]
         self.word_index = [
             [-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(self.input_ids))
         ]
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.float32)
+        self.targets = None if targets is None else torch.as_tensor(targets)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -37,6 +39,8 @@ class TokenizedDataset(Dataset):
         item = {"input_ids": self.input_ids[i], "word_index": self.word_index[i], "index": i}
         if self.labels is not None:
             item["labels"] = self.labels[i]
+        if self.targets is not None:
+            item["targets"] = self.targets[i]
         return item
 
 
@@ -68,7 +72,8 @@ def length_sorted_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_va
 
 
 class PaddingCollator:
-    """Pad items to the longest in the batch: ids/mask/word_index [B, T], labels [B, 2]."""
+    """Pad items to the longest in the batch: ids/mask/word_index [B, T], labels [B, 2], and class
+    targets [B] (int64) or [B, C] (multi-hot) when the items carry them."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -80,6 +85,8 @@ class PaddingCollator:
                  "index": torch.tensor([item["index"] for item in items])}
         if "labels" in items[0]:
             batch["labels"] = torch.stack([item["labels"] for item in items])
+        if "targets" in items[0]:
+            batch["targets"] = torch.stack([item["targets"] for item in items])
         return batch
 
 

@@ -121,7 +121,9 @@ class AffectDataset:
             lines.append("no rows: no label statistics")
             return "\n".join(lines)
         original = self.original_labels()
-        for col, name in enumerate(("valence", "arousal")):
+        if np.isnan(original).all():
+            lines.append("valence/arousal: none read (the classes alone are trained)")
+        for col, name in enumerate(("valence", "arousal") if not np.isnan(original).all() else ()):
             values = original[:, col]
             lines.append(f"{name} (on {self.scale}): min {values.min():.3f}  "
                          f"mean {values.mean():.3f}  max {values.max():.3f}")
@@ -377,7 +379,7 @@ def load_table(path: PathArg, *, text_column: str = "text", valence_column: str 
                file_format: str | None = None, label_column: str | None = None,
                label_mapping: str | PathArg | None = None, split_column: str | None = None,
                split: str | None = None, multi_label: bool = False, label_delimiter: str = "",
-               classes: Sequence[str] | None = None) -> AffectDataset:
+               classes: Sequence[str] | None = None, va: bool = True) -> AffectDataset:
     """Read a CSV (.csv), TSV (.tsv) or JSON Lines (.jsonl/.json) file of labelled texts.
 
     Continuous mode (default): ``valence_column``/``arousal_column`` hold numbers on ``scale``
@@ -387,7 +389,9 @@ def load_table(path: PathArg, *, text_column: str = "text", valence_column: str 
     over ``classes`` (default: the sorted labels of this file; give the training file's for
     dev and test). The row's VA comes from the VA columns when the file has both (on ``scale``),
     else from ``label_mapping`` (``"goemotions"`` (default), ``"ekman"`` or a JSON file path;
-    the mean coordinates of several labels; the dataset scale is then 0-1).
+    the mean coordinates of several labels; the dataset scale is then 0-1). ``va=False``: a labelled
+    file without VA columns gets NaN VA instead (for training on the classes alone, whatever the
+    label names).
     ``split_column`` + ``split`` keep only rows whose split value equals ``split``.
 
     Returns an :class:`AffectDataset` with labels ``[N, 2]`` float32 (valence, arousal) and, in
@@ -400,7 +404,7 @@ def load_table(path: PathArg, *, text_column: str = "text", valence_column: str 
     table = read_records(path, file_format)
     va_columns = not categorical or _has_va_columns(table, valence_column, arousal_column)
     target_scale = as_scale(scale) if va_columns else UNIT
-    mapping = {} if va_columns else get_mapping(label_mapping or "goemotions")
+    mapping = {} if va_columns or not va else get_mapping(label_mapping or "goemotions")
     mapping_name = f"mapping {str(label_mapping or 'goemotions')!r}"
 
     needed = [text_column] + ([valence_column, arousal_column] if va_columns else [])
@@ -425,6 +429,8 @@ def load_table(path: PathArg, *, text_column: str = "text", valence_column: str 
         if va_columns:
             labels[i, 0] = number_value(table, line, record, valence_column, target_scale)
             labels[i, 1] = number_value(table, line, record, arousal_column, target_scale)
+        elif not va:
+            labels[i] = np.nan
         else:
             labels[i] = np.mean([lookup(label, mapping, mapping_name=mapping_name, path=table.path, line=line,
                                         field=label_column) for label in label_rows[-1]], axis=0)

@@ -14,26 +14,30 @@ EMOBANK_DESCRIPTION = {
 }
 
 
-def _read(cfg: DataConfig, path: str, classes: tuple[str, ...] | None = None) -> AffectDataset:
+def _read(cfg: DataConfig, path: str, classes: tuple[str, ...] | None = None, va: bool = True) -> AffectDataset:
     return load_table(
         path, text_column=cfg.text_column, valence_column=cfg.valence_column,
         arousal_column=cfg.arousal_column, scale=cfg.scale, file_format=cfg.file_format or None,
         label_column=cfg.label_column or None,
         label_mapping=cfg.label_mapping if cfg.label_column else None,
-        multi_label=cfg.multi_label, label_delimiter=cfg.label_delimiter, classes=classes,
+        multi_label=cfg.multi_label, label_delimiter=cfg.label_delimiter, classes=classes, va=va,
     )
 
 
-def load_training_data(cfg: DataConfig, verbose: bool = True) -> tuple[AffectDataset, AffectDataset | None]:
+def load_training_data(cfg: DataConfig, verbose: bool = True,
+                       va: bool = True) -> tuple[AffectDataset, AffectDataset | None]:
     """Training set (bundled EmoBank train when ``cfg.path`` is empty) and dev set or None.
 
     The dev file is read against the training file's label set. Without a dev file and with
     ``cfg.dev_fraction > 0``, dev is a stratified held-out share of train (after ``cfg.limit``).
+    ``va=False`` (an objective that trains on the classes alone): labelled rows without VA
+    columns get NaN VA, not the mapping's.
     """
     cfg.check()
     if cfg.path:
-        train = _read(cfg, cfg.path)
-        dev = _read(cfg, cfg.dev_path, train.classes if cfg.label_column else None) if cfg.dev_path else None
+        train = _read(cfg, cfg.path, va=va)
+        classes = train.classes if cfg.label_column else None
+        dev = _read(cfg, cfg.dev_path, classes, va) if cfg.dev_path else None
     else:
         train, dev = load_emobank("train"), load_emobank("dev")
     if cfg.limit:

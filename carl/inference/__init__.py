@@ -1,10 +1,12 @@
 """Inference: load a model folder, then embed, predict, explain, stream and export.
 
-:class:`AffectEncoder` (``encoder.py``) is the entry point; ``explain.py`` and
+:class:`AffectEncoder` (``encoder.py``) is the entry point; ``classify.py`` turns class logits
+into calibrated probabilities and labels (:class:`Classification`); ``explain.py`` and
 ``explain_html.py`` give per-word attributions and their page; ``text_io.py``, ``writers.py``
 and ``streaming.py`` stream texts in and results out; ``onnx_export.py`` writes an ONNX graph.
 """
 
+from carl.inference.classify import Classification
 from carl.inference.encoder import AffectEncoder, Prediction, resolve_dtype
 
-__all__ = ["AffectEncoder", "Prediction", "resolve_dtype"]
+__all__ = ["AffectEncoder", "Classification", "Prediction", "resolve_dtype"]

@@ -21,11 +21,13 @@ from transformers import BatchEncoding
 
 from carl.data.batching import length_sorted_batches
 from carl.data.scales import Scale
+from carl.inference.classify import Classification, Classifier
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.folder import (
     ModelFolderError,
     check_heads,
+    has_classifier,
     has_va_head,
     head_state_prefixes,
     load_heads,
@@ -130,6 +132,8 @@ class AffectEncoder:
         self.max_length = max_length
         self.info = info or {}
         self.source = source
+        # the calibrated emotion classifier, when the model folder has one
+        self.classifier = Classifier.from_info(self.info) if has_classifier(self.info) else None
 
     @classmethod
     def load(cls, path_or_alias: str, *, device: str | torch.device = "cpu", max_length: int | None = None,
@@ -151,7 +155,8 @@ class AffectEncoder:
         info, tensors = heads if heads else ({}, {})
         model = CarlModel(backbone, pooling=info.get("pooling") or _pooling_of(folder), use_key_encoder=False,
                           projection_dim=info.get("projection_dim", 128),
-                          detector_hidden=info.get("detector_hidden", 0))
+                          detector_hidden=info.get("detector_hidden", 0),
+                          num_classes=len(info["classes"]) if has_classifier(info) else 0)
         if heads:
             prefixes = head_state_prefixes(trained_heads(info))
             check_heads(folder, tensors, {k: v.shape for k, v in model.state_dict().items() if k.startswith(prefixes)})
@@ -288,6 +293,41 @@ class AffectEncoder:
         values = Scale(*self.scale).denormalise(unit)
         return Prediction(values[:, 0], values[:, 1])
 
+    @torch.inference_mode()
+    def class_logits(self, texts: str | Sequence[str], *, batch_size: int = 64,
+                     with_va: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class logits [N, C] float32 (uncalibrated) and, with ``with_va``, standardised VA [N, 2]
+        from the same pass, in input order (this process; no sharding)."""
+        texts = as_texts(texts)
+        self.require_classifier("classify")
+        if with_va:
+            self.require_heads("predict")
+        logits = np.empty((len(texts), len(self.classifier.classes)), dtype=np.float32)
+        va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
+        heads = ("class_logits", "va") if with_va else ("class_logits",)
+        for rows, ids, mask in self.padded_batches(texts, batch_size):
+            out = self.model(ids.to(self.device), mask.to(self.device), heads=heads)
+            logits[rows] = out.class_logits.float().cpu().numpy()
+            if va is not None:
+                va[rows] = out.va.float().cpu().numpy()
+        return logits, va
+
+    def classify(self, texts: str | Sequence[str], *, batch_size: int = 64) -> Classification:
+        """Top label(s) and calibrated class probabilities [N, C] (softmax or sigmoid at the stored
+        temperature; multi-label: the classes at or above their dev-tuned thresholds).
+
+        A bare ``str`` is one text: its label (or list of labels) and probabilities [C].
+
+        >>> enc = AffectEncoder.load("runs/x")             # doctest: +SKIP
+        >>> enc.classify("What a lovely day!").labels      # doctest: +SKIP
+        'joy'
+        """
+        logits, _ = self.class_logits(texts, batch_size=batch_size)
+        result = self.classifier.classify(logits)
+        if isinstance(texts, str):
+            return Classification(result.labels[0], result.probabilities[0], result.classes)
+        return result
+
     def explain(self, text: str) -> Explanation:
         """Per-word valence and arousal attributions (gradient x input, summed over sub-words).
 
@@ -309,14 +349,24 @@ class AffectEncoder:
         """Write this model as a sentence-transformers folder (plus carl's heads and model card)."""
         from carl.model.export import export_model
 
-        self.require_heads("be saved (a plain encoder is already a folder or a Hugging Face name)")
+        if not self.info:
+            raise RuntimeError("this model has no VA regression head and no classifier, so it cannot be saved: "
+                               "a plain encoder is already a folder or a Hugging Face name")
         metadata = {k: v for k, v in self.info.items() if k not in ("pooling", "projection_dim", "detector_hidden")}
         model = self.model.float() if self.dtype != torch.float32 else self.model
         try:
-            return export_model(model, self.tokenizer, path, max_length=self.max_length, metadata=metadata)
+            return export_model(model, self.tokenizer, path, max_length=self.max_length, metadata=metadata,
+                                heads=tuple(trained_heads(self.info)))
         finally:
             if self.dtype != torch.float32:
                 self.model.to(self.dtype)
+
+    def require_classifier(self, what: str) -> None:
+        """Raise ``RuntimeError`` naming ``what`` when this model has no classification head."""
+        if self.classifier is None:
+            raise RuntimeError(f"this model has no classification head, so it cannot {what}: train it with "
+                               "a classification objective (objective.name = classify, mcl-classify or "
+                               "carl-classify) and a data.label_column")
 
     def require_heads(self, what: str) -> None:
         """Raise ``RuntimeError`` naming ``what`` when this model has no VA regression head."""

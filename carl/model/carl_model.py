@@ -11,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from carl.model.heads import ProjectionHead, RegressionHead, TokenDetectionHead
+from carl.model.heads import ClassificationHead, ProjectionHead, RegressionHead, TokenDetectionHead
 from carl.model.momentum import MomentumEncoder, MomentumQueue
 from carl.model.pooling import pool
 
@@ -34,9 +34,10 @@ class CarlOutput(ModelOutput):
     query: torch.Tensor | None = None  # [B, P] L2-normalised projection (contrastive space)
     va: torch.Tensor | None = None  # [B, 2] standardised valence/arousal prediction
     token_logits: torch.Tensor | None = None  # [B, T] perturbed-token detection logits
+    class_logits: torch.Tensor | None = None  # [B, C] emotion-class logits (uncalibrated)
 
 
-HEADS = ("query", "va", "token_logits")
+HEADS = ("query", "va", "token_logits", "class_logits")
 
 
 class CarlModel(nn.Module):
@@ -44,6 +45,7 @@ class CarlModel(nn.Module):
 
     Labels enter standardised: ``z = (y - label_mean) / label_std`` with buffers fitted on
     the training set, so that VA distances and the regression target are scale-free.
+    ``num_classes > 0`` adds the emotion classifier (``class_logits``); 0 builds none.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class CarlModel(nn.Module):
         queue_size: int = 4096,
         detector_hidden: int = 0,
         use_key_encoder: bool = True,
+        num_classes: int = 0,
     ):
         super().__init__()
         hidden = backbone.config.hidden_size
@@ -73,6 +76,8 @@ class CarlModel(nn.Module):
             else None
         )
         self.queue = MomentumQueue(queue_size if use_key_encoder else 0, self.projection.output_dim, 2)
+        # built last, and only when asked for: a VA model draws the same initial weights as before
+        self.classifier = ClassificationHead(hidden, num_classes) if num_classes else None
 
     def set_label_statistics(self, labels: torch.Tensor) -> None:
         """Fit the standardisation buffers on training labels [N, 2] in [0, 1]."""
@@ -94,14 +99,19 @@ class CarlModel(nn.Module):
         return hidden, pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                heads: tuple[str, ...] = HEADS, track_input_grad: bool = False) -> CarlOutput:
-        """Query pass computing only ``heads`` (each head's parameters then get a gradient,
-        which multi-process training requires). With ``track_input_grad`` the word embeddings
-        keep their gradient for ``input_gradient`` (the saliency). They are kept on the module,
-        not returned: DistributedDataParallel re-wraps returned tensors, losing retained grads."""
+                heads: tuple[str, ...] | None = None, track_input_grad: bool = False) -> CarlOutput:
+        """Query pass computing only ``heads`` (None: every head this model has; each head's
+        parameters then get a gradient, which multi-process training requires). With
+        ``track_input_grad`` the word embeddings keep their gradient for ``input_gradient`` (the
+        saliency). They are kept on the module, not returned: DistributedDataParallel re-wraps
+        returned tensors, losing retained grads."""
+        if heads is None:
+            heads = HEADS if self.classifier is not None else HEADS[:-1]
         unknown = set(heads) - set(HEADS)
         if unknown:
             raise ValueError(f"unknown heads {sorted(unknown)}; choose from {HEADS}")
+        if "class_logits" in heads and self.classifier is None:
+            raise ValueError("this model has no classification head (built with num_classes=0)")
         input_embeds = None
         if track_input_grad and torch.is_grad_enabled():
             input_embeds = self.backbone.get_input_embeddings()(input_ids)
@@ -113,6 +123,7 @@ class CarlModel(nn.Module):
             query=F.normalize(self.projection(embedding), dim=-1) if "query" in heads else None,
             va=self.regression(embedding) if "va" in heads else None,
             token_logits=self.detector(hidden) if "token_logits" in heads else None,
+            class_logits=self.classifier(embedding) if "class_logits" in heads else None,
         )
 
     def input_gradient(self) -> torch.Tensor:

@@ -4,8 +4,8 @@ Folder layout: the sentence-transformers files (``modules.json``, Transformer we
 tokenizer, ``1_Pooling/``, ``README.md`` model card) so that
 ``SentenceTransformer(path)`` gives carl's sentence embeddings, and ``carl/`` with
 ``heads.safetensors`` (label statistics and the heads that were trained: projection, VA
-regression, token detector) and ``carl.json`` (pooling, trained heads, label scale, training
-configuration and metrics).
+regression, token detector, emotion classifier) and ``carl.json`` (pooling, trained heads, label
+scale, the classifier's classes and calibration, training configuration and metrics).
 """
 
 from __future__ import annotations
@@ -21,18 +21,22 @@ from transformers import PreTrainedTokenizerBase
 
 from carl.atomic import temporary_beside, write_text_atomic
 from carl.model.carl_model import CarlModel
-from carl.model.folder import CARL_SUBDIR, HEAD_PREFIXES, head_state_prefixes, load_heads
+from carl.model.folder import CARL_SUBDIR, VA_ERA_HEADS, head_state_prefixes, load_heads
 
 
 def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, *,
-                 max_length: int, metadata: dict, heads: tuple[str, ...] = tuple(HEAD_PREFIXES)) -> Path:
-    """Write ``model`` with its trained ``heads`` to ``path`` atomically (an existing folder is
-    replaced only when done). Heads not listed are left out: a loader never offers a random head.
+                 max_length: int, metadata: dict, heads: tuple[str, ...] | None = None) -> Path:
+    """Write ``model`` with its trained ``heads`` (None: every head it has) to ``path`` atomically (an
+    existing folder is replaced only when done). Heads not listed are left out: a loader never
+    offers a random head. A classifier needs ``classes``, ``multi_label``, ``temperature`` and
+    ``thresholds`` in ``metadata``.
 
     Everything is written in one hidden temporary folder beside ``path`` (the backbone's own
     save included), which a later export removes if this one is killed.
     """
     path = Path(path)
+    if heads is None:
+        heads = VA_ERA_HEADS + (("class_logits",) if model.classifier is not None else ())
     tmp = temporary_beside(path, folder=True)
     try:
         _write_model_folder(model, tokenizer, tmp, max_length=max_length, metadata={**metadata, "heads": list(heads)})
@@ -95,8 +99,28 @@ def record_metrics(path: str | Path, metrics: dict[str, float]) -> bool:
     return True
 
 
+def _classifier_card(info: dict) -> str:
+    """The model card's lines on the classifier: label set, calibration, how to get probabilities."""
+    if "class_logits" not in info.get("heads", ()):
+        return ""
+    kind = "multi-label (one sigmoid per class)" if info.get("multi_label") else "single-label (softmax)"
+    calibration = info.get("calibration") or {}
+    if calibration.get("fitted_on") == "dev":
+        fitted = (f"temperature T = {info['temperature']:.4f} fitted on {calibration['dev_rows']} dev rows; "
+                  f"dev ECE {calibration['ece_before']:.4f} before, {calibration['ece_after']:.4f} after")
+    else:
+        fitted = "none (no dev data): temperature T = 1"
+    thresholds = ""
+    if info.get("multi_label") and info.get("thresholds"):
+        pairs = ", ".join(f"{c} {t:g}" for c, t in zip(info["classes"], info["thresholds"]))
+        thresholds = f"\n- Decision thresholds (tuned on dev for F1): {pairs}"
+    return (f"\n- Emotion classifier: {kind} over {len(info['classes'])} labels: "
+            f"{', '.join(info['classes'])}\n- Calibration: {fitted}{thresholds}\n"
+            "- Calibrated probabilities: `carl predict MODEL --classes` or `AffectEncoder.classify(texts)`.")
+
+
 def model_card(info: dict) -> str:
-    """A short Markdown model card: data, objective, metrics, licence of the data."""
+    """A short Markdown model card: data, objective, label set and calibration, metrics, data licence."""
     metrics = info.get("metrics") or {}
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float)))
     data = info.get("data", {})
@@ -120,9 +144,8 @@ arXiv 2502.20613) from `{info.get('base_encoder', '?')}`.
 - Objective: `{info.get('objective', '?')}`; pooling: `{info.get('pooling')}`.
 - Training data: {data.get('description', '?')}
 - Data licence: {data.get('licence', 'see the data source')}
-- Label scale of `predict`: {info.get('scale')}
-{selected}
-Load with `carl.AffectEncoder.load(path)` or `sentence_transformers.SentenceTransformer(path)`.
+- Label scale of `predict`: {info.get('scale')}{_classifier_card(info)}
+{selected}Load with `carl.AffectEncoder.load(path)` or `sentence_transformers.SentenceTransformer(path)`.
 
 | metric | value |
 |---|---|

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 CARL_SUBDIR = "carl"
 # state-dict prefix of each query-encoder head (``CarlModel.forward``'s head names), and the label
 # statistics every carl folder holds
-HEAD_PREFIXES = {"query": "projection.", "va": "regression.", "token_logits": "detector."}
+HEAD_PREFIXES = {"query": "projection.", "va": "regression.", "token_logits": "detector.",
+                 "class_logits": "classifier."}
 LABEL_STATISTICS = ("label_mean", "label_std")
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -97,9 +98,17 @@ def head_state_prefixes(heads: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return LABEL_STATISTICS + tuple(HEAD_PREFIXES[h] for h in heads)
 
 
+VA_ERA_HEADS = ("query", "va", "token_logits")  # a folder written before carl.json listed its heads has these
+
+
 def trained_heads(info: dict) -> list[str]:
-    """The heads a folder's ``carl.json`` says were trained (folders written before the list: all)."""
-    return list(info.get("heads", HEAD_PREFIXES))
+    """The heads a folder's ``carl.json`` says were trained (folders written before the list: the VA-era three)."""
+    return list(info.get("heads", VA_ERA_HEADS))
+
+
+def has_classifier(info: dict) -> bool:
+    """Whether a folder's ``carl.json`` describes a trained emotion classifier."""
+    return "class_logits" in trained_heads(info)
 
 
 def has_va_head(info: dict) -> bool:
@@ -151,7 +160,11 @@ def load_heads(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | Non
 
     ``carl.json`` must give ``pooling`` (mean or cls), ``projection_dim`` and ``detector_hidden``
     (integers >= 0) and ``scale``: ``[low, high]`` of the VA predictions, or null for a model
-    without a trained VA head; ``heads`` lists the trained heads (absent: all of them). Tensor shapes are checked against the model by :func:`check_heads`.
+    without a trained VA head; ``heads`` lists the trained heads (absent: the VA-era three). With a
+    classifier (``class_logits``): ``classes`` (distinct names), ``multi_label``, ``temperature``
+    (> 0) and, for multi-label, ``thresholds`` (one in (0, 1) per class); the classifier's tensors
+    must have one row per class. Other tensor shapes are checked against the model by
+    :func:`check_heads`.
     """
     carl = Path(folder) / CARL_SUBDIR
     info_path, heads_path = carl / "carl.json", carl / "heads.safetensors"
@@ -168,6 +181,8 @@ def load_heads(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | Non
         tensors = load_file(str(heads_path))
     except (SafetensorError, OSError) as err:
         raise ModelFolderError(heads_path, f"unreadable ({err})") from None
+    if "class_logits" in trained_heads(info):
+        _check_classifier_size(heads_path, tensors, len(info["classes"]))
     return info, tensors
 
 
@@ -179,9 +194,11 @@ def _check_info(path: Path, info: dict) -> None:
         value = info.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ModelFolderError(path, f"{key!r} must be an integer >= 0, got {value!r}")
-    heads = info.get("heads", list(HEAD_PREFIXES))
+    heads = info.get("heads", list(VA_ERA_HEADS))
     if not isinstance(heads, list) or not set(heads) <= set(HEAD_PREFIXES):
         raise ModelFolderError(path, f"'heads' must be a list of {', '.join(HEAD_PREFIXES)}, got {heads!r}")
+    if "class_logits" in heads:
+        _check_classifier_info(path, info)
     if "scale" not in info:
         raise ModelFolderError(path, "no 'scale' (the [low, high] of the VA predictions, or null without a VA head)")
     scale = info["scale"]
@@ -191,6 +208,33 @@ def _check_info(path: Path, info: dict) -> None:
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scale)
             or not scale[0] < scale[1]):
         raise ModelFolderError(path, f"'scale' must be [low, high] with finite low < high, or null; got {scale!r}")
+
+
+def _check_classifier_info(path: Path, info: dict) -> None:
+    classes = info.get("classes")
+    if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise ModelFolderError(path, f"'classes' must be a non-empty list of distinct class names, got {classes!r}")
+    if not isinstance(info.get("multi_label"), bool):
+        raise ModelFolderError(path, f"'multi_label' must be true or false, got {info.get('multi_label')!r}")
+    t = info.get("temperature")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+        raise ModelFolderError(path, f"'temperature' must be a finite number > 0, got {t!r}")
+    thresholds = info.get("thresholds")
+    if not info["multi_label"]:
+        return
+    if (not isinstance(thresholds, list) or len(thresholds) != len(classes)
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in thresholds)):
+        raise ModelFolderError(path, f"'thresholds' must list one number in (0, 1) for each of the {len(classes)} "
+                                     f"classes, got {thresholds!r}")
+
+
+def _check_classifier_size(path: Path, tensors: dict[str, torch.Tensor], n_classes: int) -> None:
+    """The classification head has one output per class of carl.json."""
+    for name in ("classifier.linear.weight", "classifier.linear.bias"):
+        if name in tensors and tensors[name].shape[0] != n_classes:
+            raise ModelFolderError(path, f"the classification head has {tensors[name].shape[0]} outputs "
+                                         f"({name}) but carl/carl.json lists {n_classes} classes")
 
 
 def check_heads(folder: str | Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> None:

@@ -1,11 +1,12 @@
-"""The FastAPI application: ``/embed``, ``/predict``, ``/explain``, ``/health`` (+ ``/openapi.json``).
+"""The FastAPI application: ``/embed``, ``/predict``, ``/classify``, ``/explain``, ``/health`` (+ ``/openapi.json``).
 
 >>> from carl import AffectEncoder
 >>> from carl.serve.app import create_app
 >>> app = create_app(AffectEncoder.load("runs/x"), name="x")     # doctest: +SKIP
 >>> # carl serve runs/x --port 8000   (uvicorn with the connection guard of carl.serve.protocol)
 
-Errors: 400 malformed JSON, 409 /predict or /explain on a model without a VA head, 413 body
+Errors: 400 malformed JSON, 409 /predict or /explain on a model without a VA head (/classify: without a
+classification head), 413 body
 larger than ``max_body_bytes``, 415 a Content-Type other than JSON, 422 wrong types, empty list,
 too many texts, text too long, unknown fields, 503 ``max_concurrency`` requests already in flight;
 all bodies are ``{"detail": ...}``. There is no ``/docs`` page (its assets would come from a CDN).
@@ -27,14 +28,16 @@ from carl import __version__
 from carl.inference import AffectEncoder
 from carl.serve.batcher import MicroBatcher
 from carl.serve.middleware import BodyLimit, InFlightLimit, JsonOnly
-from carl.serve.schemas import (EmbedResponse, ErrorResponse, ExplainResponse, Health, PredictResponse,
-                                ServeLimits, request_models)
+from carl.model.folder import trained_heads
+from carl.serve.schemas import (ClassifyResponse, EmbedResponse, ErrorResponse, ExplainResponse, Health,
+                                PredictResponse, ServeLimits, request_models)
 
 ERRORS = {400: {"model": ErrorResponse, "description": "malformed JSON"},
           413: {"model": ErrorResponse, "description": "request body too large"},
           415: {"model": ErrorResponse, "description": "Content-Type is not application/json"},
           503: {"model": ErrorResponse, "description": "too many requests in flight"}}
 NEEDS_HEADS = {409: {"model": ErrorResponse, "description": "the model has no VA regression head"}}
+NEEDS_CLASSIFIER = {409: {"model": ErrorResponse, "description": "the model has no classification head"}}
 
 
 def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None, *, name: str = "model") -> FastAPI:
@@ -49,11 +52,21 @@ def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None, *, nam
 
     batcher = MicroBatcher(forward, max_batch_texts=limits.max_batch_texts, max_wait_ms=limits.max_wait_ms)
 
+    def classify_forward(texts: list[str]) -> tuple[np.ndarray, None]:
+        return encoder.class_logits(texts, batch_size=limits.batch_size)
+
+    # /classify merges its own requests; its forwards run in the same one model thread
+    classify_batcher = MicroBatcher(classify_forward, max_batch_texts=limits.max_batch_texts,
+                                    max_wait_ms=limits.max_wait_ms, executor=batcher.executor)
+    batchers = (batcher, classify_batcher)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await batcher.start()
+        for b in batchers:
+            await b.start()
         yield
-        await batcher.stop()
+        for b in batchers:
+            await b.stop()
         batcher.executor.shutdown(wait=True)
 
     app = FastAPI(title="carl affect encoder", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -81,12 +94,14 @@ def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None, *, nam
 
     @app.get("/health", response_model=Health, responses={503: ERRORS[503]})
     async def health() -> Health:
-        """Liveness, the model's name and shape, the limits and the micro-batcher's counters."""
-        s = batcher.stats
+        """Liveness, the model's name, shape and heads, the limits and the micro-batchers' counters."""
+        stats = [b.stats for b in batchers]
         return Health(status="ok", model=name, version=__version__, dim=encoder.dim,
-                      has_heads=encoder.has_heads, scale=encoder.scale,
+                      has_heads=encoder.has_heads, heads=trained_heads(encoder.info) if encoder.info else [],
+                      classes=list(encoder.classifier.classes) if encoder.classifier else None, scale=encoder.scale,
                       limits={k: float(v) for k, v in asdict(limits).items()},
-                      requests=s.requests, batches=s.batches, texts=s.texts, largest_batch=s.largest_batch)
+                      requests=sum(s.requests for s in stats), batches=sum(s.batches for s in stats),
+                      texts=sum(s.texts for s in stats), largest_batch=max(s.largest_batch for s in stats))
 
     @app.post("/embed", response_model=EmbedResponse, responses=ERRORS)
     async def embed(request: EmbedRequest) -> EmbedResponse:
@@ -105,6 +120,18 @@ def create_app(encoder: AffectEncoder, limits: ServeLimits | None = None, *, nam
         valence, arousal = encoder.to_scale(z)
         return PredictResponse(predictions=[{"valence": float(v), "arousal": float(a)}
                                             for v, a in zip(valence, arousal)], scale=encoder.scale)
+
+    @app.post("/classify", response_model=ClassifyResponse, responses={**ERRORS, **NEEDS_CLASSIFIER})
+    async def classify(request: PredictRequest):
+        """Top label(s) and calibrated class probabilities (the same request body as /predict)."""
+        classifier = encoder.classifier
+        if classifier is None:
+            return JSONResponse({"detail": "this model has no classification head: serve a model trained with "
+                                           "a classification objective (classify, mcl-classify, carl-classify)"},
+                                status_code=409)
+        logits, _ = await classify_batcher.submit(request.texts)
+        return ClassifyResponse(predictions=classifier.classify(logits).rows(), classes=list(classifier.classes),
+                                multi_label=classifier.multi_label, temperature=classifier.temperature)
 
     @app.post("/explain", response_model=ExplainResponse, responses={**ERRORS, **NEEDS_HEADS})
     async def explain(request: ExplainRequest):

@@ -97,6 +97,19 @@ class PredictResponse(BaseModel):
     scale: Pair
 
 
+class ClassPrediction(BaseModel):
+    labels: list[str] = Field(description="the top class (single-label) or the classes at or above their "
+                                          "thresholds (multi-label, possibly none)")
+    probabilities: dict[str, float] = Field(description="calibrated probability of each class")
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[ClassPrediction]
+    classes: list[str]
+    multi_label: bool
+    temperature: float
+
+
 class WordExplanation(BaseModel):
     text: str
     words: list[str]
@@ -119,6 +132,8 @@ class Health(BaseModel):
     version: str
     dim: int
     has_heads: bool
+    heads: list[str] = Field(description="the model's trained heads (va: /predict, class_logits: /classify)")
+    classes: list[str] | None = Field(description="the classifier's label set, or null without one")
     scale: Pair | None
     limits: dict[str, float]
     requests: int

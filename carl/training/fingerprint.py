@@ -18,12 +18,16 @@ from carl.training.manifest import sha256_file
 
 
 def data_digest(data: AffectDataset) -> str:
-    """sha256 of the texts and their ``[N, 2]`` labels (float32), in order."""
+    """sha256 of the texts and their ``[N, 2]`` labels (float32), in order, and of the class names
+    and targets where the data has them."""
     digest = hashlib.sha256()
     for text in data.texts:
         encoded = text.encode()
         digest.update(len(encoded).to_bytes(8, "little") + encoded)
     digest.update(np.ascontiguousarray(data.labels, dtype=np.float32).tobytes())
+    if data.targets is not None:
+        digest.update("\0".join(data.classes).encode() + b"\1")
+        digest.update(np.ascontiguousarray(data.targets, dtype=np.float32).tobytes())
     return digest.hexdigest()
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from carl.evaluation.metrics import pearson
+from carl.evaluation.metrics import multilabel_per_class_f1, pearson, per_class_f1
 from carl.training.errors import CheckpointError
 from carl.training.manifest import verify_manifest, write_manifest
 
@@ -47,13 +47,22 @@ class DevMetric:
     """One dev metric: the head whose predictions it scores, its direction, and how to compute it.
 
     ``compute(predictions, targets)`` takes the head's dev predictions and the dev targets
-    (for ``va``: standardised VA [N, 2] and labels [N, 2]) and returns a float.
+    (for ``va``: standardised VA [N, 2] and labels [N, 2]; for ``class_logits``: logits [N, C] and
+    classes [N] or multi-hot targets [N, C]) and returns a float.
     """
 
     name: str
     head: str
     higher_is_better: bool
     compute: Callable[[np.ndarray, np.ndarray], float]
+
+
+def class_macro_f1(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Macro-F1 of the classifier's decisions: argmax for classes [N]; for multi-hot targets [N, C]
+    each class at probability 0.5 (logit > 0), before the thresholds are tuned on dev at the end."""
+    if targets.ndim == 2:
+        return float(np.mean(multilabel_per_class_f1(logits > 0, targets > 0.5)))
+    return float(np.mean(per_class_f1(logits.argmax(1), targets, logits.shape[1])))
 
 
 DEV_METRICS: dict[str, DevMetric] = {
@@ -67,6 +76,7 @@ DEV_METRICS: dict[str, DevMetric] = {
             True,
             lambda pred, true: (pearson(pred[:, 0], true[:, 0]) + pearson(pred[:, 1], true[:, 1])) / 2,
         ),
+        DevMetric("class_macro_f1", "class_logits", True, class_macro_f1),
     )
 }
 

@@ -7,6 +7,9 @@ resolved weight; it never decodes the objective's name. One optimizer step (obje
   2. perturbed pass: the most salient words are replaced (hotflip by default) and the token
      head learns to detect them (BCE); backward;
   3. clip, AdamW step, LR schedule, EMA update of the key encoder, enqueue the gathered keys.
+A classification term (``classify``) adds CE/BCE on the clean pass, so PTD's saliency comes from
+the total clean loss; before export the classifier's temperature (and multi-label thresholds) are
+fitted on dev (``carl/training/calibrate.py``).
 """
 
 from __future__ import annotations
@@ -36,12 +39,16 @@ from carl.model.export import export_model
 from carl.model.momentum import gather_across_processes
 from carl.objectives import (
     MomentumContrastiveLoss,
+    MultiLabelClassificationLoss,
     ObjectiveOutput,
     PerturbedTokenDetection,
     SimCSELoss,
+    SingleLabelClassificationLoss,
     VARegressionLoss,
 )
+from carl.objectives.classification import balanced_class_weights, positive_class_weights
 from carl.objectives.perturbed_token_detection import sample_sentences
+from carl.training.calibrate import classifier_metadata
 from carl.training.checkpoint import TrainingState, latest_checkpoint, resume_checkpoint, save_checkpoint
 from carl.training.errors import CheckpointError, TrainingDiverged
 from carl.training.fingerprint import fingerprint_changes, run_fingerprint
@@ -50,7 +57,8 @@ from carl.training.selection import (DEV_BATCH_SIZE, DEV_METRICS, Selection, dev
                                      prune_best, save_best, verify_best)
 
 # the query-encoder heads each term trains; every term but ``ptd`` reads the clean query pass
-TERM_HEADS: dict[str, tuple[str, ...]] = {"mcl": ("query",), "mse": ("va",), "simcse": (), "ptd": ("token_logits",)}
+TERM_HEADS: dict[str, tuple[str, ...]] = {"mcl": ("query",), "mse": ("va",), "simcse": (), "ptd": ("token_logits",),
+                                          "classify": ("class_logits",)}
 PERTURBED_PASS_TERMS = ("ptd",)
 # query-pass views of each sentence a term needs (SimCSE: two dropout views)
 VIEWS = {"simcse": 2}
@@ -72,7 +80,8 @@ class CarlTrainer:
         self.show_progress = show_progress
         self.on_step_end = list(on_step_end or [])
         self.terms = config.objective.terms()
-        clean_pass = {"mcl": self._mcl_term, "mse": self._mse_term, "simcse": self._simcse_term}
+        clean_pass = {"mcl": self._mcl_term, "mse": self._mse_term, "simcse": self._simcse_term,
+                      "classify": self._classify_term}
         self.clean_terms = {name: clean_pass[name] for name in self.terms if name not in PERTURBED_PASS_TERMS}
         self.views = max(VIEWS.get(name, 1) for name in self.terms)
         if config.train.num_threads > 0:
@@ -90,24 +99,28 @@ class CarlTrainer:
     # ----------------------------------------------------------------- set-up
     def _build(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        self.train_data, self.dev_data = load_training_data(cfg.data, verbose=acc.is_main_process)
+        va = bool({"mcl", "mse"} & set(self.terms))  # the terms that read VA labels
+        self.train_data, self.dev_data = load_training_data(cfg.data, verbose=acc.is_main_process, va=va)
         self._check_queue_size(len(self.train_data))
         backbone, self.tokenizer = load_backbone(cfg.model.encoder)
+        classify = "classify" in self.terms
         self.model = CarlModel(
             backbone, pooling=cfg.model.pooling, projection_dim=cfg.model.projection_dim,
             momentum=cfg.objective.mcl.momentum, queue_size=cfg.objective.mcl.queue_size,
             detector_hidden=cfg.objective.ptd.detector_hidden, use_key_encoder="mcl" in self.terms,
+            num_classes=len(self.train_data.classes) if classify else 0,
         )
         if self.views > 1:
             # the views differ only by dropout, which a backbone loaded by from_pretrained has off
             # (the other terms train in that eval mode, as they always have)
             backbone.train()
         labels = torch.as_tensor(self.train_data.labels, dtype=torch.float32)
-        self.model.set_label_statistics(labels)
+        if va:  # else the labels may be NaN (classes alone), and the statistics stay 0 and 1
+            self.model.set_label_statistics(labels)
         self.losses = {name: self._build_loss(term, labels) for name, term in self.terms.items()}
 
         dataset = TokenizedDataset(self.train_data.texts, self.train_data.labels, self.tokenizer,
-                                   cfg.data.max_length)
+                                   cfg.data.max_length, targets=self.train_data.targets if classify else None)
         # every process draws the same global batches and takes its slice of each (the sampler
         # shards, not accelerate, whose even_batches would repeat sentences to fill a short batch)
         self.sampler = LengthGroupedBatchSampler(dataset.lengths(), self._global_batch(), seed=cfg.train.seed,
@@ -140,8 +153,10 @@ class CarlTrainer:
                       "step is exported; give data.dev_path or data.dev_fraction > 0 to select on dev")
             return
         trained = set(self._trained_heads())
-        metric = DEV_METRICS[cfg.train.select_metric]
-        if metric.head not in trained and cfg.train.select_metric == TrainConfig.select_metric:
+        default = cfg.train.select_metric == TrainConfig.select_metric
+        # by default a run that trains a classifier selects on its classes
+        metric = DEV_METRICS["class_macro_f1" if default and "class_logits" in trained else cfg.train.select_metric]
+        if metric.head not in trained and default:
             acc.print(f"dev: objective {cfg.objective.name!r} trains no {metric.head} head, which the default "
                       f"train.select_metric scores: no model selection, the last step is exported")
             return
@@ -149,22 +164,27 @@ class CarlTrainer:
             raise ConfigError(f"train.select_metric = {metric.name!r} scores the {metric.head} head, which this run "
                               f"does not train (objective {cfg.objective.name!r}, objective.mse_weight = "
                               f"{cfg.objective.mse_weight}); set train.select_metric = \"\" to export the last step")
-        self.dev_heads = (metric.head,)  # the head the selection metric scores
+        # only the heads that dev metrics score (token logits [B, T] differ in T between batches)
+        self.dev_heads = tuple(sorted(trained & {m.head for m in DEV_METRICS.values()}))
         dev = TokenizedDataset(self.dev_data.texts, self.dev_data.labels, self.tokenizer, cfg.data.max_length)
         order = sorted(range(len(dev)), key=lambda i: -len(dev.input_ids[i]))
         collate = PaddingCollator(self.tokenizer.pad_token_id)
         self.dev_batches = [collate([dev[i] for i in order[start:start + DEV_BATCH_SIZE]])
                             for start in range(0, len(order), DEV_BATCH_SIZE)]
         self.dev_targets = {"va": self.dev_data.labels[order]}
+        if self.dev_data.targets is not None:
+            self.dev_targets["class_logits"] = self.dev_data.targets[order]
         self.selection = Selection(metric.name)
         acc.print(f"dev: {len(dev)} sentences; selecting the step with the best {metric.name}, evaluated "
                   + (f"every {cfg.train.eval_every} steps" if cfg.train.eval_every else "at the end of each epoch")
                   + " and at the last step")
 
     def _build_loss(self, term: Term, labels: torch.Tensor) -> torch.nn.Module:
-        """The loss module of one term (mcl, mse, simcse, else ptd); ``labels`` [N, 2] are the raw
-        training labels."""
+        """The loss module of one term (mcl, mse, simcse, classify, else ptd); ``labels`` [N, 2] are
+        the raw training labels."""
         o = self.cfg.objective
+        if term.loss == "classify":
+            return self._classification_loss().to(self.accelerator.device)
         if term.loss == "mcl":
             return MomentumContrastiveLoss(
                 temperature=o.mcl.temperature, label_temperature=o.mcl.label_temperature,
@@ -179,6 +199,19 @@ class CarlTrainer:
             mask_token_id=self.tokenizer.mask_token_id,
             vocab_size=self.model.backbone.get_input_embeddings().weight.shape[0],
         ).to(self.accelerator.device)
+
+    def _classification_loss(self) -> torch.nn.Module:
+        """CE (single-label) or BCE (multi-label, by the data), with ``objective.class_weights``."""
+        data = self.train_data
+        balanced = self.cfg.objective.class_weights == "balanced"
+        try:
+            if data.multi_label:
+                return MultiLabelClassificationLoss(positive_weights=positive_class_weights(data.targets)
+                                                    if balanced else None)
+            return SingleLabelClassificationLoss(class_weights=balanced_class_weights(data.targets, len(data.classes))
+                                                 if balanced else None)
+        except ValueError as err:  # a class without (positive) training examples
+            raise ConfigError(f"objective.class_weights = balanced: {err}") from None
 
     def _check_queue_size(self, n_train: int) -> None:
         """Refuse a queue that could hold a sentence's own key from its previous visit."""
@@ -264,6 +297,9 @@ class CarlTrainer:
 
     def _mse_term(self, batch, out, labels) -> ObjectiveOutput:
         return self.losses["mse"](out.va, labels)
+
+    def _classify_term(self, batch, out, labels) -> ObjectiveOutput:
+        return self.losses["classify"](out.class_logits, batch["targets"])
 
     def _simcse_term(self, batch, out, labels) -> ObjectiveOutput:
         first, second = out.embedding.chunk(2)  # [B, H] each: the two dropout views
@@ -398,10 +434,10 @@ class CarlTrainer:
     def _restore_selection(self, state: dict, checkpoint: Path) -> None:
         """Take the checkpoint's best-so-far state; check that the best weights it names are intact."""
         saved = state.get("selection")
-        if saved is None:
+        if saved is None or self.selection is None:  # None: this run has no dev data to select on
             return
         try:
-            self.selection = Selection.from_dict(saved, self.cfg.train.select_metric)
+            self.selection = Selection.from_dict(saved, self.selection.metric)
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{checkpoint / 'trainer_state.json'}: bad selection state: {err}") from err
         if self.selection.best_step is not None:
@@ -544,12 +580,18 @@ class CarlTrainer:
         path = self.out / "model"
         if acc.is_main_process:
             core = acc.unwrap_model(self.model)
+            classifier = {}
+            if "classify" in self.terms:
+                classifier, note = classifier_metadata(core, self.tokenizer, self.train_data, self.dev_data,
+                                                       max_length=self.cfg.data.max_length)
+                print(note, flush=True)
             export_model(core, self.tokenizer, path, max_length=self.cfg.data.max_length, heads=self._trained_heads(),
                          metadata={"objective": self.cfg.objective.name,
                                    "base_encoder": self.cfg.model.encoder,
                                    "base_encoder_path": resolve_encoder(self.cfg.model.encoder),
                                    "scale": [self.train_data.scale.low, self.train_data.scale.high],
                                    "data": describe_data(self.cfg.data),
-                                   "config": self.cfg.to_dict(), "steps": self.step, **self._selection_card()})
+                                   "config": self.cfg.to_dict(), "steps": self.step, **classifier,
+                                   **self._selection_card()})
         acc.wait_for_everyone()
         return path
