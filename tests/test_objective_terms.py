@@ -23,10 +23,14 @@ def test_each_objective_resolves_to_its_weighted_terms():
         "supcon-hard": {"mcl", "mse"},
         "mse": {"mse"},
         "simcse": {"simcse"},
+        "classify": {"classify"},  # objective.va_weight (default 0) adds an mse term
+        "mcl-classify": {"classify", "mcl"},
+        "carl-classify": {"classify", "mcl", "ptd"},
     }
     assert set(OBJECTIVE_TERMS) == set(expected)
     for name, losses in expected.items():
-        terms = load_config(None, [f"objective.name={name}"]).objective.terms()
+        labelled = ["data.label_column=label"] if "classify" in losses else []  # a classifier needs labels
+        terms = load_config(None, [f"objective.name={name}", *labelled]).objective.terms()
         assert set(terms) == losses and all(t.weight == 1.0 for t in terms.values())
     assert load_config(None, ["objective.name=supcon-hard"]).objective.terms()["mcl"].targets == "hard"
 
