@@ -8,8 +8,9 @@ from carl.serve.schemas import ServeLimits
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
           device: str = "cpu", dtype: str = "auto", num_threads: int | None = None,
-          log_level: str = "info") -> None:
-    """Load ``model`` and serve it until interrupted (one process; the micro-batcher merges requests)."""
+          log_level: str = "info", backend: str = "torch", quantize: str | None = None) -> None:
+    """Load ``model`` on ``backend`` (see ``AffectEncoder.load``) and serve it until interrupted (one
+    process; the micro-batcher merges requests)."""
     try:
         import uvicorn
 
@@ -18,7 +19,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, limits: Serv
         raise RuntimeError(f"carl serve needs FastAPI and uvicorn ({err}): pip install 'carl[serve]'") from err
 
     limits = limits or ServeLimits()
-    encoder = AffectEncoder.load(model, device=device, dtype=dtype, num_threads=num_threads)
+    encoder = AffectEncoder.load(model, device=device, dtype=dtype, num_threads=num_threads, backend=backend,
+                                 quantize=quantize)
     app = create_app(encoder, limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1,
                 limit_concurrency=limits.max_concurrency, timeout_keep_alive=5)
