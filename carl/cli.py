@@ -193,7 +193,8 @@ def _evaluate_here(args, main_process: bool) -> int:
     from carl.model.encoder import resolve_encoder
     from carl.model.export import record_metrics
 
-    if record_metrics(resolve_encoder(args.model), {f"emobank_test_{k}": v for k, v in m.items()}):
+    reference = args.backend == "torch"  # the model card holds the torch model's own figures
+    if reference and record_metrics(resolve_encoder(args.model), {f"emobank_test_{k}": v for k, v in m.items()}):
         print(f"metrics recorded in the model card of {resolve_encoder(args.model)}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
