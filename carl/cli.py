@@ -25,10 +25,11 @@ def _add_model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
-def _add_backend_args(parser: argparse.ArgumentParser, default: str = "torch") -> None:
-    parser.add_argument("--backend", default=default, choices=["torch", "onnx", "openvino"],
+def _add_backend_args(parser: argparse.ArgumentParser, auto: str = "") -> None:
+    parser.add_argument("--backend", default="auto" if auto else "torch",
+                        choices=["torch", "onnx", "openvino"] + (["auto"] if auto else []),
                         help="what runs the forward pass; onnx and openvino use the graphs carl export-onnx "
-                             "wrote into the model folder (default %(default)s)")
+                             "wrote into the model folder (default %(default)s" + (f"; {auto})" if auto else ")"))
     parser.add_argument("--quantize", default=None, choices=["int8"],
                         help="run the int8 graph of --backend onnx or openvino (see the folder's parity.md)")
 
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="HTTP service: /embed, /predict, /explain, /health (FastAPI)")
     _add_model_arg(serve)
-    _add_backend_args(serve)
+    _add_backend_args(serve, auto="auto: on CPU in float32, the fastest backend that passed the quality guard "
+                                  "in the folder's parity.md, else torch")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--max-texts", type=int, default=64, help="texts per /embed or /predict request (default 64)")
@@ -250,6 +252,17 @@ def _explain(args) -> int:
 def _serve(args) -> int:
     from carl.serve.schemas import ServeLimits
     from carl.serve.server import serve
+
+    if args.backend == "auto":
+        from carl.model.encoder import resolve_encoder
+
+        args.backend = "torch"
+        folder = Path(resolve_encoder(args.model))
+        if args.device == "cpu" and args.dtype in ("auto", "float32") and not args.quantize and folder.is_dir():
+            from carl.inference.backends import best_backend
+
+            args.backend, args.quantize = best_backend(folder)
+        print(f"carl serve: backend {args.backend}{' int8' if args.quantize else ''}", file=sys.stderr)
 
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars,
                          max_explain_texts=args.max_explain_texts, max_body_bytes=args.max_body_bytes,

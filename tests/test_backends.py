@@ -176,3 +176,20 @@ def test_missing_graphs_and_bad_choices_are_clear_errors(affect_model, capsys):
     assert main(["explain", str(affect_model), "--backend", "onnx", "-i", "-", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "explain needs gradients, which only the torch backend gives" in err
+
+
+def test_serve_default_is_the_fastest_backend_within_the_guard(exported, tmp_path):
+    from carl.inference.backends import SPEED_ORDER, best_backend
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported[0], folder)
+    report = json.loads((folder / "parity.json").read_text())
+    passing = [(row["backend"].split(" ")[0], row["quantize"]) for row in report["backends"] if row["passes_guard"]]
+    assert best_backend(folder) == next(pair for pair in SPEED_ORDER if pair in passing)
+    for row in report["backends"]:
+        row["passes_guard"] = row["backend"] == "torch" or row["quantize"] is None
+    (folder / "parity.json").write_text(json.dumps(report))
+    float_pairs = [pair for pair in SPEED_ORDER if pair[1] is None and pair in passing]
+    assert best_backend(folder) == float_pairs[0]  # int8 failed the guard: the fastest float backend
+    (folder / "parity.json").unlink()
+    assert best_backend(folder) == ("torch", None)  # nothing measured: torch

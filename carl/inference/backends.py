@@ -16,6 +16,7 @@ Each graph records the SHA-256 of the folder's weight files it was exported from
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +27,9 @@ from carl.model.folder import CARL_SUBDIR, WEIGHTS, WEIGHTS_INDEX, ModelFolderEr
 
 BACKENDS = ("torch", "onnx", "openvino")
 QUANTIZE = (None, "int8")
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
+# fastest first, as benchmarks/encode_speed.py measured on 2 CPU threads (docs/results.md)
+SPEED_ORDER = (("onnx", "int8"), ("openvino", "int8"), ("onnx", None), ("openvino", None), ("torch", None))
 SOURCE_KEY = "carl_source_sha256"  # ONNX metadata_props key / OpenVINO rt_info key
 
 
@@ -65,6 +69,19 @@ def source_digest(folder: Path) -> str:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def best_backend(folder: Path) -> tuple[str, str | None]:
+    """The fastest backend (:data:`SPEED_ORDER`) that the folder's parity report passes through the
+    quality guard, whose graph is there and whose package is installed; else torch."""
+    report = folder / "parity.json"
+    rows = read_json_object(report).get("backends", []) if report.is_file() else []
+    passing = {(row["backend"].split(" ")[0], row.get("quantize")) for row in rows if row.get("passes_guard")}
+    for backend, quantize in SPEED_ORDER:
+        if backend == "torch" or ((backend, quantize) in passing and graph_path(folder, backend, quantize).is_file()
+                                  and importlib.util.find_spec(RUNTIMES[backend])):
+            return backend, quantize
+    return "torch", None
 
 
 def check_choice(backend: str, quantize: str | None, device: torch.device, dtype: torch.dtype) -> None:
