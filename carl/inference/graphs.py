@@ -144,15 +144,15 @@ def export_graphs(model: str, *, num_threads: int | None = None, limit: int = 0,
     torch_row, reference = measure(encoder, texts, labels, None, limit)
     rows, candidates = [{**torch_row, "quantize": None, "passes_guard": True}], {}
     int8_onnx = graph_path(folder, "onnx", "int8")
-    for method in INT8_METHODS:  # both candidates, the better kept
-        quantize_onnx(float_onnx, int8_onnx, method=method, source=source, calibration=batches)
+    for method in INT8_METHODS:  # both candidates, the better kept; from the plain graph, whose types are known
+        quantize_onnx(plain, int8_onnx, method=method, source=source, calibration=batches)
         emb, _ = load("onnx", "int8").infer(texts)
         cosine = (_unit(emb) * _unit(reference[0])).sum(axis=1)
         candidates[method] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
         log(f"int8 onnx, {method}: min cosine {cosine.min():.4f}, mean {cosine.mean():.5f}")
     int8_method = max(INT8_METHODS, key=lambda m: candidates[m]["min_cosine"])
     if int8_method != INT8_METHODS[-1]:
-        quantize_onnx(float_onnx, int8_onnx, method=int8_method, source=source, calibration=batches)
+        quantize_onnx(plain, int8_onnx, method=int8_method, source=source, calibration=batches)
     if ("openvino", None) in pairs:
         from carl.inference.openvino_export import export_openvino, quantize_openvino
 

@@ -7,10 +7,13 @@ traced with torch's TorchScript-based exporter and records the SHA-256 of the we
 from (``carl_source_sha256`` in its metadata). :func:`optimize_onnx` fuses it for onnxruntime
 (``onnxruntime.transformers.optimizer``: skip + layer norm, bias + GELU; fused operators that
 only onnxruntime runs, so OpenVINO converts the plain graph). :func:`quantize_onnx` writes the
-int8 graph with ``onnxruntime.quantization``: int8 weights of the transformer's weight MatMuls,
+int8 graph of the plain graph (the fused one hides activation types from the quantiser, which
+then leaves most MatMuls float; onnxruntime fuses the int8 graph when it loads it) with
+``onnxruntime.quantization``: int8 weights of the transformer's weight MatMuls,
 per output channel; ``dynamic`` quantises their inputs per batch at run time, ``static`` with
-ranges calibrated on training sentences (QDQ). Attention's activation-by-activation MatMuls
-and the heads stay float32 (measured: quantising them drops the worst cosine far more).
+ranges calibrated on training sentences (QDQ). Kept float32 (measured on all-MiniLM-L6-v2,
+docs/inference.md): attention's activation-by-activation MatMuls, the feed-forward
+down-projections (their GELU inputs have the widest ranges) and the heads.
 """
 
 from __future__ import annotations
@@ -113,13 +116,15 @@ def optimize_onnx(plain_path: Path, path: Path, *, source: str, num_heads: int, 
 
 
 def weight_matmuls(path: Path) -> tuple[list[str], list[str]]:
-    """``(the transformer's weight MatMuls, every other MatMul/Gemm)`` in the graph at ``path``:
-    only the former are quantised (attention's score and context products multiply two
-    activations; the heads are small and give the VA values directly)."""
+    """``(the MatMuls to quantise, every other MatMul/Gemm)`` in the graph at ``path``: the
+    transformer's weight MatMuls but its feed-forward down-projections (``layer.i/output/dense``).
+    Attention's score and context products multiply two activations; the heads are small and
+    give the VA values directly."""
     graph = _onnx().load(str(path)).graph
     weights = {init.name for init in graph.initializer}
     matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
-    inside = [n.name for n in matmuls if "/backbone/" in n.name and any(i in weights for i in n.input)]
+    inside = [n.name for n in matmuls if "/backbone/" in n.name and any(i in weights for i in n.input)
+              and not (n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name)]
     return inside, [n.name for n in matmuls if n.name not in inside]
 
 
@@ -143,8 +148,7 @@ def quantize_onnx(float_path: Path, path: Path, *, method: str, source: str,
     if method not in INT8_METHODS:
         raise ValueError(f"unknown int8 method {method!r}; choose {', '.join(INT8_METHODS)}")
     nodes, excluded = weight_matmuls(float_path)
-    # shape inference does not type the fused operators' outputs: they are float32
-    options = {"DefaultTensorType": _onnx().TensorProto.FLOAT}
+    options = {"DefaultTensorType": _onnx().TensorProto.FLOAT}  # any untyped tensor is float32
 
     def write(tmp: Path) -> None:
         if method == "dynamic":
