@@ -63,12 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backends", nargs="+", default=[f"{b}{'-int8' if q else ''}" for b, q in BACKENDS],
+                        help="names as in the report, e.g. torch onnx-int8 (default: all five)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_backends"))
     args = parser.parse_args(argv)
 
     rows, missing = [], {}
     for backend, quantize in BACKENDS:
         name = f"{backend}{'-int8' if quantize else ''}"
+        if name not in args.backends:
+            continue
         try:
             process, url = start(args.model, backend, quantize, args.threads)
         except RuntimeError as err:
