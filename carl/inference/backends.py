@@ -147,7 +147,7 @@ class OpenVinoSession:
         core = ov.Core()
         self.model = core.read_model(str(path))
         # f32: on CPUs with bf16 units OpenVINO would otherwise run the float parts in bfloat16
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = num_threads
         self.compiled = core.compile_model(self.model, "CPU", config)
