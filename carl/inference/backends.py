@@ -29,7 +29,7 @@ BACKENDS = ("torch", "onnx", "openvino")
 QUANTIZE = (None, "int8")
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 # fastest first, as benchmarks/encode_speed.py measured on 2 CPU threads (docs/results.md)
-SPEED_ORDER = (("onnx", "int8"), ("openvino", "int8"), ("onnx", None), ("openvino", None), ("torch", None))
+SPEED_ORDER = (("openvino", "int8"), ("onnx", "int8"), ("openvino", None), ("onnx", None), ("torch", None))
 SOURCE_KEY = "carl_source_sha256"  # ONNX metadata_props key / OpenVINO rt_info key
 
 
