@@ -9,10 +9,13 @@ sentences, sensitive operations such as softmax and layer norm left float); the 
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from carl.atomic import temporary_beside
 from carl.inference.backends import SOURCE_KEY
 
 
@@ -25,10 +28,18 @@ def _openvino():
 
 
 def _save(model, path: Path, source: str) -> Path:
+    """Save ``model`` as ``path`` (.xml) and its .bin, written in a temporary folder beside them and
+    moved into place weights first, so that a killed export never leaves an IR with other weights."""
     ov = _openvino()
     model.set_rt_info(source, SOURCE_KEY)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(path), compress_to_fp16=False)
+    tmp = temporary_beside(path, folder=True)
+    try:
+        ov.save_model(model, str(tmp / path.name), compress_to_fp16=False)
+        os.replace(tmp / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
