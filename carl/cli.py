@@ -262,7 +262,8 @@ def _serve(args) -> int:
             from carl.inference.backends import best_backend
 
             args.backend, args.quantize = best_backend(folder)
-        print(f"carl serve: backend {args.backend}{' int8' if args.quantize else ''}", file=sys.stderr)
+        print(f"backend {args.backend}{' int8' if args.quantize else ''} (--backend auto: the fastest that passed "
+              "the quality guard in the folder's parity.md, else torch)", file=sys.stderr)
 
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars,
                          max_explain_texts=args.max_explain_texts, max_body_bytes=args.max_body_bytes,
