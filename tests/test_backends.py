@@ -193,3 +193,8 @@ def test_serve_default_is_the_fastest_backend_within_the_guard(exported, tmp_pat
     assert best_backend(folder) == float_pairs[0]  # int8 failed the guard: the fastest float backend
     (folder / "parity.json").unlink()
     assert best_backend(folder) == ("torch", None)  # nothing measured: torch
+
+
+def test_export_refuses_an_installed_alias(capsys):
+    assert main(["export-onnx", "minilm-l6"]) == 2  # the alias names an installed package's folder
+    assert "minilm-l6: not a writable model folder of yours" in capsys.readouterr().err

@@ -116,12 +116,14 @@ def export_graphs(model: str, *, num_threads: int | None = None, limit: int = 0,
     ``plain_output`` keeps a copy of the unfused float32 graph there (portable to any ONNX runtime).
     """
     from carl.inference.onnx_export import INT8_METHODS, export_onnx, optimize_onnx, quantize_onnx
+    from carl.model.encoder import resolve_encoder
 
-    encoder = AffectEncoder.load(model, dtype="float32", num_threads=num_threads)
-    folder = Path(encoder.source)
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ValueError(f"{folder}: not a writable model folder (export writes its graphs there; "
-                         "copy the folder first)")
+    folder = Path(resolve_encoder(model))
+    given = Path(model).expanduser().resolve()
+    if given not in (folder.resolve(), folder.resolve().parent) or not os.access(folder, os.W_OK):
+        raise ValueError(f"{model}: not a writable model folder of yours (export writes its graphs into it; "
+                         f"copy {folder} first)")
+    encoder = AffectEncoder.load(str(folder), dtype="float32", num_threads=num_threads)
     pairs = available_backends()
     if len(pairs) == 1:
         raise RuntimeError("no backend package is installed: pip install 'carl[onnx]' (and 'carl[openvino]')")
