@@ -1,14 +1,18 @@
-"""Encode throughput: carl's ``AffectEncoder.encode`` vs ``SentenceTransformer.encode`` vs a naive
-Hugging Face loop, on the same model, texts, batch size and threads, in one run.
+"""Encode throughput of every carl backend against sentence-transformers, on short and long texts,
+1 and 2 threads, in one run.
 
-    python benchmarks/encode_speed.py [--model minilm-l6] [--n 2000] [--batch-size 64] [--rounds 3]
+    carl export-onnx runs/demo                     # the graphs (and parity.md) the backends load
+    python benchmarks/encode_speed.py --model runs/demo [--n-short 1000] [--n-long 200] [--rounds 3]
 
-The texts are the first N EmoBank sentences (all splits, in corpus order). The naive loop is the
-recipe of a model card: batches in input order, ``tokenizer(..., padding=True)``, ``torch.no_grad``,
-mean pooling. Each round times every method once, in rotating order (so that a busy neighbour
-on a shared CPU hurts all three alike); the report gives the median over rounds, the spread, and
-checks that the three produce the same embeddings (compared after L2 normalisation, because the
-MiniLM folder's sentence-transformers pipeline ends with a Normalize module). Writes results.json and report.md to --out.
+Methods: carl ``AffectEncoder.encode`` on torch, onnx, onnx int8, openvino and openvino int8
+(those whose graphs and packages are present), and ``SentenceTransformer.encode`` on the same
+folder with its torch backend and its own onnx backend (``backend="onnx"``, which needs
+optimum-onnx; recorded as unavailable when it cannot be installed). Texts: the first N EmoBank
+sentences (short) and MR sentences joined to about 200 tokens each (long). For each thread count
+every method is loaded with that many threads and each round times every method once per text
+set, in rotating order (a busy neighbour on a shared CPU hurts all alike); the report gives the
+median over rounds, the ratios to sentence-transformers' torch path, and each method's cosine to
+carl torch (unit vectors). Writes results.json and report.md to --out.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+LONG_TOKENS = 200
+CARL_BACKENDS = (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8"))
+
 
 def emobank_sentences(n: int) -> list[str]:
     from carl.data.emobank import load_emobank
@@ -35,32 +42,19 @@ def emobank_sentences(n: int) -> list[str]:
     return texts[:n]
 
 
-def naive_encoder(folder: str, max_length: int):
-    """The textbook loop: input order, pad per batch, no_grad, mean pooling."""
-    from transformers import AutoModel, AutoTokenizer
+def long_texts(n: int, tokenizer) -> list[str]:
+    """``n`` texts of about LONG_TOKENS tokens: consecutive MR sentences joined."""
+    from carl.data.classification import load_mr
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
-
-    def encode(texts: list[str], batch_size: int) -> np.ndarray:
-        out = []
-        for i in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")
-            with torch.no_grad():
-                hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).numpy())
-        return np.concatenate(out)
-
-    return encode
-
-
-def padded_tokens(lengths: np.ndarray, order: np.ndarray, batch_size: int) -> int:
-    """Tokens the model processes (real + padding) when batches follow ``order``."""
-    ordered = lengths[order]
-    return int(sum(len(ordered[i:i + batch_size]) * ordered[i:i + batch_size].max()
-                   for i in range(0, len(ordered), batch_size)))
+    sentences, texts, current = load_mr().texts, [], []
+    for sentence in sentences:
+        current.append(sentence)
+        if len(tokenizer(" ".join(current))["input_ids"]) >= LONG_TOKENS:
+            texts.append(" ".join(current))
+            current = []
+            if len(texts) == n:
+                return texts
+    raise SystemExit(f"MR gives only {len(texts)} texts of {LONG_TOKENS} tokens")
 
 
 def cpu_name() -> str:
@@ -73,90 +67,108 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="minilm-l6")
-    parser.add_argument("--n", type=int, default=2000, help="EmoBank sentences (default 2000)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "encode_speed"))
-    args = parser.parse_args(argv)
-
+def methods_for(folder: str, threads: int, batch_size: int) -> tuple[dict, dict[str, str]]:
+    """``({name: encode(texts) -> [N, H]}, {name: why it is missing})`` with ``threads`` threads."""
     from sentence_transformers import SentenceTransformer
 
     from carl.inference import AffectEncoder
+
+    torch.set_num_threads(threads)
+    methods, missing = {}, {}
+    for backend, quantize in CARL_BACKENDS:
+        name = f"carl {backend}{'-int8' if quantize else ''}"
+        try:
+            encoder = AffectEncoder.load(folder, backend=backend, quantize=quantize, num_threads=threads)
+        except (RuntimeError, ValueError) as err:  # package or graph absent
+            missing[name] = str(err)
+            continue
+        methods[name] = lambda texts, e=encoder: e.encode(texts, batch_size=batch_size)
+    st = SentenceTransformer(folder, device="cpu")
+    methods["sentence-transformers torch"] = lambda texts: st.encode(texts, batch_size=batch_size)
+    try:
+        st_onnx = SentenceTransformer(folder, device="cpu", backend="onnx",
+                                      model_kwargs={"provider": "CPUExecutionProvider"})
+        methods["sentence-transformers onnx"] = lambda texts: st_onnx.encode(texts, batch_size=batch_size)
+    except Exception as err:  # sentence-transformers raises a bare Exception without optimum
+        missing["sentence-transformers onnx"] = str(err).splitlines()[0]
+    return methods, missing
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="runs/demo", help="a model or run folder with exported graphs")
+    parser.add_argument("--n-short", type=int, default=1000, help="EmoBank sentences (default 1000)")
+    parser.add_argument("--n-long", type=int, default=200, help=f"texts of ~{LONG_TOKENS} tokens (default 200)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "encode_speed"))
+    args = parser.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
     from carl.model.encoder import resolve_encoder
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    texts = emobank_sentences(args.n)
     folder = resolve_encoder(args.model)
-    carl_enc = AffectEncoder.load(args.model)
-    st = SentenceTransformer(folder, device="cpu")
-    naive = naive_encoder(folder, carl_enc.max_length)
-    methods = {
-        "carl AffectEncoder.encode": lambda: carl_enc.encode(texts, batch_size=args.batch_size),
-        "sentence-transformers encode": lambda: st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True),
-        "naive HF loop": lambda: naive(texts, args.batch_size),
-    }
-    warm = texts[:args.batch_size]  # warm-up: allocator, kernels
-    carl_enc.encode(warm, batch_size=args.batch_size)
-    st.encode(warm, batch_size=args.batch_size)
-    naive(warm, args.batch_size)
-
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sets = {"short": emobank_sentences(args.n_short), "long": long_texts(args.n_long, tokenizer)}
+    tokens = {k: int(sum(len(ids) for ids in tokenizer(v, truncation=True, max_length=256)["input_ids"]))
+              for k, v in sets.items()}
     load_before = os.getloadavg()
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    outputs: dict[str, np.ndarray] = {}
-    names = list(methods)
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            started = time.perf_counter()
-            outputs[name] = np.asarray(methods[name]())
-            times[name].append(time.perf_counter() - started)
-            print(f"round {r + 1} {name}: {times[name][-1]:.2f} s", flush=True)
+    results, missing = [], {}
+    for threads in args.threads:
+        methods, missing = methods_for(folder, threads, args.batch_size)
+        names = list(methods)
+        for texts in sets.values():  # warm-up: allocators, kernels, graph compilation
+            for name in names:
+                methods[name](texts[:args.batch_size])
+        times = {(name, s): [] for name in names for s in sets}
+        outputs: dict = {}
+        for r in range(args.rounds):
+            for set_name, texts in sets.items():
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    started = time.perf_counter()
+                    outputs[name, set_name] = np.asarray(methods[name](texts))
+                    times[name, set_name].append(time.perf_counter() - started)
+                    print(f"{threads} threads, round {r + 1}, {set_name}: {name} {times[name, set_name][-1]:.2f} s",
+                          flush=True)
+        for set_name, texts in sets.items():
+            reference = unit(outputs["carl torch", set_name])
+            base = len(texts) / statistics.median(times["sentence-transformers torch", set_name])
+            for name in names:
+                median = statistics.median(times[name, set_name])
+                cosine = (unit(outputs[name, set_name]) * reference).sum(axis=1)
+                results.append({"threads": threads, "texts": set_name, "method": name, "median_s": median,
+                                "min_s": min(times[name, set_name]), "max_s": max(times[name, set_name]),
+                                "texts_per_s": len(texts) / median,
+                                "vs_sentence_transformers_torch": len(texts) / median / base,
+                                "min_cosine_vs_carl_torch": float(cosine.min())})
     load_after = os.getloadavg()
-
-    def unit(x: np.ndarray) -> np.ndarray:  # the MiniLM folder's sentence-transformers pipeline normalises
-        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-
-    reference = unit(outputs["carl AffectEncoder.encode"])
-    token_ids = carl_enc.tokenizer(texts, truncation=True, max_length=carl_enc.max_length)["input_ids"]
-    lengths = np.array([len(ids) for ids in token_ids])
-    orders = {names[0]: np.argsort(-lengths, kind="stable"),  # token count, as carl sorts
-              names[1]: np.argsort([-len(t) for t in texts]),  # characters, as sentence-transformers sorts
-              names[2]: np.arange(len(texts))}  # input order
-    rows = []
-    for name in names:
-        median = statistics.median(times[name])
-        rows.append({"method": name, "median_s": median, "min_s": min(times[name]), "max_s": max(times[name]),
-                     "sentences_per_s": args.n / median,
-                     "max_abs_diff_vs_carl": float(np.abs(unit(outputs[name]) - reference).max()),
-                     "padded_tokens": padded_tokens(lengths, orders[name], args.batch_size)})
-    speed = {row["method"]: row["sentences_per_s"] for row in rows}
-    ratios = {"carl / sentence-transformers": speed[names[0]] / speed[names[1]],
-              "carl / naive HF loop": speed[names[0]] / speed[names[2]],
-              "sentence-transformers / naive HF loop": speed[names[1]] / speed[names[2]]}
-    result = {"model": args.model, "model_folder": folder, "n_sentences": args.n, "batch_size": args.batch_size,
-              "real_tokens": int(lengths.sum()),
-              "rounds": args.rounds, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+    result = {"model": args.model, "model_folder": folder, "n": {k: len(v) for k, v in sets.items()},
+              "tokens": tokens, "batch_size": args.batch_size, "rounds": args.rounds, "threads": args.threads,
+              "torch": torch.__version__, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
               "load_average_before_after": [load_before[0], load_after[0]],
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows, "ratios": ratios}
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "missing": missing,
+              "results": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# encode speed: {args.model}, {args.n} EmoBank sentences, batch {args.batch_size}", "",
-             f"{result['cpu']} ({result['cpu_count']} cores), torch {torch.__version__}, "
-             f"{result['torch_threads']} threads, median of {args.rounds} interleaved rounds; "
-             f"1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.", "",
-             "| method | sentences/s | median s | min-max s | tokens incl. padding | max abs diff vs carl (unit vectors) |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['sentences_per_s']:.1f} | {r['median_s']:.2f} | "
-              f"{r['min_s']:.2f}-{r['max_s']:.2f} | {r['padded_tokens']} | {r['max_abs_diff_vs_carl']:.1e} |"
-              for r in rows]
-    lines += ["", f"Real tokens: {int(lengths.sum())} (the rest of each row's count is padding)."]
-    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f}x |" for k, v in ratios.items()]
+    lines = [f"# encode speed: {args.model}, every backend", "",
+             f"{result['cpu']} ({result['cpu_count']} cores), torch {torch.__version__}, batch {args.batch_size}, "
+             f"median of {args.rounds} interleaved rounds; short = {len(sets['short'])} EmoBank sentences "
+             f"({tokens['short']} tokens), long = {len(sets['long'])} MR texts of ~{LONG_TOKENS} tokens "
+             f"({tokens['long']} tokens); 1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.",
+             "", "| threads | texts | method | texts/s | x sentence-transformers torch | min-max s "
+             "| min cosine vs carl torch |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['threads']} | {r['texts']} | {r['method']} | {r['texts_per_s']:.1f} | "
+              f"{r['vs_sentence_transformers_torch']:.2f}x | {r['min_s']:.2f}-{r['max_s']:.2f} | "
+              f"{r['min_cosine_vs_carl_torch']:.4f} |" for r in results]
+    if missing:
+        lines += ["", "Not measured:"] + [f"- {name}: {why}" for name, why in missing.items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

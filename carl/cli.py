@@ -25,6 +25,15 @@ def _add_model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def _add_backend_args(parser: argparse.ArgumentParser, auto: str = "") -> None:
+    parser.add_argument("--backend", default="auto" if auto else "torch",
+                        choices=["torch", "onnx", "openvino"] + (["auto"] if auto else []),
+                        help="what runs the forward pass; onnx and openvino use the graphs carl export-onnx "
+                             "wrote into the model folder (default %(default)s" + (f"; {auto})" if auto else ")"))
+    parser.add_argument("--quantize", default=None, choices=["int8"],
+                        help="run the int8 graph of --backend onnx or openvino (see the folder's parity.md)")
+
+
 def _add_input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", "-i", default="-",
                         help="plain text (one per line; a blank line is a text too, embedded as the empty string "
@@ -61,12 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "texts are sharded over the processes and the embeddings gathered (each once); the main "
                     "process prints and writes.")
     _add_model_arg(evaluate)
+    _add_backend_args(evaluate)
     evaluate.add_argument("--output", "-o", help="write the metrics as JSON here")
     evaluate.add_argument("--limit", type=int, default=0, help="use the first N sentences of each split (0 = all)")
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     embed = sub.add_parser("embed", help="sentence embeddings for texts (.npy or JSONL)")
     _add_model_arg(embed)
+    _add_backend_args(embed)
     _add_input_args(embed)
     embed.add_argument("--output", "-o", default="-",
                        help=".npy array, .jsonl or .csv rows; '-' = JSONL on stdout")
@@ -75,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="valence and arousal on the training data's scale, emotion classes "
                                              "with calibrated probabilities")
     _add_model_arg(predict)
+    _add_backend_args(predict)
     _add_input_args(predict)
     predict.add_argument("--output", "-o", default="-",
                          help=".jsonl, .csv or .npy (VA [N, 2], or with --classes or without a VA head the class "
@@ -86,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="per-word valence/arousal (or one class's) attributions (JSONL, CSV, "
                                              "HTML page)")
     _add_model_arg(explain)
+    _add_backend_args(explain)
     _add_input_args(explain)
     explain.set_defaults(batch_size=16, chunk_size=256)
     explain.add_argument("--target", metavar="CLASS",
@@ -99,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="HTTP service: /embed, /predict, /classify, /explain, /health (FastAPI)")
     _add_model_arg(serve)
+    _add_backend_args(serve, auto="auto: on CPU in float32, the fastest backend that passed the quality guard "
+                                  "in the folder's parity.md, else torch")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--max-texts", type=int, default=64,
@@ -120,9 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds for a request's body to arrive after its headers; else 408 (default 30)")
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
 
-    export_onnx = sub.add_parser("export-onnx", help="export the encoder (and VA head) to ONNX")
-    _add_model_arg(export_onnx)
-    export_onnx.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+    export_onnx = sub.add_parser(
+        "export-onnx", help="write the onnx and openvino graphs (float32, int8) into the model folder",
+        description="Write MODEL/onnx/model.onnx, onnx/model_int8.onnx and, with openvino installed, "
+                    "openvino/model.xml and model_int8.xml into the model folder, then measure each against "
+                    "torch float32 (parity.json, parity.md): what --backend and --quantize load.")
+    export_onnx.add_argument("model", help="a carl model or run folder, or a plain encoder folder (written into)")
+    export_onnx.add_argument("--output", "-o", default=None,
+                             help="also write the plain float32 graph (any ONNX runtime runs it) to this .onnx file")
+    export_onnx.add_argument("--threads", type=int, default=None, help="CPU threads (default: the library's choice)")
+    export_onnx.add_argument("--limit", type=int, default=0,
+                             help="parity set and probe: the first N sentences of each EmoBank split (0 = all)")
+    export_onnx.add_argument("--calibration", type=int, default=256,
+                             help="training sentences that calibrate int8 (default %(default)s)")
 
     from carl.evaluation.benchmark_cli import DESCRIPTION, add_benchmark_arguments
 
@@ -189,7 +214,8 @@ def _evaluate_here(args, main_process: bool) -> int:
     from carl.model.encoder import resolve_encoder
     from carl.model.export import record_metrics
 
-    if record_metrics(resolve_encoder(args.model), {f"emobank_test_{k}": v for k, v in m.items()}):
+    reference = args.backend == "torch"  # the model card holds the torch model's own figures
+    if reference and record_metrics(resolve_encoder(args.model), {f"emobank_test_{k}": v for k, v in m.items()}):
         print(f"metrics recorded in the model card of {resolve_encoder(args.model)}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +227,8 @@ def _evaluate_here(args, main_process: bool) -> int:
 def _load_encoder(args):
     from carl.inference import AffectEncoder
 
-    return AffectEncoder.load(args.model, device=args.device, dtype=args.dtype, num_threads=args.threads)
+    return AffectEncoder.load(args.model, device=args.device, dtype=args.dtype, num_threads=args.threads,
+                              backend=getattr(args, "backend", "torch"), quantize=getattr(args, "quantize", None))
 
 
 def _embed(args) -> int:
@@ -230,6 +257,9 @@ def _explain(args) -> int:
     from carl.inference.streaming import explain_stream, open_source
     from carl.inference.writers import EXPLAIN_OUTPUTS, HTML_OUTPUTS, check_output
 
+    if args.backend != "torch" or args.quantize:
+        raise ValueError(f"explain needs gradients, which only the torch backend gives: drop --backend {args.backend}"
+                         + (" --quantize int8" if args.quantize else ""))
     source = open_source(args.input, args.column, args.errors)
     check_output(args.output, EXPLAIN_OUTPUTS)
     check_output(args.html, HTML_OUTPUTS)
@@ -243,6 +273,18 @@ def _serve(args) -> int:
     from carl.serve.schemas import ServeLimits
     from carl.serve.server import serve
 
+    if args.backend == "auto":
+        from carl.model.encoder import resolve_encoder
+
+        args.backend = "torch"
+        folder = Path(resolve_encoder(args.model))
+        if args.device == "cpu" and args.dtype in ("auto", "float32") and not args.quantize and folder.is_dir():
+            from carl.inference.backends import best_backend
+
+            args.backend, args.quantize = best_backend(folder)
+        print(f"backend {args.backend}{' int8' if args.quantize else ''} (--backend auto: the fastest that passed "
+              "the quality guard in the folder's parity.md, else torch)", file=sys.stderr)
+
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars,
                          max_explain_texts=args.max_explain_texts, max_body_bytes=args.max_body_bytes,
                          max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
@@ -250,17 +292,19 @@ def _serve(args) -> int:
                          max_connections=args.max_connections, timeout_header_s=args.timeout_header,
                          timeout_body_s=args.timeout_body)
     serve(args.model, host=args.host, port=args.port, limits=limits, device=args.device, dtype=args.dtype,
-          num_threads=args.threads, log_level=args.log_level)
+          num_threads=args.threads, log_level=args.log_level, backend=args.backend, quantize=args.quantize)
     return 0
 
 
 def _export_onnx(args) -> int:
-    from carl.inference.onnx_export import export_onnx
+    from carl.inference.graphs import export_graphs, parity_markdown
     from carl.inference.writers import check_output
 
-    check_output(args.output, (".onnx",))
-    path = export_onnx(_load_encoder(args), args.output)
-    print(f"wrote {path}")
+    if args.output:
+        check_output(args.output, (".onnx",))
+    report = export_graphs(args.model, num_threads=args.threads, limit=args.limit,
+                           calibration_size=args.calibration, plain_output=args.output)
+    print(parity_markdown(report))
     return 0
 
 

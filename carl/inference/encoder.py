@@ -22,6 +22,7 @@ from transformers import BatchEncoding
 from carl.data.batching import length_sorted_batches
 from carl.data.scales import Scale
 from carl.inference.classify import Classification, Classifier
+from carl.inference.backends import Session, TorchSession, check_choice, open_session
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.folder import (
@@ -110,7 +111,7 @@ class AffectEncoder:
     """A frozen encoder for embeddings and, when trained with carl, VA predictions and explanations.
 
     Texts are tokenised once, sorted by token count and cut into batches so that padding is
-    minimal; results come back in input order. All passes run under ``torch.inference_mode``.
+    minimal; results come back in input order. The forward pass runs on the chosen backend.
 
     >>> enc = AffectEncoder.load("minilm-l6", num_threads=1)
     >>> emb = enc.encode(["What a lovely day!"])
@@ -120,12 +121,14 @@ class AffectEncoder:
 
     def __init__(self, model: CarlModel, tokenizer, *, scale: tuple[float, float] | None,
                  has_heads: bool, max_length: int = 256, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype | None = "auto", info: dict | None = None, source: str = ""):
+                 dtype: str | torch.dtype | None = "auto", info: dict | None = None, source: str = "",
+                 session: Session | None = None):
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.eval().to(self.device)
         if self.dtype != torch.float32:
             self.model.to(self.dtype)
+        self.session = session or TorchSession(self.model, self.device)
         self.tokenizer = tokenizer
         self.scale = scale
         self.has_heads = has_heads
@@ -137,14 +140,21 @@ class AffectEncoder:
 
     @classmethod
     def load(cls, path_or_alias: str, *, device: str | torch.device = "cpu", max_length: int | None = None,
-             dtype: str | torch.dtype | None = "auto", num_threads: int | None = None) -> AffectEncoder:
+             dtype: str | torch.dtype | None = "auto", num_threads: int | None = None, backend: str = "torch",
+             quantize: str | None = None) -> AffectEncoder:
         """Load a carl model folder, a run folder, an alias (``minilm-l6``) or a Hugging Face encoder.
 
         ``dtype="auto"`` runs bfloat16 (or float16) on CUDA and float32 on CPU. ``num_threads``
         sets torch's intra-op thread count for the whole process (``torch.set_num_threads``).
         ``max_length`` (tokens; longer texts are truncated) defaults to the folder's
         sentence-transformers ``max_seq_length`` or 256, capped by the model's position limit.
+
+        ``backend`` runs the forward pass with ``"torch"``, ``"onnx"`` (onnxruntime) or
+        ``"openvino"`` on the graphs that ``carl export-onnx`` wrote into the folder;
+        ``quantize="int8"`` picks their int8 graph (:mod:`carl.inference.backends`). The torch
+        weights are loaded on every backend: explanations need their gradients.
         """
+        check_choice(backend, quantize, torch.device(device), resolve_dtype(dtype, torch.device(device)))
         if num_threads is not None:
             if num_threads < 1:
                 raise ValueError(f"num_threads must be >= 1, got {num_threads}")
@@ -162,9 +172,12 @@ class AffectEncoder:
             check_heads(folder, tensors, {k: v.shape for k, v in model.state_dict().items() if k.startswith(prefixes)})
             model.load_state_dict(tensors, strict=False)
         va = bool(info) and has_va_head(info)
+        session = None
+        if backend != "torch":
+            session = open_session(folder, backend, quantize, num_threads, has_heads=va)
         return cls(model, tokenizer, scale=tuple(info["scale"]) if va else None, has_heads=va,
                    max_length=_max_length_of(folder, backbone, tokenizer, max_length),
-                   device=device, dtype=dtype, info=info or None, source=str(folder))
+                   device=device, dtype=dtype, info=info or None, source=str(folder), session=session)
 
     @property
     def dim(self) -> int:
@@ -190,14 +203,11 @@ class AffectEncoder:
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id or 0
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 with_va: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embeddings [B, H] and standardised VA [B, 2] (or None) without the unused heads."""
-        out = self.model(input_ids.to(self.device, non_blocking=True),
-                         attention_mask.to(self.device, non_blocking=True), heads=("va",) if with_va else ())
-        return out.embedding, out.va
+    @property
+    def backend(self) -> str:
+        """The session running the forward pass: ``torch``, or ``onnx (model_int8.onnx)`` and the like."""
+        return self.session.name
 
-    @torch.inference_mode()
     def infer(self, texts: str | Sequence[str], *, batch_size: int = 64, with_va: bool = False,
               show_progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Embeddings [N, H] float32 and standardised VA [N, 2] (``with_va``), in input order.
@@ -221,10 +231,10 @@ class AffectEncoder:
         total = (len(texts) + batch_size - 1) // max(batch_size, 1)
         batches = self.padded_batches(texts, batch_size)
         for rows, ids, mask in tqdm(batches, total=total, desc="batches", disable=not show_progress):
-            emb, z = self._forward(ids, mask, with_va)
-            embeddings[rows] = emb.float().cpu().numpy()
+            emb, z = self.session.run(ids, mask, with_va)
+            embeddings[rows] = emb
             if va is not None:
-                va[rows] = z.float().cpu().numpy()
+                va[rows] = z
         return embeddings, va
 
     def _infer_sharded(self, texts: list[str], *, batch_size: int, with_va: bool,

@@ -1,27 +1,39 @@
-"""Export the encoder (backbone + pooling, and the VA head when present) to ONNX.
+"""Export the encoder (backbone + pooling, and the VA head when present) to ONNX, float32 and int8.
 
 The graph takes ``input_ids`` and ``attention_mask`` (int64 [batch, tokens], both axes dynamic)
 and returns ``embedding`` [batch, H] and, for a carl model, ``va`` [batch, 2] standardised as
 the regression head gives it (``AffectEncoder.to_scale`` maps it to the declared scale). It is
-traced with torch's TorchScript-based exporter (no extra packages); run it with onnxruntime
-(``pip install carl[onnx]``).
+traced with torch's TorchScript-based exporter and records the SHA-256 of the weights it came
+from (``carl_source_sha256`` in its metadata). :func:`optimize_onnx` fuses it for onnxruntime
+(``onnxruntime.transformers.optimizer``: skip + layer norm, bias + GELU; fused operators that
+only onnxruntime runs, so OpenVINO converts the plain graph). :func:`quantize_onnx` writes the
+int8 graph of the plain graph (the fused one hides activation types from the quantiser, which
+then leaves most MatMuls float; onnxruntime fuses the int8 graph when it loads it) with
+``onnxruntime.quantization``: int8 weights of the transformer's weight MatMuls,
+per output channel; ``dynamic`` quantises their inputs per batch at run time, ``static`` with
+ranges calibrated on training sentences (QDQ). Kept float32 (measured on all-MiniLM-L6-v2,
+docs/inference.md): attention's activation-by-activation MatMuls, the feed-forward
+down-projections (their GELU inputs have the widest ranges) and the heads.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
 from carl.atomic import temporary_beside
+from carl.inference.backends import SOURCE_KEY
 
 if TYPE_CHECKING:
     from carl.inference.encoder import AffectEncoder
+
+INT8_METHODS = ("dynamic", "static")
 
 
 class _EmbeddingGraph(nn.Module):
@@ -37,16 +49,40 @@ class _EmbeddingGraph(nn.Module):
         return (out.embedding, out.va) if self.heads else out.embedding
 
 
-def _onnx_export(*args, **kwargs) -> None:
+def _onnx():
     try:
-        torch.onnx.export(*args, **kwargs)
+        import onnx
+        import onnxruntime  # noqa: F401  (quantisation and the parity check run it)
     except ImportError as err:
-        raise RuntimeError(f"ONNX export needs the onnx package ({err}): pip install 'carl[onnx]'") from err
+        raise RuntimeError(f"ONNX export needs onnx and onnxruntime ({err}): pip install 'carl[onnx]'") from err
+    return onnx
 
 
-def export_onnx(encoder: AffectEncoder, path: str | Path, *, opset: int = 17) -> Path:
-    """Write ``encoder`` as an ONNX graph to ``path`` (float32, CPU); returns the path."""
-    path = Path(path)
+def _record_source(path: Path, source: str) -> None:
+    """Write ``source`` into the graph's metadata (``carl_source_sha256``), in place."""
+    onnx = _onnx()
+    graph = onnx.load(str(path))
+    del graph.metadata_props[:]
+    graph.metadata_props.add(key=SOURCE_KEY, value=source)
+    onnx.save(graph, str(path))
+
+
+def _write_atomic(path: Path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_beside(path, folder=False)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_onnx(encoder: AffectEncoder, path: str | Path, *, source: str, opset: int = 17) -> Path:
+    """Write ``encoder`` as a float32 ONNX graph to ``path`` recording ``source`` (the weights' digest)."""
+    _onnx()
     if encoder.dtype != torch.float32 or encoder.device.type != "cpu":
         raise ValueError("export from a float32 CPU encoder: AffectEncoder.load(..., device='cpu', dtype='float32')")
     graph = _EmbeddingGraph(encoder).eval()
@@ -55,37 +91,77 @@ def export_onnx(encoder: AffectEncoder, path: str | Path, *, opset: int = 17) ->
     outputs = ["embedding", "va"] if encoder.has_heads else ["embedding"]
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
             **{name: {0: "batch"} for name in outputs}}
-    tmp = temporary_beside(path, folder=False)  # renamed into place when whole
-    try:
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-            _onnx_export(graph, args, str(tmp), input_names=["input_ids", "attention_mask"],
-                         output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+            torch.onnx.export(graph, args, str(tmp), input_names=["input_ids", "attention_mask"],
+                              output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
+        _record_source(tmp, source)
+
+    return _write_atomic(Path(path), write)
 
 
-def onnx_encode(path: str | Path, encoder: AffectEncoder, texts: list[str], *, batch_size: int = 64
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Embeddings [N, H] (and standardised VA [N, 2] when exported) from the ONNX graph at ``path``.
+def optimize_onnx(plain_path: Path, path: Path, *, source: str, num_heads: int, hidden_size: int) -> Path:
+    """The graph at ``plain_path`` with onnxruntime's transformer fusions, written to ``path``."""
+    from onnxruntime.transformers import optimizer
 
-    Uses ``encoder``'s tokenizer and length-sorted batches, like :meth:`AffectEncoder.infer`.
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise RuntimeError("running ONNX needs onnxruntime: pip install 'carl[onnx]'") from err
+    def write(tmp: Path) -> None:
+        fused = optimizer.optimize_model(str(plain_path), model_type="bert", num_heads=num_heads,
+                                         hidden_size=hidden_size, opt_level=1)
+        fused.save_model_to_file(str(tmp))
+        _record_source(tmp, source)
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    embeddings = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    va = np.empty((len(texts), 2), dtype=np.float32) if "va" in names else None
-    for rows, ids, mask in encoder.padded_batches(texts, batch_size):
-        out = session.run(names, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-        embeddings[rows] = out[0]
-        if va is not None:
-            va[rows] = out[1]
-    return embeddings, va
+    return _write_atomic(path, write)
+
+
+def weight_matmuls(path: Path) -> tuple[list[str], list[str]]:
+    """``(the MatMuls to quantise, every other MatMul/Gemm)`` in the graph at ``path``: the
+    transformer's weight MatMuls but its feed-forward down-projections (``layer.i/output/dense``).
+    Attention's score and context products multiply two activations; the heads are small and
+    give the VA values directly."""
+    graph = _onnx().load(str(path)).graph
+    weights = {init.name for init in graph.initializer}
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    inside = [n.name for n in matmuls if "/backbone/" in n.name and any(i in weights for i in n.input)
+              and not (n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name)]
+    return inside, [n.name for n in matmuls if n.name not in inside]
+
+
+class _Calibration:
+    """onnxruntime's ``CalibrationDataReader`` over padded batches of training sentences."""
+
+    def __init__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]):
+        self.batches = batches
+
+    def get_next(self) -> dict | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {"input_ids": batch[0].numpy(), "attention_mask": batch[1].numpy()}
+
+
+def quantize_onnx(float_path: Path, path: Path, *, method: str, source: str,
+                  calibration: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Path:
+    """Write the int8 graph of ``float_path`` to ``path`` (``method``: dynamic or static; static
+    needs ``calibration`` batches of (input_ids, attention_mask))."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if method not in INT8_METHODS:
+        raise ValueError(f"unknown int8 method {method!r}; choose {', '.join(INT8_METHODS)}")
+    nodes, excluded = weight_matmuls(float_path)
+    options = {"DefaultTensorType": _onnx().TensorProto.FLOAT}  # any untyped tensor is float32
+
+    def write(tmp: Path) -> None:
+        if method == "dynamic":
+            quantize_dynamic(str(float_path), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
+                             nodes_to_quantize=nodes, nodes_to_exclude=excluded, extra_options=options)
+        else:
+            if not calibration:
+                raise ValueError("static int8 quantisation needs calibration sentences")
+            quantize_static(str(float_path), str(tmp), _Calibration(iter(calibration)), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=nodes, nodes_to_exclude=excluded,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={**options, "ActivationSymmetric": True, "WeightSymmetric": True})
+        _record_source(tmp, source)
+
+    return _write_atomic(path, write)

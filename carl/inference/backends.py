@@ -1,0 +1,182 @@
+"""Inference backends: a session maps one padded batch to embeddings and standardised VA.
+
+``AffectEncoder`` tokenises, sorts by token count and pads (``carl.data.batching``); the session
+only runs the network, so streaming, micro-batching and the service are the same on every
+backend. The graphs that ``carl export-onnx`` writes live in the model folder::
+
+    <model>/onnx/model.onnx           float32 ONNX (embedding [B, H], va [B, 2] for a carl model)
+    <model>/onnx/model_int8.onnx      int8 weights, onnxruntime.quantization
+    <model>/openvino/model.xml        OpenVINO IR of the float graph
+    <model>/openvino/model_int8.xml   int8 weights and activations (NNCF, calibrated)
+
+Each graph records the SHA-256 of the folder's weight files it was exported from
+(:func:`source_digest`); loading refuses a graph whose record does not match the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from carl.model.folder import CARL_SUBDIR, WEIGHTS, WEIGHTS_INDEX, ModelFolderError, read_json_object
+
+BACKENDS = ("torch", "onnx", "openvino")
+QUANTIZE = (None, "int8")
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
+# fastest first, as benchmarks/encode_speed.py measured on 2 CPU threads (docs/results.md)
+SPEED_ORDER = (("openvino", "int8"), ("onnx", "int8"), ("openvino", None), ("onnx", None), ("torch", None))
+SOURCE_KEY = "carl_source_sha256"  # ONNX metadata_props key / OpenVINO rt_info key
+
+
+class Session(Protocol):
+    """``run(input_ids [B, T], attention_mask [B, T], with_va) -> (embedding [B, H], va [B, 2] | None)``,
+    float32 arrays; ids and mask are int64 CPU tensors."""
+
+    name: str
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            with_va: bool) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def graph_path(folder: Path, backend: str, quantize: str | None) -> Path:
+    """Where ``carl export-onnx`` writes the ``backend`` graph (``quantize``: None or "int8")."""
+    stem = "model_int8" if quantize == "int8" else "model"
+    return folder / "onnx" / f"{stem}.onnx" if backend == "onnx" else folder / "openvino" / f"{stem}.xml"
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The folder's weight files: the transformer's safetensors (or shards) and carl's heads."""
+    if (folder / WEIGHTS).is_file():
+        files = [folder / WEIGHTS]
+    else:
+        shards = read_json_object(folder / WEIGHTS_INDEX).get("weight_map", {}).values()
+        files = [folder / name for name in sorted(set(shards))]
+    heads = folder / CARL_SUBDIR / "heads.safetensors"
+    return files + ([heads] if heads.is_file() else [])
+
+
+def source_digest(folder: Path) -> str:
+    """SHA-256 over the folder's weight files (names and bytes): what a graph was exported from."""
+    digest = hashlib.sha256()
+    for path in weight_files(folder):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def best_backend(folder: Path) -> tuple[str, str | None]:
+    """The fastest backend (:data:`SPEED_ORDER`) that the folder's parity report passes through the
+    quality guard, whose graph is there and whose package is installed; else torch."""
+    report = folder / "parity.json"
+    rows = read_json_object(report).get("backends", []) if report.is_file() else []
+    passing = {(row["backend"].split(" ")[0], row.get("quantize")) for row in rows if row.get("passes_guard")}
+    for backend, quantize in SPEED_ORDER:
+        if backend == "torch" or ((backend, quantize) in passing and graph_path(folder, backend, quantize).is_file()
+                                  and importlib.util.find_spec(RUNTIMES[backend])):
+            return backend, quantize
+    return "torch", None
+
+
+def check_choice(backend: str, quantize: str | None, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise ``ValueError`` for a backend, quantisation, device or dtype that do not go together."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    if quantize not in QUANTIZE:
+        raise ValueError(f"unknown quantize {quantize!r}; choose int8 (or none)")
+    if backend == "torch" and quantize:
+        raise ValueError("quantize='int8' runs on the onnx or openvino backend, not torch")
+    if backend != "torch" and (device.type != "cpu" or dtype != torch.float32):
+        raise ValueError(f"the {backend} backend runs on CPU in float32: drop --device/--dtype (or use torch)")
+
+
+class TorchSession:
+    """The PyTorch model itself (the reference; the only backend with gradients, for explain)."""
+
+    name = "torch"
+
+    def __init__(self, model, device: torch.device):
+        self.model, self.device = model, device
+
+    @torch.inference_mode()
+    def run(self, input_ids, attention_mask, with_va):
+        out = self.model(input_ids.to(self.device, non_blocking=True),
+                         attention_mask.to(self.device, non_blocking=True), heads=("va",) if with_va else ())
+        va = out.va.float().cpu().numpy() if with_va else None
+        return out.embedding.float().cpu().numpy(), va
+
+
+class OnnxSession:
+    """An onnxruntime ``InferenceSession`` on the CPU over an exported graph."""
+
+    def __init__(self, path: Path, num_threads: int | None):
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise RuntimeError(f"the onnx backend needs onnxruntime ({err}): pip install 'carl[onnx]'") from err
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = num_threads, 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.name = f"onnx ({path.name})"
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def source(self) -> str | None:
+        return self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+
+    def run(self, input_ids, attention_mask, with_va):
+        names = self.outputs if with_va else self.outputs[:1]
+        out = self.session.run(names, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+        return out[0], (out[1] if with_va else None)
+
+
+class OpenVinoSession:
+    """An OpenVINO model compiled for the CPU (latency hint, float32 where not int8, ``num_threads`` threads)."""
+
+    def __init__(self, path: Path, num_threads: int | None):
+        try:
+            import openvino as ov
+        except ImportError as err:
+            raise RuntimeError(f"the openvino backend needs openvino ({err}): pip install 'carl[openvino]'") from err
+        core = ov.Core()
+        self.model = core.read_model(str(path))
+        # f32: on CPUs with bf16 units OpenVINO would otherwise run the float parts in bfloat16
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        self.compiled = core.compile_model(self.model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.name = f"openvino ({path.name})"
+        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+
+    def source(self) -> str | None:
+        return self.model.get_rt_info([SOURCE_KEY]).astype(str) if self.model.has_rt_info([SOURCE_KEY]) else None
+
+    def run(self, input_ids, attention_mask, with_va):
+        out = self.request.infer({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+        values = {name: out[port] for port, name in zip(self.compiled.outputs, self.outputs)}
+        # the request reuses its output buffers: copy before the next batch overwrites them
+        return np.array(values["embedding"]), (np.array(values["va"]) if with_va else None)
+
+
+def open_session(folder: Path, backend: str, quantize: str | None, num_threads: int | None,
+                 has_heads: bool) -> OnnxSession | OpenVinoSession:
+    """The exported ``backend`` graph of ``folder``, checked against the folder's weights."""
+    path = graph_path(folder, backend, quantize)
+    if not path.is_file():
+        raise ModelFolderError(path, f"missing: export the {backend} graphs first (carl export-onnx {folder})")
+    session = OnnxSession(path, num_threads) if backend == "onnx" else OpenVinoSession(path, num_threads)
+    recorded, actual = session.source(), source_digest(folder)
+    if recorded != actual:
+        raise ModelFolderError(path, f"exported from other weights (recorded source {str(recorded)[:12]}, "
+                                     f"this folder {actual[:12]}): export again (carl export-onnx {folder})")
+    if has_heads and "va" not in session.outputs:
+        raise ModelFolderError(path, "has no 'va' output although the folder has a VA head: export again")
+    return session
+
