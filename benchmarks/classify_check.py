@@ -45,10 +45,22 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_splits(out)
-    cfg = load_config(None, [f"data.path={out / 'train.csv'}", f"data.dev_path={out / 'dev.csv'}",
-                             "data.label_column=label", "data.max_length=64", f"objective.name={args.objective}",
-                             f"train.max_steps={args.steps}", "train.batch_size=32", "train.learning_rate=5e-5",
-                             "train.head_learning_rate=1e-3", "train.checkpoint_every=0", "train.num_threads=2"])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={out / 'train.csv'}",
+            f"data.dev_path={out / 'dev.csv'}",
+            "data.label_column=label",
+            "data.max_length=64",
+            f"objective.name={args.objective}",
+            f"train.max_steps={args.steps}",
+            "train.batch_size=32",
+            "train.learning_rate=5e-5",
+            "train.head_learning_rate=1e-3",
+            "train.checkpoint_every=0",
+            "train.num_threads=2",
+        ],
+    )
     started = time.time()
     run = out / f"run-{args.objective}"
     trainer = CarlTrainer(cfg, run, show_progress=False)
@@ -60,12 +72,17 @@ def main() -> None:
     logits, _ = encoder.class_logits(test.texts)
     t = encoder.classifier.temperature
     info = json.loads((run / "model" / "carl" / "carl.json").read_text())
-    result = {"objective": args.objective, "steps": args.steps, "temperature": t,
-              "test_ece_before": expected_calibration_error(probabilities(logits, multi_label=False), y),
-              "test_ece_after": expected_calibration_error(probabilities(logits, t, multi_label=False), y),
-              "test_macro_f1": float(np.mean(per_class_f1(logits.argmax(1), y, logits.shape[1]))),
-              "test_accuracy": float((logits.argmax(1) == y).mean()), "dev_calibration": info["calibration"],
-              "seconds": time.time() - started}
+    result = {
+        "objective": args.objective,
+        "steps": args.steps,
+        "temperature": t,
+        "test_ece_before": expected_calibration_error(probabilities(logits, multi_label=False), y),
+        "test_ece_after": expected_calibration_error(probabilities(logits, t, multi_label=False), y),
+        "test_macro_f1": float(np.mean(per_class_f1(logits.argmax(1), y, logits.shape[1]))),
+        "test_accuracy": float((logits.argmax(1) == y).mean()),
+        "dev_calibration": info["calibration"],
+        "seconds": time.time() - started,
+    }
     print(json.dumps(result, indent=1))
     (out / f"result-{args.objective}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 

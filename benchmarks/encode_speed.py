@@ -86,8 +86,9 @@ def methods_for(folder: str, threads: int, batch_size: int) -> tuple[dict, dict[
     st = SentenceTransformer(folder, device="cpu")
     methods["sentence-transformers torch"] = lambda texts: st.encode(texts, batch_size=batch_size)
     try:
-        st_onnx = SentenceTransformer(folder, device="cpu", backend="onnx",
-                                      model_kwargs={"provider": "CPUExecutionProvider"})
+        st_onnx = SentenceTransformer(
+            folder, device="cpu", backend="onnx", model_kwargs={"provider": "CPUExecutionProvider"}
+        )
         methods["sentence-transformers onnx"] = lambda texts: st_onnx.encode(texts, batch_size=batch_size)
     except Exception as err:  # sentence-transformers raises a bare Exception without optimum
         missing["sentence-transformers onnx"] = str(err).splitlines()[0]
@@ -116,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     folder = resolve_encoder(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     sets = {"short": emobank_sentences(args.n_short), "long": long_texts(args.n_long, tokenizer)}
-    tokens = {k: int(sum(len(ids) for ids in tokenizer(v, truncation=True, max_length=256)["input_ids"]))
-              for k, v in sets.items()}
+    tokens = {
+        k: int(sum(len(ids) for ids in tokenizer(v, truncation=True, max_length=256)["input_ids"]))
+        for k, v in sets.items()
+    }
     load_before = os.getloadavg()
     results, missing = [], {}
     for threads in args.threads:
@@ -125,48 +128,75 @@ def main(argv: list[str] | None = None) -> int:
         names = list(methods)
         for texts in sets.values():  # warm-up: allocators, kernels, graph compilation
             for name in names:
-                methods[name](texts[:args.batch_size])
+                methods[name](texts[: args.batch_size])
         times = {(name, s): [] for name in names for s in sets}
         outputs: dict = {}
         for r in range(args.rounds):
             for set_name, texts in sets.items():
-                for name in names[r % len(names):] + names[:r % len(names)]:
+                for name in names[r % len(names) :] + names[: r % len(names)]:
                     started = time.perf_counter()
                     outputs[name, set_name] = np.asarray(methods[name](texts))
                     times[name, set_name].append(time.perf_counter() - started)
-                    print(f"{threads} threads, round {r + 1}, {set_name}: {name} {times[name, set_name][-1]:.2f} s",
-                          flush=True)
+                    print(
+                        f"{threads} threads, round {r + 1}, {set_name}: {name} {times[name, set_name][-1]:.2f} s",
+                        flush=True,
+                    )
         for set_name, texts in sets.items():
             reference = unit(outputs["carl torch", set_name])
             base = len(texts) / statistics.median(times["sentence-transformers torch", set_name])
             for name in names:
                 median = statistics.median(times[name, set_name])
                 cosine = (unit(outputs[name, set_name]) * reference).sum(axis=1)
-                results.append({"threads": threads, "texts": set_name, "method": name, "median_s": median,
-                                "min_s": min(times[name, set_name]), "max_s": max(times[name, set_name]),
-                                "texts_per_s": len(texts) / median,
-                                "vs_sentence_transformers_torch": len(texts) / median / base,
-                                "min_cosine_vs_carl_torch": float(cosine.min())})
+                results.append(
+                    {
+                        "threads": threads,
+                        "texts": set_name,
+                        "method": name,
+                        "median_s": median,
+                        "min_s": min(times[name, set_name]),
+                        "max_s": max(times[name, set_name]),
+                        "texts_per_s": len(texts) / median,
+                        "vs_sentence_transformers_torch": len(texts) / median / base,
+                        "min_cosine_vs_carl_torch": float(cosine.min()),
+                    }
+                )
     load_after = os.getloadavg()
-    result = {"model": args.model, "model_folder": folder, "n": {k: len(v) for k, v in sets.items()},
-              "tokens": tokens, "batch_size": args.batch_size, "rounds": args.rounds, "threads": args.threads,
-              "torch": torch.__version__, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-              "load_average_before_after": [load_before[0], load_after[0]],
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "missing": missing,
-              "results": results}
+    result = {
+        "model": args.model,
+        "model_folder": folder,
+        "n": {k: len(v) for k, v in sets.items()},
+        "tokens": tokens,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before_after": [load_before[0], load_after[0]],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "missing": missing,
+        "results": results,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# encode speed: {args.model}, every backend", "",
-             f"{result['cpu']} ({result['cpu_count']} cores), torch {torch.__version__}, batch {args.batch_size}, "
-             f"median of {args.rounds} interleaved rounds; short = {len(sets['short'])} EmoBank sentences "
-             f"({tokens['short']} tokens), long = {len(sets['long'])} MR texts of ~{LONG_TOKENS} tokens "
-             f"({tokens['long']} tokens); 1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.",
-             "", "| threads | texts | method | texts/s | x sentence-transformers torch | min-max s "
-             "| min cosine vs carl torch |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['threads']} | {r['texts']} | {r['method']} | {r['texts_per_s']:.1f} | "
-              f"{r['vs_sentence_transformers_torch']:.2f}x | {r['min_s']:.2f}-{r['max_s']:.2f} | "
-              f"{r['min_cosine_vs_carl_torch']:.4f} |" for r in results]
+    lines = [
+        f"# encode speed: {args.model}, every backend",
+        "",
+        f"{result['cpu']} ({result['cpu_count']} cores), torch {torch.__version__}, batch {args.batch_size}, "
+        f"median of {args.rounds} interleaved rounds; short = {len(sets['short'])} EmoBank sentences "
+        f"({tokens['short']} tokens), long = {len(sets['long'])} MR texts of ~{LONG_TOKENS} tokens "
+        f"({tokens['long']} tokens); 1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.",
+        "",
+        "| threads | texts | method | texts/s | x sentence-transformers torch | min-max s | min cosine vs carl torch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['threads']} | {r['texts']} | {r['method']} | {r['texts_per_s']:.1f} | "
+        f"{r['vs_sentence_transformers_torch']:.2f}x | {r['min_s']:.2f}-{r['max_s']:.2f} | "
+        f"{r['min_cosine_vs_carl_torch']:.4f} |"
+        for r in results
+    ]
     if missing:
         lines += ["", "Not measured:"] + [f"- {name}: {why}" for name, why in missing.items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")

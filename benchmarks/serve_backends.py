@@ -39,8 +39,21 @@ def start(model: str, backend: str, quantize: str | None, threads: int) -> tuple
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "carl.cli", "serve", model, "--port", str(port), "--threads", str(threads),
-               "--log-level", "warning", "--backend", backend] + (["--quantize", quantize] if quantize else [])
+    command = [
+        sys.executable,
+        "-m",
+        "carl.cli",
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--log-level",
+        "warning",
+        "--backend",
+        backend,
+    ] + (["--quantize", quantize] if quantize else [])
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -63,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backends", nargs="+", default=[f"{b}{'-int8' if q else ''}" for b, q in BACKENDS],
-                        help="names as in the report, e.g. torch onnx-int8 (default: all five)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=[f"{b}{'-int8' if q else ''}" for b, q in BACKENDS],
+        help="names as in the report, e.g. torch onnx-int8 (default: all five)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_backends"))
     args = parser.parse_args(argv)
 
@@ -82,29 +99,55 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_load(url, requests=args.requests // 2, concurrency=args.concurrency, seed=0))
             rss = [rss_mb(process.pid)]
             for r in range(args.rounds):
-                report = asyncio.run(run_load(url, requests=args.requests, concurrency=args.concurrency,
-                                              time_limit_s=600, seed=r + 1))
+                report = asyncio.run(
+                    run_load(url, requests=args.requests, concurrency=args.concurrency, time_limit_s=600, seed=r + 1)
+                )
                 rss.append(rss_mb(process.pid))
-                rows.append({"backend": name, "round": r + 1, **report.to_dict(), "rss_mb": round(rss[-1], 1),
-                             "rss_before_mb": round(rss[-2], 1)})
-                print(f"{name} round {r + 1}: {report.requests_per_s:.1f} req/s, p50 {report.p50_ms:.0f} ms, "
-                      f"p95 {report.p95_ms:.0f} ms, {report.errors} errors, RSS {rss[-1]:.0f} MB", flush=True)
+                rows.append(
+                    {
+                        "backend": name,
+                        "round": r + 1,
+                        **report.to_dict(),
+                        "rss_mb": round(rss[-1], 1),
+                        "rss_before_mb": round(rss[-2], 1),
+                    }
+                )
+                print(
+                    f"{name} round {r + 1}: {report.requests_per_s:.1f} req/s, p50 {report.p50_ms:.0f} ms, "
+                    f"p95 {report.p95_ms:.0f} ms, {report.errors} errors, RSS {rss[-1]:.0f} MB",
+                    flush=True,
+                )
         finally:
             process.terminate()
             process.wait(timeout=30)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"model": args.model, "requests": args.requests, "concurrency": args.concurrency,
-              "threads": args.threads, "rounds": args.rounds, "cpu_count": os.cpu_count(),
-              "load_average": os.getloadavg()[0], "missing": missing, "rows": rows}
+    result = {
+        "model": args.model,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
+        "missing": missing,
+        "rows": rows,
+    }
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# service load per backend: {args.model}", "",
-             f"`carl serve --threads {args.threads}`; `carl.serve.loadtest` with {args.requests} requests per round at "
-             f"concurrency {args.concurrency} (/embed and /predict, 1-8 texts), after a warm-up round.", "",
-             "| backend | round | requests/s | p50 ms | p95 ms | errors | RSS MB (before -> after) |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['round']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} "
-              f"| {r['errors']} | {r['rss_before_mb']:.0f} -> {r['rss_mb']:.0f} |" for r in rows]
+    lines = [
+        f"# service load per backend: {args.model}",
+        "",
+        f"`carl serve --threads {args.threads}`; `carl.serve.loadtest` with {args.requests} requests per round at "
+        f"concurrency {args.concurrency} (/embed and /predict, 1-8 texts), after a warm-up round.",
+        "",
+        "| backend | round | requests/s | p50 ms | p95 ms | errors | RSS MB (before -> after) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['backend']} | {r['round']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} "
+        f"| {r['errors']} | {r['rss_before_mb']:.0f} -> {r['rss_mb']:.0f} |"
+        for r in rows
+    ]
     if missing:
         lines += ["", "Not measured:"] + [f"- {name}: {why}" for name, why in missing.items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -20,30 +20,53 @@ def _add_model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a carl model or run folder, an alias (minilm-l6) or a Hugging Face name")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights/activations dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights/activations dtype; auto = bfloat16 on CUDA, float32 on CPU",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def _add_backend_args(parser: argparse.ArgumentParser, auto: str = "") -> None:
-    parser.add_argument("--backend", default="auto" if auto else "torch",
-                        choices=["torch", "onnx", "openvino"] + (["auto"] if auto else []),
-                        help="what runs the forward pass; onnx and openvino use the graphs carl export-onnx "
-                             "wrote into the model folder (default %(default)s" + (f"; {auto})" if auto else ")"))
-    parser.add_argument("--quantize", default=None, choices=["int8"],
-                        help="run the int8 graph of --backend onnx or openvino (see the folder's parity.md)")
+    parser.add_argument(
+        "--backend",
+        default="auto" if auto else "torch",
+        choices=["torch", "onnx", "openvino"] + (["auto"] if auto else []),
+        help="what runs the forward pass; onnx and openvino use the graphs carl export-onnx "
+        "wrote into the model folder (default %(default)s" + (f"; {auto})" if auto else ")"),
+    )
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=["int8"],
+        help="run the int8 graph of --backend onnx or openvino (see the folder's parity.md)",
+    )
 
 
 def _add_input_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", "-i", default="-",
-                        help="plain text (one per line; a blank line is a text too, embedded as the empty string "
-                             "is, so output row i is line i), .csv/.tsv or .jsonl file; '-' = stdin (default)")
-    parser.add_argument("--errors", default="strict", choices=["strict", "replace"],
-                        help="input that is not valid UTF-8: strict stops naming the line (default), "
-                             "replace reads each invalid byte as U+FFFD")
+    parser.add_argument(
+        "--input",
+        "-i",
+        default="-",
+        help="plain text (one per line; a blank line is a text too, embedded as the empty string "
+        "is, so output row i is line i), .csv/.tsv or .jsonl file; '-' = stdin (default)",
+    )
+    parser.add_argument(
+        "--errors",
+        default="strict",
+        choices=["strict", "replace"],
+        help="input that is not valid UTF-8: strict stops naming the line (default), "
+        "replace reads each invalid byte as U+FFFD",
+    )
     parser.add_argument("--column", default="text", help="text column for CSV/TSV/JSONL (default text)")
-    parser.add_argument("--chunk-size", type=int, default=4096,
-                        help="texts read, processed and written at a time (bounds memory; default %(default)s)")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=4096,
+        help="texts read, processed and written at a time (bounds memory; default %(default)s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -52,23 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
-        "train", help="fine-tune an encoder with CARL (or an ablation)",
+        "train",
+        help="fine-tune an encoder with CARL (or an ablation)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train into OUTPUT (resumes from its last checkpoint if present). "
-                    "OUTPUT/model is the exported sentence-transformers folder.",
-        epilog="objectives (objective.name) and their terms:\n" + describe_objectives()
-               + "\n\nconfiguration keys for --set:\n" + EPILOG_KEYS)
+        "OUTPUT/model is the exported sentence-transformers folder.",
+        epilog="objectives (objective.name) and their terms:\n"
+        + describe_objectives()
+        + "\n\nconfiguration keys for --set:\n"
+        + EPILOG_KEYS,
+    )
     train.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics, model)")
     train.add_argument("--config", "-c", help="TOML file with [data], [model], [objective], [train] tables")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config key, e.g. --set objective.name=mcl (repeatable)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set objective.name=mcl (repeatable)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     evaluate = sub.add_parser(
-        "evaluate", help="ridge probe of frozen embeddings on EmoBank (VA Pearson r)",
+        "evaluate",
+        help="ridge probe of frozen embeddings on EmoBank (VA Pearson r)",
         description="Ridge probe of frozen embeddings on EmoBank. Under torchrun or accelerate launch the "
-                    "texts are sharded over the processes and the embeddings gathered (each once); the main "
-                    "process prints and writes.")
+        "texts are sharded over the processes and the embeddings gathered (each once); the main "
+        "process prints and writes.",
+    )
     _add_model_arg(evaluate)
     _add_backend_args(evaluate)
     evaluate.add_argument("--output", "-o", help="write the metrics as JSON here")
@@ -79,80 +114,130 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arg(embed)
     _add_backend_args(embed)
     _add_input_args(embed)
-    embed.add_argument("--output", "-o", default="-",
-                       help=".npy array, .jsonl or .csv rows; '-' = JSONL on stdout")
+    embed.add_argument("--output", "-o", default="-", help=".npy array, .jsonl or .csv rows; '-' = JSONL on stdout")
     embed.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
 
-    predict = sub.add_parser("predict", help="valence and arousal on the training data's scale, emotion classes "
-                                             "with calibrated probabilities")
+    predict = sub.add_parser(
+        "predict",
+        help="valence and arousal on the training data's scale, emotion classes with calibrated probabilities",
+    )
     _add_model_arg(predict)
     _add_backend_args(predict)
     _add_input_args(predict)
-    predict.add_argument("--output", "-o", default="-",
-                         help=".jsonl, .csv or .npy (VA [N, 2], or with --classes or without a VA head the class "
-                              "probabilities [N, C]); '-' = JSONL on stdout")
-    predict.add_argument("--classes", action="store_true",
-                         help="the emotion classes (top label(s) and calibrated probabilities); an error for a "
-                              "model without a classification head. Written whenever the model has one")
+    predict.add_argument(
+        "--output",
+        "-o",
+        default="-",
+        help=".jsonl, .csv or .npy (VA [N, 2], or with --classes or without a VA head the class "
+        "probabilities [N, C]); '-' = JSONL on stdout",
+    )
+    predict.add_argument(
+        "--classes",
+        action="store_true",
+        help="the emotion classes (top label(s) and calibrated probabilities); an error for a "
+        "model without a classification head. Written whenever the model has one",
+    )
 
-    explain = sub.add_parser("explain", help="per-word valence/arousal (or one class's) attributions (JSONL, CSV, "
-                                             "HTML page)")
+    explain = sub.add_parser(
+        "explain", help="per-word valence/arousal (or one class's) attributions (JSONL, CSV, HTML page)"
+    )
     _add_model_arg(explain)
     _add_backend_args(explain)
     _add_input_args(explain)
     explain.set_defaults(batch_size=16, chunk_size=256)
-    explain.add_argument("--target", metavar="CLASS",
-                         help="attribute the log-odds of this emotion class's calibrated probability (a model "
-                              "with a classification head) instead of valence and arousal")
-    explain.add_argument("--output", "-o", default=None,
-                         help=".jsonl (one object per text) or .csv (one row per word); '-' = JSONL on "
-                              "stdout (the default unless --html is given)")
+    explain.add_argument(
+        "--target",
+        metavar="CLASS",
+        help="attribute the log-odds of this emotion class's calibrated probability (a model "
+        "with a classification head) instead of valence and arousal",
+    )
+    explain.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help=".jsonl (one object per text) or .csv (one row per word); '-' = JSONL on "
+        "stdout (the default unless --html is given)",
+    )
     explain.add_argument("--html", help="write a page highlighting words by their contribution")
     explain.add_argument("--html-limit", type=int, default=200, help="texts shown on the HTML page (default 200)")
 
     serve = sub.add_parser("serve", help="HTTP service: /embed, /predict, /classify, /explain, /health (FastAPI)")
     _add_model_arg(serve)
-    _add_backend_args(serve, auto="auto: on CPU in float32, the fastest backend that passed the quality guard "
-                                  "in the folder's parity.md, else torch")
+    _add_backend_args(
+        serve,
+        auto="auto: on CPU in float32, the fastest backend that passed the quality guard "
+        "in the folder's parity.md, else torch",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--max-texts", type=int, default=64,
-                       help="texts per /embed, /predict or /classify request (default 64)")
+    serve.add_argument(
+        "--max-texts", type=int, default=64, help="texts per /embed, /predict or /classify request (default 64)"
+    )
     serve.add_argument("--max-chars", type=int, default=2000, help="characters per text (default 2000)")
     serve.add_argument("--max-explain-texts", type=int, default=8, help="texts per /explain request (default 8)")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1000000)")
-    serve.add_argument("--max-batch-texts", type=int, default=128,
-                       help="texts merged from concurrent requests into one forward (default 128)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0,
-                       help="how long to wait for more requests to merge (default 5 ms)")
-    serve.add_argument("--max-concurrency", type=int, default=256,
-                       help="requests handled at once; more get 503 (default 256)")
-    serve.add_argument("--max-connections", type=int, default=1000,
-                       help="open connections; more are closed at once (default 1000)")
-    serve.add_argument("--timeout-header", type=float, default=5.0,
-                       help="seconds for a request's line and headers to arrive; else 408 (default 5)")
-    serve.add_argument("--timeout-body", type=float, default=30.0,
-                       help="seconds for a request's body to arrive after its headers; else 408 (default 30)")
+    serve.add_argument(
+        "--max-batch-texts",
+        type=int,
+        default=128,
+        help="texts merged from concurrent requests into one forward (default 128)",
+    )
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long to wait for more requests to merge (default 5 ms)"
+    )
+    serve.add_argument(
+        "--max-concurrency", type=int, default=256, help="requests handled at once; more get 503 (default 256)"
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=1000, help="open connections; more are closed at once (default 1000)"
+    )
+    serve.add_argument(
+        "--timeout-header",
+        type=float,
+        default=5.0,
+        help="seconds for a request's line and headers to arrive; else 408 (default 5)",
+    )
+    serve.add_argument(
+        "--timeout-body",
+        type=float,
+        default=30.0,
+        help="seconds for a request's body to arrive after its headers; else 408 (default 30)",
+    )
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
 
     export_onnx = sub.add_parser(
-        "export-onnx", help="write the onnx and openvino graphs (float32, int8) into the model folder",
+        "export-onnx",
+        help="write the onnx and openvino graphs (float32, int8) into the model folder",
         description="Write MODEL/onnx/model.onnx, onnx/model_int8.onnx and, with openvino installed, "
-                    "openvino/model.xml and model_int8.xml into the model folder, then measure each against "
-                    "torch float32 (parity.json, parity.md): what --backend and --quantize load.")
+        "openvino/model.xml and model_int8.xml into the model folder, then measure each against "
+        "torch float32 (parity.json, parity.md): what --backend and --quantize load.",
+    )
     export_onnx.add_argument("model", help="a carl model or run folder, or a plain encoder folder (written into)")
-    export_onnx.add_argument("--output", "-o", default=None,
-                             help="also write the plain float32 graph (any ONNX runtime runs it) to this .onnx file")
+    export_onnx.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="also write the plain float32 graph (any ONNX runtime runs it) to this .onnx file",
+    )
     export_onnx.add_argument("--threads", type=int, default=None, help="CPU threads (default: the library's choice)")
-    export_onnx.add_argument("--limit", type=int, default=0,
-                             help="parity set and probe: the first N sentences of each EmoBank split (0 = all)")
-    export_onnx.add_argument("--calibration", type=int, default=256,
-                             help="training sentences that calibrate int8 (default %(default)s)")
+    export_onnx.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="parity set and probe: the first N sentences of each EmoBank split (0 = all)",
+    )
+    export_onnx.add_argument(
+        "--calibration", type=int, default=256, help="training sentences that calibrate int8 (default %(default)s)"
+    )
 
     from carl.evaluation.benchmark_cli import DESCRIPTION, add_benchmark_arguments
 
-    benchmark = sub.add_parser("benchmark", help="compare CARL with baselines and ablations on every task",
-                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    benchmark = sub.add_parser(
+        "benchmark",
+        help="compare CARL with baselines and ablations on every task",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_benchmark_arguments(benchmark)
     return parser
 
@@ -200,8 +285,9 @@ def _evaluate_here(args, main_process: bool) -> int:
     from carl.evaluation.va_probe import evaluate_emobank
 
     encoder = _load_encoder(args)
-    result = evaluate_emobank(encoder, batch_size=args.batch_size, show_progress=not args.no_progress and main_process,
-                              limit=args.limit)
+    result = evaluate_emobank(
+        encoder, batch_size=args.batch_size, show_progress=not args.no_progress and main_process, limit=args.limit
+    )
     if not main_process:
         return 0
     m = result.metrics
@@ -209,8 +295,10 @@ def _evaluate_here(args, main_process: bool) -> int:
     print("| dimension | Pearson r | Spearman rho | MSE (0-1 scale) | ridge alpha |")
     print("|---|---|---|---|---|")
     for name in ("valence", "arousal"):
-        print(f"| {name} | {m[name + '_pearson']:.4f} | {m[name + '_spearman']:.4f} | "
-              f"{m[name + '_mse']:.5f} | {result.alphas[name]:g} |")
+        print(
+            f"| {name} | {m[name + '_pearson']:.4f} | {m[name + '_spearman']:.4f} | "
+            f"{m[name + '_mse']:.5f} | {result.alphas[name]:g} |"
+        )
     from carl.model.encoder import resolve_encoder
     from carl.model.export import record_metrics
 
@@ -219,16 +307,23 @@ def _evaluate_here(args, main_process: bool) -> int:
         print(f"metrics recorded in the model card of {resolve_encoder(args.model)}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"model": args.model, "metrics": m, "alphas": result.alphas},
-                                                indent=2), encoding="utf-8")
+        Path(args.output).write_text(
+            json.dumps({"model": args.model, "metrics": m, "alphas": result.alphas}, indent=2), encoding="utf-8"
+        )
     return 0
 
 
 def _load_encoder(args):
     from carl.inference import AffectEncoder
 
-    return AffectEncoder.load(args.model, device=args.device, dtype=args.dtype, num_threads=args.threads,
-                              backend=getattr(args, "backend", "torch"), quantize=getattr(args, "quantize", None))
+    return AffectEncoder.load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        num_threads=args.threads,
+        backend=getattr(args, "backend", "torch"),
+        quantize=getattr(args, "quantize", None),
+    )
 
 
 def _embed(args) -> int:
@@ -237,8 +332,15 @@ def _embed(args) -> int:
 
     source = open_source(args.input, args.column, args.errors)
     check_output(args.output, EMBED_OUTPUTS)
-    embed_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
-                 chunk_size=args.chunk_size, normalize=args.normalize, show_progress=not args.no_progress)
+    embed_stream(
+        _load_encoder(args),
+        source,
+        args.output,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        normalize=args.normalize,
+        show_progress=not args.no_progress,
+    )
     return 0
 
 
@@ -248,8 +350,15 @@ def _predict(args) -> int:
 
     source = open_source(args.input, args.column, args.errors)
     check_output(args.output, EMBED_OUTPUTS)
-    predict_stream(_load_encoder(args), source, args.output, batch_size=args.batch_size,
-                   chunk_size=args.chunk_size, show_progress=not args.no_progress, classes=args.classes)
+    predict_stream(
+        _load_encoder(args),
+        source,
+        args.output,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        show_progress=not args.no_progress,
+        classes=args.classes,
+    )
     return 0
 
 
@@ -258,14 +367,24 @@ def _explain(args) -> int:
     from carl.inference.writers import EXPLAIN_OUTPUTS, HTML_OUTPUTS, check_output
 
     if args.backend != "torch" or args.quantize:
-        raise ValueError(f"explain needs gradients, which only the torch backend gives: drop --backend {args.backend}"
-                         + (" --quantize int8" if args.quantize else ""))
+        raise ValueError(
+            f"explain needs gradients, which only the torch backend gives: drop --backend {args.backend}"
+            + (" --quantize int8" if args.quantize else "")
+        )
     source = open_source(args.input, args.column, args.errors)
     check_output(args.output, EXPLAIN_OUTPUTS)
     check_output(args.html, HTML_OUTPUTS)
-    explain_stream(_load_encoder(args), source, args.output, html=args.html, html_limit=args.html_limit,
-                   batch_size=args.batch_size, chunk_size=args.chunk_size, show_progress=not args.no_progress,
-                   target=args.target)
+    explain_stream(
+        _load_encoder(args),
+        source,
+        args.output,
+        html=args.html,
+        html_limit=args.html_limit,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        show_progress=not args.no_progress,
+        target=args.target,
+    )
     return 0
 
 
@@ -282,17 +401,37 @@ def _serve(args) -> int:
             from carl.inference.backends import best_backend
 
             args.backend, args.quantize = best_backend(folder)
-        print(f"backend {args.backend}{' int8' if args.quantize else ''} (--backend auto: the fastest that passed "
-              "the quality guard in the folder's parity.md, else torch)", file=sys.stderr)
+        print(
+            f"backend {args.backend}{' int8' if args.quantize else ''} (--backend auto: the fastest that passed "
+            "the quality guard in the folder's parity.md, else torch)",
+            file=sys.stderr,
+        )
 
-    limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars,
-                         max_explain_texts=args.max_explain_texts, max_body_bytes=args.max_body_bytes,
-                         max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
-                         batch_size=args.batch_size, max_concurrency=args.max_concurrency,
-                         max_connections=args.max_connections, timeout_header_s=args.timeout_header,
-                         timeout_body_s=args.timeout_body)
-    serve(args.model, host=args.host, port=args.port, limits=limits, device=args.device, dtype=args.dtype,
-          num_threads=args.threads, log_level=args.log_level, backend=args.backend, quantize=args.quantize)
+    limits = ServeLimits(
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        max_explain_texts=args.max_explain_texts,
+        max_body_bytes=args.max_body_bytes,
+        max_batch_texts=args.max_batch_texts,
+        max_wait_ms=args.max_wait_ms,
+        batch_size=args.batch_size,
+        max_concurrency=args.max_concurrency,
+        max_connections=args.max_connections,
+        timeout_header_s=args.timeout_header,
+        timeout_body_s=args.timeout_body,
+    )
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        device=args.device,
+        dtype=args.dtype,
+        num_threads=args.threads,
+        log_level=args.log_level,
+        backend=args.backend,
+        quantize=args.quantize,
+    )
     return 0
 
 
@@ -302,8 +441,13 @@ def _export_onnx(args) -> int:
 
     if args.output:
         check_output(args.output, (".onnx",))
-    report = export_graphs(args.model, num_threads=args.threads, limit=args.limit,
-                           calibration_size=args.calibration, plain_output=args.output)
+    report = export_graphs(
+        args.model,
+        num_threads=args.threads,
+        limit=args.limit,
+        calibration_size=args.calibration,
+        plain_output=args.output,
+    )
     print(parity_markdown(report))
     return 0
 
@@ -316,8 +460,15 @@ def _benchmark(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "embed": _embed, "predict": _predict,
-                "explain": _explain, "serve": _serve, "export-onnx": _export_onnx}
+    handlers = {
+        "train": _train,
+        "evaluate": _evaluate,
+        "embed": _embed,
+        "predict": _predict,
+        "explain": _explain,
+        "serve": _serve,
+        "export-onnx": _export_onnx,
+    }
     handlers["benchmark"] = _benchmark
     try:
         return handlers[args.command](args)

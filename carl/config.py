@@ -10,12 +10,13 @@ import dataclasses
 import difflib
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 POOLINGS = ("mean", "cls")
 SELECTIONS = ("saliency", "random")
@@ -54,14 +55,19 @@ OBJECTIVE_TERMS: dict[str, tuple[Term, ...]] = {
     # emotion classes (CE or BCE by data.multi_label); VA regression only with objective.va_weight > 0
     "classify": (Term("classify", "classify_weight"), Term("mse", "va_weight")),
     "mcl-classify": (Term("classify", "classify_weight"), Term("mcl", "mcl_weight", "soft"), Term("mse", "va_weight")),
-    "carl-classify": (Term("classify", "classify_weight"), Term("mcl", "mcl_weight", "soft"),
-                      Term("ptd", "ptd_weight"), Term("mse", "va_weight")),
+    "carl-classify": (
+        Term("classify", "classify_weight"),
+        Term("mcl", "mcl_weight", "soft"),
+        Term("ptd", "ptd_weight"),
+        Term("mse", "va_weight"),
+    ),
 }
 OBJECTIVES = tuple(OBJECTIVE_TERMS)
 
 
 def describe_objectives() -> str:
     """One line per objective: its terms and weights, e.g. ``mcl (soft) x objective.mcl_weight``."""
+
     def term(t: Term) -> str:
         weight = f"objective.{t.weight_key}" if t.weight_key else f"{t.weight:g}"
         return f"{t.loss}{f' ({t.targets})' if t.targets else ''} x {weight}"
@@ -105,8 +111,9 @@ class DataConfig:
         if self.label_delimiter and not self.multi_label:
             raise ConfigError(f"data.label_delimiter = {self.label_delimiter!r} needs data.multi_label = true")
         if self.label_delimiter and (len(self.label_delimiter) != 1 or self.label_delimiter in '"\r\n'):
-            raise ConfigError(f"data.label_delimiter = {self.label_delimiter!r} must be one character, "
-                              "not a quote or a line break")
+            raise ConfigError(
+                f"data.label_delimiter = {self.label_delimiter!r} must be one character, not a quote or a line break"
+            )
 
 
 @dataclass
@@ -215,7 +222,7 @@ class CarlConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "CarlConfig":
+    def validate(self) -> CarlConfig:
         """Check enumerations and ranges; raise ConfigError naming the key."""
         self.data.check()
         checks = [
@@ -236,26 +243,52 @@ class CarlConfig:
         for key in ("objective.ptd.ratio", "objective.ptd.sentence_fraction"):
             if not 0.0 < _get(self, key) <= 1.0:
                 raise ConfigError(f"{key} must lie in (0, 1]")
-        for key in ("objective.mcl.temperature", "objective.mcl.label_temperature", "train.epochs",
-                    "train.batch_size", "train.learning_rate", "train.gradient_accumulation_steps",
-                    "data.max_length", "objective.mcl.hard_bins", "objective.simcse.temperature"):
+        for key in (
+            "objective.mcl.temperature",
+            "objective.mcl.label_temperature",
+            "train.epochs",
+            "train.batch_size",
+            "train.learning_rate",
+            "train.gradient_accumulation_steps",
+            "data.max_length",
+            "objective.mcl.hard_bins",
+            "objective.simcse.temperature",
+        ):
             value = _get(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{key} = {value!r} must be a positive finite number")
         if "classify" in self.objective.terms() and not self.data.label_column:
-            raise ConfigError(f"objective.name = {self.objective.name!r} trains a classifier: set data.label_column "
-                              "(the column holding each text's emotion label)")
-        for key in ("objective.mcl.queue_size", "objective.mcl_weight", "objective.ptd_weight",
-                    "objective.mse_weight", "objective.classify_weight", "objective.va_weight",
-                    "train.max_steps", "train.weight_decay", "train.warmup_ratio",
-                    "train.head_learning_rate", "train.max_grad_norm", "data.limit", "model.projection_dim"):
+            raise ConfigError(
+                f"objective.name = {self.objective.name!r} trains a classifier: set data.label_column "
+                "(the column holding each text's emotion label)"
+            )
+        for key in (
+            "objective.mcl.queue_size",
+            "objective.mcl_weight",
+            "objective.ptd_weight",
+            "objective.mse_weight",
+            "objective.classify_weight",
+            "objective.va_weight",
+            "train.max_steps",
+            "train.weight_decay",
+            "train.warmup_ratio",
+            "train.head_learning_rate",
+            "train.max_grad_norm",
+            "data.limit",
+            "model.projection_dim",
+        ):
             value = _get(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} = {value!r} must be a non-negative finite number")
-        for key, low, high in (("train.warmup_ratio", 0, 1), ("train.keep_checkpoints", 1, None),
-                               ("train.checkpoint_every", 0, None), ("train.num_threads", 0, None),
-                               ("train.eval_every", 0, None), ("train.early_stopping_patience", 0, None),
-                               ("train.seed", 0, 2**32 - 1)):
+        for key, low, high in (
+            ("train.warmup_ratio", 0, 1),
+            ("train.keep_checkpoints", 1, None),
+            ("train.checkpoint_every", 0, None),
+            ("train.num_threads", 0, None),
+            ("train.eval_every", 0, None),
+            ("train.early_stopping_patience", 0, None),
+            ("train.seed", 0, 2**32 - 1),
+        ):
             value = _get(self, key)
             if value < low or (high is not None and value > high):
                 bound = f"lie in [{low}, {high}]" if high is not None else f"be at least {low}"
@@ -264,8 +297,10 @@ class CarlConfig:
             from carl.training.selection import DEV_METRICS  # torch and scipy: only when selecting
 
             if self.train.select_metric not in DEV_METRICS:
-                raise ConfigError(f"train.select_metric = {self.train.select_metric!r}: choose one of "
-                                  f"{', '.join(DEV_METRICS)}, or \"\" for no dev evaluation")
+                raise ConfigError(
+                    f"train.select_metric = {self.train.select_metric!r}: choose one of "
+                    f'{", ".join(DEV_METRICS)}, or "" for no dev evaluation'
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,7 +365,7 @@ def _set(cfg: Any, dotted: str, value: Any) -> None:
         else:
             obj = getattr(obj, part)
             if not dataclasses.is_dataclass(obj):
-                raise ConfigError(f"{'.'.join(parts[:depth + 1])!r} is not a section")
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])!r} is not a section")
 
 
 def _all_keys(obj: Any, prefix: str = "") -> list[str]:

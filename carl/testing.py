@@ -29,28 +29,92 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # intensities each, so that labels are continuous rather than four clusters
 AFFECT_WORDS: dict[str, tuple[float, float]] = {
     # positive valence, high arousal
-    "thrilled": (0.90, 0.90), "ecstatic": (0.95, 0.80), "excited": (0.75, 0.75),
+    "thrilled": (0.90, 0.90),
+    "ecstatic": (0.95, 0.80),
+    "excited": (0.75, 0.75),
     # positive valence, low arousal
-    "serene": (0.85, 0.10), "content": (0.75, 0.25), "relaxed": (0.90, 0.20),
+    "serene": (0.85, 0.10),
+    "content": (0.75, 0.25),
+    "relaxed": (0.90, 0.20),
     # negative valence, high arousal
-    "furious": (0.10, 0.95), "terrified": (0.05, 0.85), "anxious": (0.25, 0.75),
+    "furious": (0.10, 0.95),
+    "terrified": (0.05, 0.85),
+    "anxious": (0.25, 0.75),
     # negative valence, low arousal
-    "gloomy": (0.15, 0.15), "bored": (0.30, 0.10), "tired": (0.25, 0.25),
+    "gloomy": (0.15, 0.15),
+    "bored": (0.30, 0.10),
+    "tired": (0.25, 0.25),
 }
 
 # emotion class of each VA quadrant of AFFECT_WORDS (names from the GoEmotions VA mapping)
 QUADRANT_CLASSES: dict[str, tuple[str, ...]] = {
-    "joy": ("thrilled", "ecstatic", "excited"), "relief": ("serene", "content", "relaxed"),
-    "anger": ("furious", "terrified", "anxious"), "sadness": ("gloomy", "bored", "tired"),
+    "joy": ("thrilled", "ecstatic", "excited"),
+    "relief": ("serene", "content", "relaxed"),
+    "anger": ("furious", "terrified", "anxious"),
+    "sadness": ("gloomy", "bored", "tired"),
 }
 
 FILLER_WORDS: tuple[str, ...] = (
-    "the", "a", "an", "this", "that", "it", "was", "is", "and", "then", "we", "they", "he", "she",
-    "i", "you", "my", "our", "their", "on", "in", "at", "of", "to", "from", "with", "after",
-    "before", "during", "morning", "evening", "afternoon", "day", "week", "meeting", "train",
-    "office", "kitchen", "garden", "street", "window", "table", "letter", "phone", "report",
-    "walk", "dinner", "book", "river", "city", "felt", "seemed", "looked", "sounded", "quite",
-    "very", "rather", "somewhat", "today", "yesterday",
+    "the",
+    "a",
+    "an",
+    "this",
+    "that",
+    "it",
+    "was",
+    "is",
+    "and",
+    "then",
+    "we",
+    "they",
+    "he",
+    "she",
+    "i",
+    "you",
+    "my",
+    "our",
+    "their",
+    "on",
+    "in",
+    "at",
+    "of",
+    "to",
+    "from",
+    "with",
+    "after",
+    "before",
+    "during",
+    "morning",
+    "evening",
+    "afternoon",
+    "day",
+    "week",
+    "meeting",
+    "train",
+    "office",
+    "kitchen",
+    "garden",
+    "street",
+    "window",
+    "table",
+    "letter",
+    "phone",
+    "report",
+    "walk",
+    "dinner",
+    "book",
+    "river",
+    "city",
+    "felt",
+    "seemed",
+    "looked",
+    "sounded",
+    "quite",
+    "very",
+    "rather",
+    "somewhat",
+    "today",
+    "yesterday",
 )
 
 
@@ -64,8 +128,9 @@ def affect_word_positions(text: str) -> list[int]:
     return [i for i, word in enumerate(text.split()) if word in AFFECT_WORDS]
 
 
-def synthetic_affect_corpus(n: int, seed: int = 0, *, min_words: int = 6, max_words: int = 10,
-                            noise: float = 0.02) -> tuple[list[str], np.ndarray]:
+def synthetic_affect_corpus(
+    n: int, seed: int = 0, *, min_words: int = 6, max_words: int = 10, noise: float = 0.02
+) -> tuple[list[str], np.ndarray]:
     """``n`` sentences of ``min_words``-``max_words`` words with 1-2 affect words each.
 
     The label of a sentence is the mean (valence, arousal) of its affect words plus Gaussian
@@ -88,8 +153,15 @@ def synthetic_affect_corpus(n: int, seed: int = 0, *, min_words: int = 6, max_wo
     return texts, labels
 
 
-def synthetic_emotion_corpus(n: int, seed: int = 0, *, multi_label: bool = False, label_noise: float = 0.0,
-                             min_words: int = 6, max_words: int = 10) -> tuple[list[str], list[list[str]]]:
+def synthetic_emotion_corpus(
+    n: int,
+    seed: int = 0,
+    *,
+    multi_label: bool = False,
+    label_noise: float = 0.0,
+    min_words: int = 6,
+    max_words: int = 10,
+) -> tuple[list[str], list[list[str]]]:
     """``n`` sentences labelled with the emotion class (``QUADRANT_CLASSES``) of their affect words.
 
     Single-label: one affect word per sentence, one class. Multi-label: affect words from 1 or 2
@@ -111,8 +183,9 @@ def synthetic_emotion_corpus(n: int, seed: int = 0, *, multi_label: bool = False
     return texts, labels
 
 
-def write_emotion_csv(path: str | Path, texts: Sequence[str], labels: Sequence[Sequence[str]],
-                      delimiter: str = "|") -> Path:
+def write_emotion_csv(
+    path: str | Path, texts: Sequence[str], labels: Sequence[Sequence[str]], delimiter: str = "|"
+) -> Path:
     """Write ``text,label`` rows (several labels joined by ``delimiter``) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +208,15 @@ def write_affect_csv(path: str | Path, texts: Sequence[str], labels: np.ndarray)
     return path
 
 
-def make_tiny_encoder(path: str | Path, words: Sequence[str], hidden_size: int = 32, layers: int = 2,
-                      heads: int = 2, seed: int = 0, max_length: int = 128) -> str:
+def make_tiny_encoder(
+    path: str | Path,
+    words: Sequence[str],
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+    max_length: int = 128,
+) -> str:
     """Write a random tiny BERT and a fast word-level tokenizer over ``words`` to ``path``.
 
     The tokenizer lower-cases, splits on whitespace and punctuation, maps unknown words to
@@ -160,16 +240,30 @@ def make_tiny_encoder(path: str | Path, words: Sequence[str], hidden_size: int =
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+    )
     tokenizer.save_pretrained(str(path))
 
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden_size,
-                        max_position_embeddings=max_length, pad_token_id=vocab["[PAD]"])
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_length,
+        pad_token_id=vocab["[PAD]"],
+    )
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

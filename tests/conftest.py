@@ -61,8 +61,10 @@ def synthetic_csv(tmp_path_factory) -> SyntheticData:
     return SyntheticData(
         train_path=write_affect_csv(folder / "train.csv", train_texts, train_labels),
         heldout_path=write_affect_csv(folder / "heldout.csv", heldout_texts, heldout_labels),
-        train_texts=train_texts, train_labels=train_labels,
-        heldout_texts=heldout_texts, heldout_labels=heldout_labels,
+        train_texts=train_texts,
+        train_labels=train_labels,
+        heldout_texts=heldout_texts,
+        heldout_labels=heldout_labels,
     )
 
 
@@ -84,9 +86,15 @@ def tiny_overrides(tiny_encoder, synthetic_csv) -> list[str]:
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for ``python -m carl.cli`` subprocesses: offline, one thread, this tree's carl."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     env.update(extra)
     return env
 
@@ -96,11 +104,17 @@ def run_cli():
     """``run_cli(*args, env=None, timeout=300, kill_at_step=None)``: run ``python -m carl.cli`` and
     return the result; with ``kill_at_step=N`` the process SIGKILLs itself after optimizer step N."""
 
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
-            kill_at_step: int | None = None) -> subprocess.CompletedProcess:
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 300, kill_at_step: int | None = None
+    ) -> subprocess.CompletedProcess:
         command = [str(KILL_AT_STEP), str(kill_at_step)] if kill_at_step else ["-m", "carl.cli"]
-        return subprocess.run([sys.executable, *command, *map(str, args)], capture_output=True,
-                              text=True, env=cli_env(**(env or {})), timeout=timeout)
+        return subprocess.run(
+            [sys.executable, *command, *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=cli_env(**(env or {})),
+            timeout=timeout,
+        )
 
     return run
 
@@ -115,8 +129,7 @@ def affect_model(tmp_path_factory, tiny_overrides) -> Path:
     from carl.training.trainer import CarlTrainer
 
     out = tmp_path_factory.mktemp("affect-model")
-    cfg = load_config(None, tiny_overrides + ["objective.name=mse", "train.max_steps=150",
-                                              "train.learning_rate=3e-3"])
+    cfg = load_config(None, tiny_overrides + ["objective.name=mse", "train.max_steps=150", "train.learning_rate=3e-3"])
     CarlTrainer(cfg, out, show_progress=False).train()
     return out / "model"
 
@@ -153,10 +166,19 @@ def multi_emotion_csv(tmp_path_factory) -> EmotionData:
 
 def emotion_overrides(encoder: str, data: EmotionData, *extra: str) -> list[str]:
     """``--set`` overrides for a fast classification run of the tiny encoder, calibrated on dev."""
-    return [f"data.path={data.train_path}", f"data.dev_path={data.dev_path}", "data.label_column=label",
-            f"model.encoder={encoder}", "objective.mcl.queue_size=64", "train.batch_size=16",
-            "train.learning_rate=3e-3", "train.max_steps=150", "train.checkpoint_every=100000",
-            "train.num_threads=1", *extra]
+    return [
+        f"data.path={data.train_path}",
+        f"data.dev_path={data.dev_path}",
+        "data.label_column=label",
+        f"model.encoder={encoder}",
+        "objective.mcl.queue_size=64",
+        "train.batch_size=16",
+        "train.learning_rate=3e-3",
+        "train.max_steps=150",
+        "train.checkpoint_every=100000",
+        "train.num_threads=1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -167,8 +189,9 @@ def emotion_model(tmp_path_factory, tiny_encoder, emotion_csv) -> Path:
     from carl.training.trainer import CarlTrainer
 
     out = tmp_path_factory.mktemp("emotion-model")
-    cfg = load_config(None, emotion_overrides(tiny_encoder, emotion_csv, "objective.name=classify",
-                                              "objective.va_weight=1"))
+    cfg = load_config(
+        None, emotion_overrides(tiny_encoder, emotion_csv, "objective.name=classify", "objective.va_weight=1")
+    )
     CarlTrainer(cfg, out, show_progress=False).train()
     return out / "model"
 
@@ -180,7 +203,15 @@ def multi_emotion_model(tmp_path_factory, tiny_encoder, multi_emotion_csv) -> Pa
     from carl.training.trainer import CarlTrainer
 
     out = tmp_path_factory.mktemp("multi-emotion-model")
-    cfg = load_config(None, emotion_overrides(tiny_encoder, multi_emotion_csv, "objective.name=classify",
-                                              "data.multi_label=true", "data.label_delimiter=|"))
+    cfg = load_config(
+        None,
+        emotion_overrides(
+            tiny_encoder,
+            multi_emotion_csv,
+            "objective.name=classify",
+            "data.multi_label=true",
+            "data.label_delimiter=|",
+        ),
+    )
     CarlTrainer(cfg, out, show_progress=False).train()
     return out / "model"

@@ -26,8 +26,15 @@ from carl.inference import AffectEncoder
 from carl.inference.graphs import export_graphs
 from carl.model.folder import ModelFolderError
 
-TEXTS = ["serene", "they were furious after the long meeting in the office", "", "a tired, gloomy week",
-         " ".join(["thrilled"] * 300), "calm and happy", "angry"]  # the 5th is truncated to max length
+TEXTS = [
+    "serene",
+    "they were furious after the long meeting in the office",
+    "",
+    "a tired, gloomy week",
+    " ".join(["thrilled"] * 300),
+    "calm and happy",
+    "angry",
+]  # the 5th is truncated to max length
 
 
 def _needs(*packages: str) -> list:
@@ -36,10 +43,12 @@ def _needs(*packages: str) -> list:
 
 
 ONNX, OPENVINO = _needs("onnx", "onnxruntime"), _needs("onnx", "onnxruntime", "openvino")
-BACKENDS = [pytest.param("onnx", None, 1e-4, marks=ONNX, id="onnx"),
-            pytest.param("onnx", "int8", None, marks=ONNX, id="onnx-int8"),
-            pytest.param("openvino", None, 1e-4, marks=OPENVINO, id="openvino"),
-            pytest.param("openvino", "int8", None, marks=OPENVINO + _needs("nncf"), id="openvino-int8")]
+BACKENDS = [
+    pytest.param("onnx", None, 1e-4, marks=ONNX, id="onnx"),
+    pytest.param("onnx", "int8", None, marks=ONNX, id="onnx-int8"),
+    pytest.param("openvino", None, 1e-4, marks=OPENVINO, id="openvino"),
+    pytest.param("openvino", "int8", None, marks=OPENVINO + _needs("nncf"), id="openvino-int8"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +102,9 @@ def test_backend_matches_torch_in_input_order(exported, reference, backend, quan
             assert (unit * ref).sum(1).min() > 0.95
             np.testing.assert_allclose(va, reference[1], atol=0.25)
     shuffled = [TEXTS[i] for i in (3, 0, 6, 1, 5, 2, 4)]
-    np.testing.assert_array_equal(encoder.encode(shuffled, batch_size=2),
-                                  encoder.encode(TEXTS, batch_size=2)[[3, 0, 6, 1, 5, 2, 4]])
+    np.testing.assert_array_equal(
+        encoder.encode(shuffled, batch_size=2), encoder.encode(TEXTS, batch_size=2)[[3, 0, 6, 1, 5, 2, 4]]
+    )
     prediction = encoder.predict(TEXTS)
     assert prediction.valence.shape == (len(TEXTS),)
     assert isinstance(encoder.predict("serene").valence, float)
@@ -123,9 +133,28 @@ def test_service_answers_on_the_backend(exported, backend):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     folder = exported[0]
-    process = subprocess.Popen([sys.executable, "-m", "carl.cli", "serve", str(folder), "--port", str(port),
-                                "--threads", "1", "--log-level", "warning", "--backend", backend, "--quantize", "int8"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=cli_env())
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "carl.cli",
+            "serve",
+            str(folder),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+            "--backend",
+            backend,
+            "--quantize",
+            "int8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120

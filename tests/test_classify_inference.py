@@ -19,8 +19,12 @@ from carl.inference.explain import explain_class
 from carl.serve.app import create_app
 from carl.serve.schemas import ServeLimits
 
-TEXTS = ["we felt thrilled after dinner", "the report was gloomy", "she was furious at the office",
-         "a serene walk by the river"]
+TEXTS = [
+    "we felt thrilled after dinner",
+    "the report was gloomy",
+    "she was furious at the office",
+    "a serene walk by the river",
+]
 WANT = ["joy", "sadness", "anger", "relief"]
 
 
@@ -174,21 +178,53 @@ def test_explain_target_equals_a_reference_gradient_x_input(classifier):
 def test_explain_target_cli_writes_jsonl_csv_and_html(emotion_model, tmp_path):
     source = write_texts(tmp_path)
     jsonl, page = tmp_path / "e.jsonl", tmp_path / "e.html"
-    assert main(["explain", str(emotion_model), "-i", str(source), "-o", str(jsonl), "--html", str(page),
-                 "--target", "joy", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(emotion_model),
+                "-i",
+                str(source),
+                "-o",
+                str(jsonl),
+                "--html",
+                str(page),
+                "--target",
+                "joy",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["target"] for r in rows] == ["joy"] * 4 and set(rows[0]) >= {"words", "scores", "probability"}
     html = page.read_text()
     assert "calibrated probability of joy" in html and "log-odds" in html
     assert "rgba(0,150,170" in html and "valence" not in html
-    assert main(["explain", str(emotion_model), "-i", str(source), "-o", str(tmp_path / "e.csv"),
-                 "--target", "joy", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(emotion_model),
+                "-i",
+                str(source),
+                "-o",
+                str(tmp_path / "e.csv"),
+                "--target",
+                "joy",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     header = (tmp_path / "e.csv").read_text().splitlines()[0]
     assert header == "index,word,target,attribution"
 
 
-@pytest.mark.parametrize("model, target, message", [("emotion_model", "boredom", "not one of the model's classes"),
-                                                    ("affect_model", "joy", "no classification head")])
+@pytest.mark.parametrize(
+    "model, target, message",
+    [("emotion_model", "boredom", "not one of the model's classes"), ("affect_model", "joy", "no classification head")],
+)
 def test_explain_target_errors_are_one_line(request, tmp_path, capsys, model, target, message):
     folder = request.getfixturevalue(model)
     assert main(["explain", str(folder), "-i", str(write_texts(tmp_path)), "--target", target, "--no-progress"]) == 2

@@ -73,10 +73,13 @@ def test_multi_label_head_learns_separable_classes(multi_emotion_model, multi_em
     assert "bce_label_accuracy" in metrics(multi_emotion_model.parent)[-1]
 
 
-@pytest.mark.parametrize("objective, terms, heads", [
-    ("carl-classify", {"classify", "mcl", "ptd"}, ["class_logits", "query", "token_logits"]),
-    ("mcl-classify", {"classify", "mcl"}, ["class_logits", "query"]),
-])
+@pytest.mark.parametrize(
+    "objective, terms, heads",
+    [
+        ("carl-classify", {"classify", "mcl", "ptd"}, ["class_logits", "query", "token_logits"]),
+        ("mcl-classify", {"classify", "mcl"}, ["class_logits", "query"]),
+    ],
+)
 def test_carl_terms_train_beside_the_classifier(objective, terms, heads, tiny_encoder, emotion_csv, tmp_path):
     cfg = load_config(None, emotion_overrides(tiny_encoder, emotion_csv, f"objective.name={objective}"))
     CarlTrainer(cfg, tmp_path, show_progress=False).train()
@@ -92,16 +95,22 @@ def test_ptd_saliency_comes_from_the_total_clean_loss(tiny_encoder, emotion_csv,
     classification weight changes it."""
     grads = []
     for weight in ("1", "5"):
-        cfg = load_config(None, emotion_overrides(tiny_encoder, emotion_csv, "objective.name=carl-classify",
-                                                  f"objective.classify_weight={weight}"))
+        cfg = load_config(
+            None,
+            emotion_overrides(
+                tiny_encoder, emotion_csv, "objective.name=carl-classify", f"objective.classify_weight={weight}"
+            ),
+        )
         trainer = CarlTrainer(cfg, tmp_path / weight, show_progress=False)
         batch = next(iter(trainer.loader))
         core = trainer.accelerator.unwrap_model(trainer.model)
-        out = trainer.model(batch["input_ids"], batch["attention_mask"], heads=("query", "class_logits"),
-                            track_input_grad=True)
+        out = trainer.model(
+            batch["input_ids"], batch["attention_mask"], heads=("query", "class_logits"), track_input_grad=True
+        )
         labels = core.standardise(batch["labels"])
-        loss = sum(trainer.terms[n].weight * trainer.clean_terms[n](batch, out, labels).loss
-                   for n in ("classify", "mcl"))
+        loss = sum(
+            trainer.terms[n].weight * trainer.clean_terms[n](batch, out, labels).loss for n in ("classify", "mcl")
+        )
         loss.backward()
         grads.append(core.input_gradient().clone())
         trainer._pending_enqueue = None
@@ -113,10 +122,23 @@ def test_calibration_lowers_ece_of_an_over_confident_classifier(tiny_encoder, tm
     """40% random labels, memorised on train: dev probabilities are over-confident until T > 1."""
     train = write_emotion_csv(tmp_path / "train.csv", *synthetic_emotion_corpus(200, seed=0, label_noise=0.4))
     dev = write_emotion_csv(tmp_path / "dev.csv", *synthetic_emotion_corpus(300, seed=1, label_noise=0.4))
-    cfg = load_config(None, [f"data.path={train}", f"data.dev_path={dev}", "data.label_column=label",
-                             f"model.encoder={tiny_encoder}", "objective.name=classify", "train.batch_size=16",
-                             "train.learning_rate=3e-3", "train.head_learning_rate=1e-2", "train.max_steps=300",
-                             "train.warmup_ratio=0", "train.checkpoint_every=100000", "train.num_threads=1"])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={train}",
+            f"data.dev_path={dev}",
+            "data.label_column=label",
+            f"model.encoder={tiny_encoder}",
+            "objective.name=classify",
+            "train.batch_size=16",
+            "train.learning_rate=3e-3",
+            "train.head_learning_rate=1e-2",
+            "train.max_steps=300",
+            "train.warmup_ratio=0",
+            "train.checkpoint_every=100000",
+            "train.num_threads=1",
+        ],
+    )
     CarlTrainer(cfg, tmp_path / "run", show_progress=False).train()
     info = carl_json(tmp_path / "run" / "model")
     calibration = info["calibration"]
@@ -128,8 +150,10 @@ def test_calibration_lowers_ece_of_an_over_confident_classifier(tiny_encoder, tm
 
 
 def test_without_dev_data_the_temperature_is_one_and_the_log_says_so(tiny_encoder, emotion_csv, tmp_path, capsys):
-    cfg = load_config(None, emotion_overrides(tiny_encoder, emotion_csv, "objective.name=classify",
-                                              "data.dev_path=", "train.max_steps=5"))
+    cfg = load_config(
+        None,
+        emotion_overrides(tiny_encoder, emotion_csv, "objective.name=classify", "data.dev_path=", "train.max_steps=5"),
+    )
     CarlTrainer(cfg, tmp_path, show_progress=False).train()
     assert "no dev data" in capsys.readouterr().out
     info = carl_json(tmp_path / "model")
@@ -141,8 +165,17 @@ def test_balanced_class_weights_reach_the_loss(tiny_encoder, tmp_path):
     texts, labels = synthetic_emotion_corpus(300, seed=0)
     keep = [i for i, names in enumerate(labels) if names != ["joy"] or i % 5 == 0]  # few joy rows
     train = write_emotion_csv(tmp_path / "train.csv", [texts[i] for i in keep], [labels[i] for i in keep])
-    cfg = load_config(None, [f"data.path={train}", "data.label_column=label", f"model.encoder={tiny_encoder}",
-                             "objective.name=classify", "objective.class_weights=balanced", "train.num_threads=1"])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={train}",
+            "data.label_column=label",
+            f"model.encoder={tiny_encoder}",
+            "objective.name=classify",
+            "objective.class_weights=balanced",
+            "train.num_threads=1",
+        ],
+    )
     trainer = CarlTrainer(cfg, tmp_path / "run", show_progress=False)
     weights = trainer.losses["classify"].class_weights
     assert torch.allclose(weights, balanced_class_weights(trainer.train_data.targets, 4))
@@ -163,13 +196,25 @@ def train_error(capsys, *overrides: str) -> str:
 
 
 def base(tiny_encoder, tmp_path, train: Path) -> list[str]:
-    return [str(tmp_path / "run"), f"data.path={train}", "data.label_column=label", f"model.encoder={tiny_encoder}",
-            "objective.name=classify", "train.max_steps=2", "train.num_threads=1"]
+    return [
+        str(tmp_path / "run"),
+        f"data.path={train}",
+        "data.label_column=label",
+        f"model.encoder={tiny_encoder}",
+        "objective.name=classify",
+        "train.max_steps=2",
+        "train.num_threads=1",
+    ]
 
 
 def test_a_classification_objective_without_a_label_column_is_one_line(tiny_encoder, emotion_csv, tmp_path, capsys):
-    err = train_error(capsys, str(tmp_path / "run"), f"data.path={emotion_csv.train_path}",
-                      f"model.encoder={tiny_encoder}", "objective.name=carl-classify")
+    err = train_error(
+        capsys,
+        str(tmp_path / "run"),
+        f"data.path={emotion_csv.train_path}",
+        f"model.encoder={tiny_encoder}",
+        "objective.name=carl-classify",
+    )
     assert "data.label_column" in err and "carl-classify" in err
 
 
@@ -204,9 +249,20 @@ def test_a_delimiter_inside_quotes_keeps_the_label_whole(tiny_encoder, tmp_path)
     """And plain classification trains on any label names: no VA mapping is needed without VA terms."""
     train = tmp_path / "train.csv"
     train.write_text('text,label\nthe thrilled day,"""love|hate""|joy"\nthe furious day,anger\n', encoding="utf-8")
-    cfg = load_config(None, [f"data.path={train}", "data.label_column=label", "data.multi_label=true",
-                             "data.label_delimiter=|", "objective.name=classify", f"model.encoder={tiny_encoder}",
-                             "train.batch_size=2", "train.max_steps=2", "train.num_threads=1"])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={train}",
+            "data.label_column=label",
+            "data.multi_label=true",
+            "data.label_delimiter=|",
+            "objective.name=classify",
+            f"model.encoder={tiny_encoder}",
+            "train.batch_size=2",
+            "train.max_steps=2",
+            "train.num_threads=1",
+        ],
+    )
     trainer = CarlTrainer(cfg, tmp_path / "run", show_progress=False)
     assert trainer.train_data.classes == ("anger", "joy", "love|hate")
     assert trainer.train_data.targets.tolist() == [[0, 1, 1], [1, 0, 0]]
@@ -245,11 +301,14 @@ def test_a_classifier_whose_size_disagrees_with_the_classes_is_one_named_error(e
     assert main(["predict", str(copy), "--input", str(tmp_path / "texts.txt")]) == 2
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("classes", ["joy", "joy", "anger", "sadness"], "distinct"),
-    ("temperature", 0, "temperature"),
-    ("multi_label", "no", "multi_label"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("classes", ["joy", "joy", "anger", "sadness"], "distinct"),
+        ("temperature", 0, "temperature"),
+        ("multi_label", "no", "multi_label"),
+    ],
+)
 def test_bad_classifier_entries_are_named(emotion_model, tmp_path, key, value, message):
     copy = edited_copy(emotion_model, tmp_path, lambda info: info.update({key: value}))
     with pytest.raises(ModelFolderError, match=message):
@@ -273,10 +332,19 @@ def test_a_saved_classifier_loads_back_the_same(emotion_model, emotion_csv, tmp_
 def test_a_killed_classifier_run_resumes_to_the_same_model(tiny_encoder, emotion_csv, tmp_path, run_cli):
     """SIGKILL after step 5 of carl-classify, resume: the loss trace, the class probabilities and the
     calibration equal an uninterrupted run's (the class targets are batched like the VA labels)."""
-    sets = [arg for o in emotion_overrides(tiny_encoder, emotion_csv, "objective.name=carl-classify",
-                                           "train.max_steps=8", "train.checkpoint_every=3", "train.batch_size=8",
-                                           "objective.mcl.queue_size=32")
-            for arg in ("--set", o)]
+    sets = [
+        arg
+        for o in emotion_overrides(
+            tiny_encoder,
+            emotion_csv,
+            "objective.name=carl-classify",
+            "train.max_steps=8",
+            "train.checkpoint_every=3",
+            "train.batch_size=8",
+            "objective.mcl.queue_size=32",
+        )
+        for arg in ("--set", o)
+    ]
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     killed = run_cli("train", "--output", resumed, "--no-progress", *sets, kill_at_step=5)
     assert killed.returncode != 0 and not (resumed / "model").exists()

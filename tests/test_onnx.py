@@ -13,8 +13,13 @@ from carl.inference.backends import graph_path, source_digest
 from carl.inference.onnx_export import export_onnx
 from carl.model.encoder import resolve_encoder
 
-TEXTS = ["serene", "they were furious after the long meeting in the office", "", "a tired, gloomy week",
-         " ".join(["thrilled"] * 300)]  # the last is truncated to the model's max length
+TEXTS = [
+    "serene",
+    "they were furious after the long meeting in the office",
+    "",
+    "a tired, gloomy week",
+    " ".join(["thrilled"] * 300),
+]  # the last is truncated to the model's max length
 
 
 def _export_float(folder) -> None:
@@ -64,10 +69,12 @@ def test_temporaries_of_killed_exports_are_removed_by_the_next(affect_model, tmp
     from carl.atomic import temporary_beside
 
     onnx_target, model_target = tmp_path / "m.onnx", tmp_path / "copy"
-    child = ("import os, signal, sys; from carl.atomic import temporary_beside; "
-             "(temporary_beside(sys.argv[2], folder=True) / 'weights').write_bytes(b'x' * 4096); "
-             "temporary_beside(sys.argv[1], folder=False).write_bytes(b'partial'); "
-             "os.kill(os.getpid(), signal.SIGKILL)")
+    child = (
+        "import os, signal, sys; from carl.atomic import temporary_beside; "
+        "(temporary_beside(sys.argv[2], folder=True) / 'weights').write_bytes(b'x' * 4096); "
+        "temporary_beside(sys.argv[1], folder=False).write_bytes(b'partial'); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
     killed = subprocess.run([sys.executable, "-c", child, str(onnx_target), str(model_target)], check=False)
     assert killed.returncode == -9
     stale = sorted(tmp_path.glob(".*.tmp"))

@@ -21,11 +21,11 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
+from conftest import cli_env
 from hypothesis import HealthCheck, given, settings
 
 from carl.inference import AffectEncoder
 from carl.serve.loadtest import run_load, stall_clients
-from conftest import cli_env
 
 MAX_TEXTS, MAX_CHARS, MAX_EXPLAIN, MAX_BODY = 16, 500, 4, 200_000
 MAX_CONCURRENCY, HEAD_S, BODY_S = 64, 2.0, 3.0
@@ -59,13 +59,41 @@ class Server:
 @pytest.fixture(scope="module")
 def server(affect_model, tmp_path_factory) -> Server:
     port = free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
+    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen(
-        [sys.executable, "-m", "carl.cli", "serve", str(affect_model), "--host", "127.0.0.1", "--port", str(port),
-         "--threads", "1", "--log-level", "warning", "--max-texts", str(MAX_TEXTS), "--max-chars", str(MAX_CHARS),
-         "--max-explain-texts", str(MAX_EXPLAIN), "--max-body-bytes", str(MAX_BODY),
-         "--max-concurrency", str(MAX_CONCURRENCY), "--timeout-header", str(HEAD_S), "--timeout-body", str(BODY_S)],
-        stdout=log, stderr=subprocess.STDOUT, env=cli_env())
+        [
+            sys.executable,
+            "-m",
+            "carl.cli",
+            "serve",
+            str(affect_model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+            "--max-texts",
+            str(MAX_TEXTS),
+            "--max-chars",
+            str(MAX_CHARS),
+            "--max-explain-texts",
+            str(MAX_EXPLAIN),
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--max-concurrency",
+            str(MAX_CONCURRENCY),
+            "--timeout-header",
+            str(HEAD_S),
+            "--timeout-body",
+            str(BODY_S),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -125,24 +153,30 @@ def test_results_match_the_python_api(server, encoder, synthetic_csv):
     np.testing.assert_allclose(ex[1]["valence_scores"], reference.valence_scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("path, body, status, message", [
-    ("/embed", b'{"texts": ["unterminated', 400, "malformed JSON"),
-    ("/embed", b"", 422, "Field required"),
-    ("/embed", {"texts": "not a list"}, 422, "valid list"),
-    ("/embed", {"texts": [1, 2]}, 422, "valid string"),
-    ("/embed", {"texts": ["ok"], "normalize": "yes"}, 422, "valid boolean"),
-    ("/embed", {"texts": []}, 422, "at least 1 item"),
-    ("/embed", {}, 422, "Field required"),
-    ("/embed", {"texts": ["ok"], "extra": 1}, 422, "Extra inputs"),
-    ("/predict", {"texts": ["x"] * (MAX_TEXTS + 1)}, 422, f"at most {MAX_TEXTS} items"),
-    ("/predict", {"texts": ["x" * (MAX_CHARS + 1)]}, 422, f"at most {MAX_CHARS} characters"),
-    ("/explain", {"texts": ["x"] * (MAX_EXPLAIN + 1)}, 422, f"at most {MAX_EXPLAIN} items"),
-    ("/explain", b'{"texts": ["bad \\ud800 surrogate"]}', 422, "unicode"),
-    ("/embed", {"texts": ["y" * 400] * 600}, 413, "larger than"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/embed", b'{"texts": ["unterminated', 400, "malformed JSON"),
+        ("/embed", b"", 422, "Field required"),
+        ("/embed", {"texts": "not a list"}, 422, "valid list"),
+        ("/embed", {"texts": [1, 2]}, 422, "valid string"),
+        ("/embed", {"texts": ["ok"], "normalize": "yes"}, 422, "valid boolean"),
+        ("/embed", {"texts": []}, 422, "at least 1 item"),
+        ("/embed", {}, 422, "Field required"),
+        ("/embed", {"texts": ["ok"], "extra": 1}, 422, "Extra inputs"),
+        ("/predict", {"texts": ["x"] * (MAX_TEXTS + 1)}, 422, f"at most {MAX_TEXTS} items"),
+        ("/predict", {"texts": ["x" * (MAX_CHARS + 1)]}, 422, f"at most {MAX_CHARS} characters"),
+        ("/explain", {"texts": ["x"] * (MAX_EXPLAIN + 1)}, 422, f"at most {MAX_EXPLAIN} items"),
+        ("/explain", b'{"texts": ["bad \\ud800 surrogate"]}', 422, "unicode"),
+        ("/embed", {"texts": ["y" * 400] * 600}, 413, "larger than"),
+    ],
+)
 def test_bad_requests_get_clear_4xx(server, path, body, status, message):
-    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
+    kwargs = (
+        {"content": body, "headers": {"content-type": "application/json"}}
+        if isinstance(body, bytes)
         else {"json": body}
+    )
     response = httpx.post(server.url + path, timeout=30, **kwargs)
     assert response.status_code == status, response.text[:500]
     assert message.lower() in response.text.lower(), response.text[:500]
@@ -150,13 +184,16 @@ def test_bad_requests_get_clear_4xx(server, path, body, status, message):
 
 def test_streamed_oversized_body_gets_413(server):
     """No Content-Length (chunked upload): the limit is enforced on the bytes received."""
+
     def chunks():
         yield b'{"texts": ['
         for _ in range(400):
             yield b'"' + b"z" * 1000 + b'",'
         yield b'"end"]}'
-    response = httpx.post(server.url + "/embed", content=chunks(), headers={"content-type": "application/json"},
-                          timeout=30)
+
+    response = httpx.post(
+        server.url + "/embed", content=chunks(), headers={"content-type": "application/json"}, timeout=30
+    )
     assert response.status_code == 413, response.text[:300]
     assert httpx.get(server.url + "/health", timeout=10).status_code == 200
 
@@ -178,8 +215,9 @@ def test_docs_page_is_off_and_the_schema_stays(server):
     assert httpx.get(server.url + "/openapi.json", timeout=10).status_code == 200
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", None])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None]
+)
 def test_non_json_content_type_gets_415(server, content_type):
     headers = {"content-type": content_type} if content_type else {}
     for path in ("/embed", "/predict", "/explain"):
@@ -190,8 +228,9 @@ def test_non_json_content_type_gets_415(server, content_type):
 
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
 def test_json_content_type_with_parameters_is_accepted(server, content_type):
-    response = httpx.post(server.url + "/embed", content=b'{"texts": ["a calm day"]}',
-                          headers={"content-type": content_type}, timeout=30)
+    response = httpx.post(
+        server.url + "/embed", content=b'{"texts": ["a calm day"]}', headers={"content-type": content_type}, timeout=30
+    )
     assert response.status_code == 200, response.text[:300]
 
 
@@ -210,15 +249,15 @@ def test_stalled_sockets_do_not_starve_clients(server, synthetic_csv):
         async with httpx.AsyncClient(timeout=30) as http:
             end = loop.time() + STALL_S - 2.0
             while loop.time() < end:
-                health, embed = await asyncio.gather(http.get(server.url + "/health"),
-                                                     http.post(server.url + "/embed", json={"texts": texts}))
+                health, embed = await asyncio.gather(
+                    http.get(server.url + "/health"), http.post(server.url + "/embed", json={"texts": texts})
+                )
                 statuses += [("/health", health.status_code), ("/embed", embed.status_code)]
         return statuses, await stall
 
     statuses, stalled = asyncio.run(scenario())
     print("\nstalled sockets:", json.dumps(stalled.to_dict()), f"client requests: {len(statuses)}")
-    assert len(statuses) >= 20 and all(code == 200 for _, code in statuses), \
-        [s for s in statuses if s[1] != 200][:10]
+    assert len(statuses) >= 20 and all(code == 200 for _, code in statuses), [s for s in statuses if s[1] != 200][:10]
     assert stalled.connect_errors == 0 and stalled.opened >= STALLED
     assert stalled.closed_by_server >= STALLED, stalled  # each cut at least once within 8 s
     assert stalled.answered_408 >= STALLED // 2, stalled
@@ -243,8 +282,11 @@ def test_a_model_that_does_not_load_is_one_line_and_exit_2(run_cli, tmp_path):
 def test_concurrent_requests_are_micro_batched(server, encoder):
     """32 single-text requests sent at once are served in far fewer forward passes, each
     request still getting its own row."""
-    texts = [f"we were {w} that {d}" for w in ("serene", "furious", "tired", "thrilled")
-             for d in ("morning", "evening", "week", "day", "afternoon", "meeting", "dinner", "walk")]
+    texts = [
+        f"we were {w} that {d}"
+        for w in ("serene", "furious", "tired", "thrilled")
+        for d in ("morning", "evening", "week", "day", "afternoon", "meeting", "dinner", "walk")
+    ]
     before = server.health()
 
     async def send_all():
@@ -265,8 +307,11 @@ def test_bounded_load_no_errors_no_memory_growth(server):
     warm = asyncio.run(run_load(server.url, requests=200, concurrency=LOAD_CONCURRENCY, time_limit_s=30, seed=1))
     assert warm.errors == 0, warm.error_samples
     rss_before = rss_mb(server.process.pid)
-    report = asyncio.run(run_load(server.url, requests=LOAD_REQUESTS, concurrency=LOAD_CONCURRENCY,
-                                  time_limit_s=LOAD_TIME_LIMIT_S, seed=2))
+    report = asyncio.run(
+        run_load(
+            server.url, requests=LOAD_REQUESTS, concurrency=LOAD_CONCURRENCY, time_limit_s=LOAD_TIME_LIMIT_S, seed=2
+        )
+    )
     rss_after = rss_mb(server.process.pid)
     figures = {**report.to_dict(), "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1)}
     print("\nload test:", json.dumps(figures))
@@ -292,8 +337,13 @@ def test_openapi_schema_conformance(server, mode):
             continue  # /health takes no input to get wrong
 
         @given(case=operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
-        @settings(max_examples=SCHEMA_EXAMPLES, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=SCHEMA_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case):
             case.call_and_validate(base_url=server.url, timeout=30)
 

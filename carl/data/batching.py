@@ -19,13 +19,17 @@ class TokenizedDataset(Dataset):
     multi-hot [C] float) when class targets are given.
     """
 
-    def __init__(self, texts: Sequence[str], labels: np.ndarray | None,
-                 tokenizer: PreTrainedTokenizerBase, max_length: int, targets: np.ndarray | None = None):
+    def __init__(
+        self,
+        texts: Sequence[str],
+        labels: np.ndarray | None,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        targets: np.ndarray | None = None,
+    ):
         encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.input_ids: list[list[int]] = encoded["input_ids"]
-        self.word_index = [
-            [-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(self.input_ids))
-        ]
+        self.word_index = [[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(self.input_ids))]
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.float32)
         self.targets = None if targets is None else torch.as_tensor(targets)
 
@@ -55,8 +59,9 @@ def pad_to_longest(rows: Sequence[Sequence[int]], pad_value: int) -> tuple[torch
     return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
-def length_sorted_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_value: int
-                          ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+def length_sorted_batches(
+    rows: Sequence[Sequence[int]], batch_size: int, pad_value: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
     """``(positions [B], input_ids [B, T], attention_mask [B, T])`` over ``rows`` sorted by length.
 
     Longest first (so that a too-large batch fails at once), stable among equal lengths, each
@@ -67,7 +72,7 @@ def length_sorted_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_va
     lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
     order = np.argsort(-lengths, kind="stable")
     for start in range(0, len(order), batch_size):
-        positions = order[start:start + batch_size]
+        positions = order[start : start + batch_size]
         yield (positions, *pad_to_longest([rows[i] for i in positions], pad_value))
 
 
@@ -81,8 +86,12 @@ class PaddingCollator:
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         ids, mask = pad_to_longest([item["input_ids"] for item in items], self.pad_token_id)
         words, _ = pad_to_longest([item["word_index"] for item in items], -1)
-        batch = {"input_ids": ids, "attention_mask": mask, "word_index": words,
-                 "index": torch.tensor([item["index"] for item in items])}
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "word_index": words,
+            "index": torch.tensor([item["index"] for item in items]),
+        }
         if "labels" in items[0]:
             batch["labels"] = torch.stack([item["labels"] for item in items])
         if "targets" in items[0]:
@@ -103,8 +112,16 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     repeated sentences; a batch smaller than ``num_shards`` joins the batch before it.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0,
-                 group_batches: int = 50, num_shards: int = 1, shard: int = 0):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        group_batches: int = 50,
+        num_shards: int = 1,
+        shard: int = 0,
+    ):
         if not 0 <= shard < num_shards:
             raise ValueError(f"shard {shard} outside 0..{num_shards - 1}")
         if len(lengths) < num_shards:

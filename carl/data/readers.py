@@ -36,8 +36,7 @@ from .scales import UNIT, Scale, as_scale
 
 PathArg = str | PathLike[str]
 
-_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
-                   ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 _FORMAT_NAMES = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl"}
 
 
@@ -99,8 +98,9 @@ class AffectDataset:
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64).reshape(-1)
         targets = None if self.targets is None else self.targets[idx].copy()
-        return AffectDataset([self.texts[i] for i in idx], self.labels[idx].copy(), self.scale,
-                             self.source, self.classes, targets)
+        return AffectDataset(
+            [self.texts[i] for i in idx], self.labels[idx].copy(), self.scale, self.source, self.classes, targets
+        )
 
     def original_labels(self) -> np.ndarray:
         """``[N, 2]`` float64 labels back on :attr:`scale`."""
@@ -115,8 +115,11 @@ class AffectDataset:
 
     def summary(self) -> str:
         """Rows read, file, scale, per-dimension min/mean/max on the original scale, class counts."""
-        lines = [f"rows read: {len(self)}", f"file: {self.source}",
-                 f"scale: {self.scale} (labels stored normalised to [0, 1])"]
+        lines = [
+            f"rows read: {len(self)}",
+            f"file: {self.source}",
+            f"scale: {self.scale} (labels stored normalised to [0, 1])",
+        ]
         if len(self) == 0:
             lines.append("no rows: no label statistics")
             return "\n".join(lines)
@@ -125,8 +128,9 @@ class AffectDataset:
             lines.append("valence/arousal: none read (the classes alone are trained)")
         for col, name in enumerate(("valence", "arousal") if not np.isnan(original).all() else ()):
             values = original[:, col]
-            lines.append(f"{name} (on {self.scale}): min {values.min():.3f}  "
-                         f"mean {values.mean():.3f}  max {values.max():.3f}")
+            lines.append(
+                f"{name} (on {self.scale}): min {values.min():.3f}  mean {values.mean():.3f}  max {values.max():.3f}"
+            )
         if self.targets is not None:
             kind = "multi-label" if self.multi_label else "single-label"
             counts = ", ".join(f"{name} {n}" for name, n in self.class_counts().items())
@@ -173,8 +177,11 @@ def infer_format(path: PathArg, file_format: str | None = None) -> str:
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIX_FORMATS:
-        raise DataError(f"cannot tell the format from the suffix {suffix or '(none)'!r}; "
-                        "use .csv, .tsv or .jsonl, or pass file_format=", path=path)
+        raise DataError(
+            f"cannot tell the format from the suffix {suffix or '(none)'!r}; "
+            "use .csv, .tsv or .jsonl, or pass file_format=",
+            path=path,
+        )
     return _SUFFIX_FORMATS[suffix]
 
 
@@ -187,8 +194,12 @@ def _bad_bytes(text: str) -> str:
 
 
 def _undecodable(path: PathArg, line: int, column: str | None, value: str) -> DataError:
-    return DataError(f"contains bytes that are not valid UTF-8 ({_bad_bytes(value)}); "
-                     "re-save the file as UTF-8", path=path, line=line, field=column)
+    return DataError(
+        f"contains bytes that are not valid UTF-8 ({_bad_bytes(value)}); re-save the file as UTF-8",
+        path=path,
+        line=line,
+        field=column,
+    )
 
 
 def read_records(path: PathArg, file_format: str | None = None) -> RawTable:
@@ -231,8 +242,7 @@ def _raise_first_undecodable(table: RawTable, text: str) -> None:
 
 
 def _read_delimited(path: PathArg, text: str, fmt: str) -> RawTable:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t",
-                        strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t", strict=True)
     kind = fmt.upper()
     try:
         header = next(reader)
@@ -258,8 +268,7 @@ def _read_delimited(path: PathArg, text: str, fmt: str) -> RawTable:
         if not row:
             continue  # an empty line carries no record
         if len(row) != len(columns):
-            raise DataError(f"expected {len(columns)} fields as in the header, found {len(row)}",
-                            path=path, line=start)
+            raise DataError(f"expected {len(columns)} fields as in the header, found {len(row)}", path=path, line=start)
         records.append((start, dict(zip(columns, row))))
     return RawTable(str(path), fmt, columns, records, header_line=1)
 
@@ -273,11 +282,13 @@ def _read_jsonl(path: PathArg, text: str) -> RawTable:
         try:
             obj = json.loads(stripped)
         except json.JSONDecodeError as err:
-            raise DataError(f"malformed JSON line: {err.msg} (column {err.colno}); "
-                            "each line must be one JSON object", path=path, line=number) from None
+            raise DataError(
+                f"malformed JSON line: {err.msg} (column {err.colno}); each line must be one JSON object",
+                path=path,
+                line=number,
+            ) from None
         if not isinstance(obj, dict):
-            raise DataError(f"expected one JSON object per line, got {type(obj).__name__}",
-                            path=path, line=number)
+            raise DataError(f"expected one JSON object per line, got {type(obj).__name__}", path=path, line=number)
         records.append((number, obj))
     columns = list(records[0][1]) if records else []
     return RawTable(str(path), "jsonl", columns, records, header_line=None)
@@ -286,14 +297,16 @@ def _read_jsonl(path: PathArg, text: str) -> RawTable:
 # --------------------------------------------------------------------------- validation
 
 
-def _missing_column(table: RawTable, column: str, found: Sequence[str], line: int | None,
-                    what: str = "column") -> DataError:
+def _missing_column(
+    table: RawTable, column: str, found: Sequence[str], line: int | None, what: str = "column"
+) -> DataError:
     lowered = {name.lower(): name for name in found}
     close = difflib.get_close_matches(column.lower(), list(lowered), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(lowered[c]) for c in close)}?" if close else ""
     listing = ", ".join(repr(name) for name in found) or "(none)"
-    return DataError(f"{what} {column!r} not found; {what}s found: {listing}{hint}",
-                     path=table.path, line=line, field=column)
+    return DataError(
+        f"{what} {column!r} not found; {what}s found: {listing}{hint}", path=table.path, line=line, field=column
+    )
 
 
 def require_columns(table: RawTable, columns: Sequence[str]) -> None:
@@ -318,43 +331,40 @@ def text_value(table: RawTable, line: int, record: dict[str, Any], column: str) 
     """A non-empty text cell (returned unchanged)."""
     value = raw_value(table, line, record, column)
     if not isinstance(value, str):
-        raise DataError(f"expected text, got {type(value).__name__} {value!r}",
-                        path=table.path, line=line, field=column)
+        raise DataError(
+            f"expected text, got {type(value).__name__} {value!r}", path=table.path, line=line, field=column
+        )
     if not value.strip():
-        raise DataError("text is empty" if not value else "text is only whitespace",
-                        path=table.path, line=line, field=column)
+        raise DataError(
+            "text is empty" if not value else "text is only whitespace", path=table.path, line=line, field=column
+        )
     return value
 
 
-def number_value(table: RawTable, line: int, record: dict[str, Any], column: str,
-                 scale: Scale | None = None) -> float:
+def number_value(table: RawTable, line: int, record: dict[str, Any], column: str, scale: Scale | None = None) -> float:
     """A finite number cell, optionally checked to lie on ``scale``."""
     value = raw_value(table, line, record, column)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise DataError(f"expected a number, got {json.dumps(value)}",
-                        path=table.path, line=line, field=column)
+        raise DataError(f"expected a number, got {json.dumps(value)}", path=table.path, line=line, field=column)
     if isinstance(value, str):
         if not value.strip():
-            raise DataError("value is empty, expected a number", path=table.path, line=line,
-                            field=column)
+            raise DataError("value is empty, expected a number", path=table.path, line=line, field=column)
         try:
             number = float(value.strip())
         except ValueError:
-            raise DataError(f"{value!r} is not a number", path=table.path, line=line,
-                            field=column) from None
+            raise DataError(f"{value!r} is not a number", path=table.path, line=line, field=column) from None
     else:
         number = float(value)
     if not math.isfinite(number):
-        raise DataError(f"{value!r} is not a finite number (NaN/inf)", path=table.path, line=line,
-                        field=column)
+        raise DataError(f"{value!r} is not a finite number (NaN/inf)", path=table.path, line=line, field=column)
     if scale is not None and not scale.contains(number):
-        raise DataError(f"value {number:g} is outside the declared scale {scale}",
-                        path=table.path, line=line, field=column)
+        raise DataError(
+            f"value {number:g} is outside the declared scale {scale}", path=table.path, line=line, field=column
+        )
     return number
 
 
-def select_split(table: RawTable, split_column: str,
-                 split: str | None) -> list[tuple[int, dict[str, Any]]]:
+def select_split(table: RawTable, split_column: str, split: str | None) -> list[tuple[int, dict[str, Any]]]:
     """Records whose ``split_column`` equals ``split`` (all records when ``split`` is None)."""
     if split is None:
         return list(table.records)
@@ -365,21 +375,34 @@ def select_split(table: RawTable, split_column: str,
         if value == split:
             chosen.append((line, record))
     if not chosen:
-        raise DataError(f"no rows with {split_column} == {split!r}; values found: "
-                        f"{', '.join(repr(v) for v in sorted(seen))}",
-                        path=table.path, field=split_column)
+        raise DataError(
+            f"no rows with {split_column} == {split!r}; values found: {', '.join(repr(v) for v in sorted(seen))}",
+            path=table.path,
+            field=split_column,
+        )
     return chosen
 
 
 # --------------------------------------------------------------------------- public loader
 
 
-def load_table(path: PathArg, *, text_column: str = "text", valence_column: str = "valence",
-               arousal_column: str = "arousal", scale: Scale | str = "1-5",
-               file_format: str | None = None, label_column: str | None = None,
-               label_mapping: str | PathArg | None = None, split_column: str | None = None,
-               split: str | None = None, multi_label: bool = False, label_delimiter: str = "",
-               classes: Sequence[str] | None = None, va: bool = True) -> AffectDataset:
+def load_table(
+    path: PathArg,
+    *,
+    text_column: str = "text",
+    valence_column: str = "valence",
+    arousal_column: str = "arousal",
+    scale: Scale | str = "1-5",
+    file_format: str | None = None,
+    label_column: str | None = None,
+    label_mapping: str | PathArg | None = None,
+    split_column: str | None = None,
+    split: str | None = None,
+    multi_label: bool = False,
+    label_delimiter: str = "",
+    classes: Sequence[str] | None = None,
+    va: bool = True,
+) -> AffectDataset:
     """Read a CSV (.csv), TSV (.tsv) or JSON Lines (.jsonl/.json) file of labelled texts.
 
     Continuous mode (default): ``valence_column``/``arousal_column`` hold numbers on ``scale``
@@ -412,8 +435,9 @@ def load_table(path: PathArg, *, text_column: str = "text", valence_column: str 
     needed += [split_column] if split_column is not None else []
     require_columns(table, needed)
     if not table.records:
-        raise DataError("no data rows" + (" (the file has only a header)"
-                                          if table.header_line is not None else ""), path=path)
+        raise DataError(
+            "no data rows" + (" (the file has only a header)" if table.header_line is not None else ""), path=path
+        )
     records = select_split(table, split_column, split) if split_column is not None else table.records
 
     texts: list[str] = []
@@ -422,25 +446,44 @@ def load_table(path: PathArg, *, text_column: str = "text", valence_column: str 
     for i, (line, record) in enumerate(records):
         texts.append(text_value(table, line, record, text_column))
         if label_column is not None:
-            label_rows.append(parse_label_cell(
-                raw_value(table, line, record, label_column), text_table=table.file_format != "jsonl",
-                multi_label=multi_label, delimiter=label_delimiter, path=table.path, line=line,
-                field=label_column))
+            label_rows.append(
+                parse_label_cell(
+                    raw_value(table, line, record, label_column),
+                    text_table=table.file_format != "jsonl",
+                    multi_label=multi_label,
+                    delimiter=label_delimiter,
+                    path=table.path,
+                    line=line,
+                    field=label_column,
+                )
+            )
         if va_columns:
             labels[i, 0] = number_value(table, line, record, valence_column, target_scale)
             labels[i, 1] = number_value(table, line, record, arousal_column, target_scale)
         elif not va:
             labels[i] = np.nan
         else:
-            labels[i] = np.mean([lookup(label, mapping, mapping_name=mapping_name, path=table.path, line=line,
-                                        field=label_column) for label in label_rows[-1]], axis=0)
+            labels[i] = np.mean(
+                [
+                    lookup(label, mapping, mapping_name=mapping_name, path=table.path, line=line, field=label_column)
+                    for label in label_rows[-1]
+                ],
+                axis=0,
+            )
     if va_columns:
         labels = target_scale.normalise(labels)
     if label_column is None:
         return AffectDataset(texts, labels.astype(np.float32), target_scale, str(path))
     names = label_set(label_rows) if classes is None else tuple(classes)
-    targets = encode_labels(label_rows, [line for line, _ in records], names, multi_label=multi_label,
-                            path=table.path, column=label_column, known_from="the training data")
+    targets = encode_labels(
+        label_rows,
+        [line for line, _ in records],
+        names,
+        multi_label=multi_label,
+        path=table.path,
+        column=label_column,
+        known_from="the training data",
+    )
     return AffectDataset(texts, labels.astype(np.float32), target_scale, str(path), names, targets)
 
 
@@ -450,6 +493,5 @@ def _has_va_columns(table: RawTable, valence_column: str, arousal_column: str) -
     if len(present) == 1:
         missing = arousal_column if present[0] == valence_column else valence_column
         line = table.header_line if table.header_line is not None else table.records[0][0]
-        raise _missing_column(table, missing, table.columns, line,
-                              "key" if table.file_format == "jsonl" else "column")
+        raise _missing_column(table, missing, table.columns, line, "key" if table.file_format == "jsonl" else "column")
     return len(present) == 2

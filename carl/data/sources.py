@@ -9,23 +9,31 @@ from carl.data.splits import hold_out_dev
 
 EMOBANK_DESCRIPTION = {
     "description": "EmoBank (Buechel and Hahn, EACL 2017), official train split, "
-                   "valence and arousal on the 1-5 SAM scale",
+    "valence and arousal on the 1-5 SAM scale",
     "licence": "CC BY-SA 4.0",
 }
 
 
 def _read(cfg: DataConfig, path: str, classes: tuple[str, ...] | None = None, va: bool = True) -> AffectDataset:
     return load_table(
-        path, text_column=cfg.text_column, valence_column=cfg.valence_column,
-        arousal_column=cfg.arousal_column, scale=cfg.scale, file_format=cfg.file_format or None,
+        path,
+        text_column=cfg.text_column,
+        valence_column=cfg.valence_column,
+        arousal_column=cfg.arousal_column,
+        scale=cfg.scale,
+        file_format=cfg.file_format or None,
         label_column=cfg.label_column or None,
         label_mapping=cfg.label_mapping if cfg.label_column else None,
-        multi_label=cfg.multi_label, label_delimiter=cfg.label_delimiter, classes=classes, va=va,
+        multi_label=cfg.multi_label,
+        label_delimiter=cfg.label_delimiter,
+        classes=classes,
+        va=va,
     )
 
 
-def load_training_data(cfg: DataConfig, verbose: bool = True,
-                       va: bool = True) -> tuple[AffectDataset, AffectDataset | None]:
+def load_training_data(
+    cfg: DataConfig, verbose: bool = True, va: bool = True
+) -> tuple[AffectDataset, AffectDataset | None]:
     """Training set (bundled EmoBank train when ``cfg.path`` is empty) and dev set or None.
 
     The dev file is read against the training file's label set. Without a dev file and with
@@ -58,8 +66,10 @@ def describe_data(cfg: DataConfig) -> dict[str, str]:
         return EMOBANK_DESCRIPTION
     if cfg.label_column:
         labels = "multi-label" if cfg.multi_label else "single-label"
-        kind = f"{labels} emotion classes ({cfg.label_column}), valence/arousal from the file's columns " \
-               f"on the {cfg.scale} scale where present, else mapped via {cfg.label_mapping}"
+        kind = (
+            f"{labels} emotion classes ({cfg.label_column}), valence/arousal from the file's columns "
+            f"on the {cfg.scale} scale where present, else mapped via {cfg.label_mapping}"
+        )
     else:
         kind = f"continuous valence/arousal on the {cfg.scale} scale"
     return {"description": f"user data {cfg.path}, {kind}", "licence": "as declared by the data's owner"}

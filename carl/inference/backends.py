@@ -39,8 +39,9 @@ class Session(Protocol):
 
     name: str
 
-    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            with_va: bool) -> tuple[np.ndarray, np.ndarray | None]: ...
+    def run(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_va: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 def graph_path(folder: Path, backend: str, quantize: str | None) -> Path:
@@ -78,8 +79,11 @@ def best_backend(folder: Path) -> tuple[str, str | None]:
     rows = read_json_object(report).get("backends", []) if report.is_file() else []
     passing = {(row["backend"].split(" ")[0], row.get("quantize")) for row in rows if row.get("passes_guard")}
     for backend, quantize in SPEED_ORDER:
-        if backend == "torch" or ((backend, quantize) in passing and graph_path(folder, backend, quantize).is_file()
-                                  and importlib.util.find_spec(RUNTIMES[backend])):
+        if backend == "torch" or (
+            (backend, quantize) in passing
+            and graph_path(folder, backend, quantize).is_file()
+            and importlib.util.find_spec(RUNTIMES[backend])
+        ):
             return backend, quantize
     return "torch", None
 
@@ -106,8 +110,11 @@ class TorchSession:
 
     @torch.inference_mode()
     def run(self, input_ids, attention_mask, with_va):
-        out = self.model(input_ids.to(self.device, non_blocking=True),
-                         attention_mask.to(self.device, non_blocking=True), heads=("va",) if with_va else ())
+        out = self.model(
+            input_ids.to(self.device, non_blocking=True),
+            attention_mask.to(self.device, non_blocking=True),
+            heads=("va",) if with_va else (),
+        )
         va = out.va.float().cpu().numpy() if with_va else None
         return out.embedding.float().cpu().numpy(), va
 
@@ -165,8 +172,9 @@ class OpenVinoSession:
         return np.array(values["embedding"]), (np.array(values["va"]) if with_va else None)
 
 
-def open_session(folder: Path, backend: str, quantize: str | None, num_threads: int | None,
-                 has_heads: bool) -> OnnxSession | OpenVinoSession:
+def open_session(
+    folder: Path, backend: str, quantize: str | None, num_threads: int | None, has_heads: bool
+) -> OnnxSession | OpenVinoSession:
     """The exported ``backend`` graph of ``folder``, checked against the folder's weights."""
     path = graph_path(folder, backend, quantize)
     if not path.is_file():
@@ -174,9 +182,11 @@ def open_session(folder: Path, backend: str, quantize: str | None, num_threads: 
     session = OnnxSession(path, num_threads) if backend == "onnx" else OpenVinoSession(path, num_threads)
     recorded, actual = session.source(), source_digest(folder)
     if recorded != actual:
-        raise ModelFolderError(path, f"exported from other weights (recorded source {str(recorded)[:12]}, "
-                                     f"this folder {actual[:12]}): export again (carl export-onnx {folder})")
+        raise ModelFolderError(
+            path,
+            f"exported from other weights (recorded source {str(recorded)[:12]}, "
+            f"this folder {actual[:12]}): export again (carl export-onnx {folder})",
+        )
     if has_heads and "va" not in session.outputs:
         raise ModelFolderError(path, "has no 'va' output although the folder has a VA head: export again")
     return session
-

@@ -61,6 +61,10 @@ class Classification(NamedTuple):
     def rows(self) -> list[dict]:
         """One JSON-ready dict per text of a list result: ``labels`` (a list, one entry for
         single-label) and ``probabilities`` ``{class: p}`` rounded to 6 digits."""
-        return [{"labels": label if isinstance(label, list) else [label],
-                 "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, row)}}
-                for label, row in zip(self.labels, self.probabilities)]
+        return [
+            {
+                "labels": label if isinstance(label, list) else [label],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, row)},
+            }
+            for label, row in zip(self.labels, self.probabilities)
+        ]

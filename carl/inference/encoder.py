@@ -21,8 +21,8 @@ from transformers import BatchEncoding
 
 from carl.data.batching import length_sorted_batches
 from carl.data.scales import Scale
-from carl.inference.classify import Classification, Classifier
 from carl.inference.backends import Session, TorchSession, check_choice, open_session
+from carl.inference.classify import Classification, Classifier
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
 from carl.model.folder import (
@@ -100,8 +100,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
     return names[dtype]
@@ -119,10 +125,20 @@ class AffectEncoder:
     ((1, 384), dtype('float32'))
     """
 
-    def __init__(self, model: CarlModel, tokenizer, *, scale: tuple[float, float] | None,
-                 has_heads: bool, max_length: int = 256, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype | None = "auto", info: dict | None = None, source: str = "",
-                 session: Session | None = None):
+    def __init__(
+        self,
+        model: CarlModel,
+        tokenizer,
+        *,
+        scale: tuple[float, float] | None,
+        has_heads: bool,
+        max_length: int = 256,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = "auto",
+        info: dict | None = None,
+        source: str = "",
+        session: Session | None = None,
+    ):
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.eval().to(self.device)
@@ -139,9 +155,17 @@ class AffectEncoder:
         self.classifier = Classifier.from_info(self.info) if has_classifier(self.info) else None
 
     @classmethod
-    def load(cls, path_or_alias: str, *, device: str | torch.device = "cpu", max_length: int | None = None,
-             dtype: str | torch.dtype | None = "auto", num_threads: int | None = None, backend: str = "torch",
-             quantize: str | None = None) -> AffectEncoder:
+    def load(
+        cls,
+        path_or_alias: str,
+        *,
+        device: str | torch.device = "cpu",
+        max_length: int | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        num_threads: int | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+    ) -> AffectEncoder:
         """Load a carl model folder, a run folder, an alias (``minilm-l6``) or a Hugging Face encoder.
 
         ``dtype="auto"`` runs bfloat16 (or float16) on CUDA and float32 on CPU. ``num_threads``
@@ -163,10 +187,14 @@ class AffectEncoder:
         backbone, tokenizer = load_backbone(str(folder))
         heads = load_heads(folder) if folder.is_dir() else None
         info, tensors = heads if heads else ({}, {})
-        model = CarlModel(backbone, pooling=info.get("pooling") or _pooling_of(folder), use_key_encoder=False,
-                          projection_dim=info.get("projection_dim", 128),
-                          detector_hidden=info.get("detector_hidden", 0),
-                          num_classes=len(info["classes"]) if has_classifier(info) else 0)
+        model = CarlModel(
+            backbone,
+            pooling=info.get("pooling") or _pooling_of(folder),
+            use_key_encoder=False,
+            projection_dim=info.get("projection_dim", 128),
+            detector_hidden=info.get("detector_hidden", 0),
+            num_classes=len(info["classes"]) if has_classifier(info) else 0,
+        )
         if heads:
             prefixes = head_state_prefixes(trained_heads(info))
             check_heads(folder, tensors, {k: v.shape for k, v in model.state_dict().items() if k.startswith(prefixes)})
@@ -175,9 +203,18 @@ class AffectEncoder:
         session = None
         if backend != "torch":
             session = open_session(folder, backend, quantize, num_threads, has_heads=va)
-        return cls(model, tokenizer, scale=tuple(info["scale"]) if va else None, has_heads=va,
-                   max_length=_max_length_of(folder, backbone, tokenizer, max_length),
-                   device=device, dtype=dtype, info=info or None, source=str(folder), session=session)
+        return cls(
+            model,
+            tokenizer,
+            scale=tuple(info["scale"]) if va else None,
+            has_heads=va,
+            max_length=_max_length_of(folder, backbone, tokenizer, max_length),
+            device=device,
+            dtype=dtype,
+            info=info or None,
+            source=str(folder),
+            session=session,
+        )
 
     @property
     def dim(self) -> int:
@@ -189,12 +226,18 @@ class AffectEncoder:
     def tokenize(self, texts: Sequence[str], *, offsets: bool = False) -> BatchEncoding:
         """Token ids of ``texts`` in one fast-tokenizer call, truncated to ``max_length`` (unpadded);
         ``offsets`` adds each token's character span (``offset_mapping``) for word attributions."""
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
-                              return_offsets_mapping=offsets, return_attention_mask=False,
-                              return_token_type_ids=False)
+        return self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            return_offsets_mapping=offsets,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
 
-    def padded_batches(self, texts: Sequence[str], batch_size: int
-                       ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    def padded_batches(
+        self, texts: Sequence[str], batch_size: int
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """``(positions [B], input_ids [B, T], attention_mask [B, T])``, longest texts first, each
         batch padded to its longest row (:func:`carl.data.batching.length_sorted_batches`)."""
         return length_sorted_batches(self.tokenize(texts)["input_ids"], batch_size, self.pad_token_id)
@@ -208,8 +251,9 @@ class AffectEncoder:
         """The session running the forward pass: ``torch``, or ``onnx (model_int8.onnx)`` and the like."""
         return self.session.name
 
-    def infer(self, texts: str | Sequence[str], *, batch_size: int = 64, with_va: bool = False,
-              show_progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def infer(
+        self, texts: str | Sequence[str], *, batch_size: int = 64, with_va: bool = False, show_progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Embeddings [N, H] float32 and standardised VA [N, 2] (``with_va``), in input order.
 
         One forward pass gives both; :meth:`encode` and :meth:`predict` are views of it. Inside
@@ -223,8 +267,9 @@ class AffectEncoder:
             return self._infer_sharded(texts, batch_size=batch_size, with_va=with_va, show_progress=show_progress)
         return self._infer_local(texts, batch_size=batch_size, with_va=with_va, show_progress=show_progress)
 
-    def _infer_local(self, texts: list[str], *, batch_size: int, with_va: bool,
-                     show_progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _infer_local(
+        self, texts: list[str], *, batch_size: int, with_va: bool, show_progress: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """This process's pass over ``texts``: embeddings [N, H] and VA [N, 2] or None."""
         embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
         va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
@@ -237,8 +282,9 @@ class AffectEncoder:
                 va[rows] = z
         return embeddings, va
 
-    def _infer_sharded(self, texts: list[str], *, batch_size: int, with_va: bool,
-                       show_progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _infer_sharded(
+        self, texts: list[str], *, batch_size: int, with_va: bool, show_progress: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Under a process group: each rank embeds a contiguous share of the N texts, the shares
         are gathered on every rank and written back by index, each row exactly once.
 
@@ -251,14 +297,20 @@ class AffectEncoder:
         mine = shares[rank]
         local = (np.empty((0, self.dim), np.float32), np.empty((0, 2), np.float32) if with_va else None)
         if len(mine):
-            local = self._infer_local([texts[i] for i in mine], batch_size=batch_size, with_va=with_va,
-                                      show_progress=show_progress and rank == 0)
+            local = self._infer_local(
+                [texts[i] for i in mine],
+                batch_size=batch_size,
+                with_va=with_va,
+                show_progress=show_progress and rank == 0,
+            )
         parts: list = [None] * world
         dist.all_gather_object(parts, (mine, *local))
         seen = np.concatenate([rows for rows, _, _ in parts])
         if len(seen) != len(texts) or len(np.unique(seen)) != len(texts):
-            raise RuntimeError(f"sharded inference covered {len(np.unique(seen))} of {len(texts)} texts "
-                               f"with {len(seen)} rows: the ranks disagree on the input")
+            raise RuntimeError(
+                f"sharded inference covered {len(np.unique(seen))} of {len(texts)} texts "
+                f"with {len(seen)} rows: the ranks disagree on the input"
+            )
         embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
         va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
         for rows, emb, z in parts:
@@ -269,8 +321,9 @@ class AffectEncoder:
 
     # -- public API -------------------------------------------------------------------------
 
-    def encode(self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = False,
-               show_progress: bool = False) -> np.ndarray:
+    def encode(
+        self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = False, show_progress: bool = False
+    ) -> np.ndarray:
         """Sentence embeddings [N, H] (float32), in input order; ``normalize`` gives unit L2 norm.
 
         A bare ``str`` is one text and gives one embedding [H], as sentence-transformers does.
@@ -280,8 +333,7 @@ class AffectEncoder:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb[0] if isinstance(texts, str) else emb
 
-    def predict(self, texts: str | Sequence[str], *, batch_size: int = 64,
-                show_progress: bool = False) -> Prediction:
+    def predict(self, texts: str | Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> Prediction:
         """Valence [N] and arousal [N] on the training data's declared scale (``self.scale``).
 
         A bare ``str`` is one text: its valence and arousal are then two floats.
@@ -291,28 +343,31 @@ class AffectEncoder:
         >>> enc.predict("What a lovely day!").valence           # doctest: +SKIP
         """
         _, z = self.infer(texts, batch_size=batch_size, with_va=True, show_progress=show_progress)
+        assert z is not None  # with_va=True
         prediction = self.to_scale(z)
         if isinstance(texts, str):
-            return Prediction(float(prediction.valence[0]), float(prediction.arousal[0]))
+            return Prediction(float(prediction.valence[0]), float(prediction.arousal[0]))  # type: ignore[index]
         return prediction
 
     def to_scale(self, z: np.ndarray) -> Prediction:
         """Standardised VA [N, 2] from the regression head -> :class:`Prediction` on ``self.scale``."""
         self.require_heads("predict")
         unit = self.model.destandardise(torch.from_numpy(np.asarray(z, dtype=np.float32))).numpy()  # [N, 2]
+        assert self.scale is not None  # require_heads
         values = Scale(*self.scale).denormalise(unit)
         return Prediction(values[:, 0], values[:, 1])
 
     @torch.inference_mode()
-    def class_logits(self, texts: str | Sequence[str], *, batch_size: int = 64,
-                     with_va: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def class_logits(
+        self, texts: str | Sequence[str], *, batch_size: int = 64, with_va: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Class logits [N, C] float32 (uncalibrated) and, with ``with_va``, standardised VA [N, 2]
         from the same pass, in input order (this process; no sharding)."""
         texts = as_texts(texts)
-        self.require_classifier("classify")
+        classifier = self.require_classifier("classify")
         if with_va:
             self.require_heads("predict")
-        logits = np.empty((len(texts), len(self.classifier.classes)), dtype=np.float32)
+        logits = np.empty((len(texts), len(classifier.classes)), dtype=np.float32)
         va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
         heads = ("class_logits", "va") if with_va else ("class_logits",)
         for rows, ids, mask in self.padded_batches(texts, batch_size):
@@ -333,7 +388,7 @@ class AffectEncoder:
         'joy'
         """
         logits, _ = self.class_logits(texts, batch_size=batch_size)
-        result = self.classifier.classify(logits)
+        result = self.require_classifier("classify").classify(logits)
         if isinstance(texts, str):
             return Classification(result.labels[0], result.probabilities[0], result.classes)
         return result
@@ -360,26 +415,39 @@ class AffectEncoder:
         from carl.model.export import export_model
 
         if not self.info:
-            raise RuntimeError("this model has no VA regression head and no classifier, so it cannot be saved: "
-                               "a plain encoder is already a folder or a Hugging Face name")
+            raise RuntimeError(
+                "this model has no VA regression head and no classifier, so it cannot be saved: "
+                "a plain encoder is already a folder or a Hugging Face name"
+            )
         metadata = {k: v for k, v in self.info.items() if k not in ("pooling", "projection_dim", "detector_hidden")}
         model = self.model.float() if self.dtype != torch.float32 else self.model
         try:
-            return export_model(model, self.tokenizer, path, max_length=self.max_length, metadata=metadata,
-                                heads=tuple(trained_heads(self.info)))
+            return export_model(
+                model,
+                self.tokenizer,
+                path,
+                max_length=self.max_length,
+                metadata=metadata,
+                heads=tuple(trained_heads(self.info)),
+            )
         finally:
             if self.dtype != torch.float32:
                 self.model.to(self.dtype)
 
-    def require_classifier(self, what: str) -> None:
-        """Raise ``RuntimeError`` naming ``what`` when this model has no classification head."""
+    def require_classifier(self, what: str) -> Classifier:
+        """The calibrated classifier; ``RuntimeError`` naming ``what`` when this model has none."""
         if self.classifier is None:
-            raise RuntimeError(f"this model has no classification head, so it cannot {what}: train it with "
-                               "a classification objective (objective.name = classify, mcl-classify or "
-                               "carl-classify) and a data.label_column")
+            raise RuntimeError(
+                f"this model has no classification head, so it cannot {what}: train it with "
+                "a classification objective (objective.name = classify, mcl-classify or "
+                "carl-classify) and a data.label_column"
+            )
+        return self.classifier
 
     def require_heads(self, what: str) -> None:
         """Raise ``RuntimeError`` naming ``what`` when this model has no VA regression head."""
         if not self.has_heads:
-            raise RuntimeError(f"this model has no VA regression head, so it cannot {what}: "
-                               "train it with carl first (carl train) or load a carl model folder")
+            raise RuntimeError(
+                f"this model has no VA regression head, so it cannot {what}: "
+                "train it with carl first (carl train) or load a carl model folder"
+            )

@@ -70,8 +70,7 @@ class Explanation:
         return [(self.words[i], scores[i]) for i in order]
 
 
-def _word_table(word_ids: list[int | None], offsets: list[tuple[int, int]]
-                ) -> tuple[list[tuple[int, int]], np.ndarray]:
+def _word_table(word_ids: list[int | None], offsets: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Character spans of the words in order of appearance, and token -> word slot (-1 = none)."""
     position: dict[int, int] = {}
     spans: list[list[int]] = []
@@ -110,9 +109,13 @@ class ClassExplanation:
         return d
 
 
-def _word_attributions(encoder: AffectEncoder, texts: list[str], heads: tuple[str, ...],
-                       outputs: Callable[[object], torch.Tensor], batch_size: int
-                       ) -> Iterator[tuple[int, list[tuple[int, int]], np.ndarray, np.ndarray, bool]]:
+def _word_attributions(
+    encoder: AffectEncoder,
+    texts: list[str],
+    heads: tuple[str, ...],
+    outputs: Callable[[object], torch.Tensor],
+    batch_size: int,
+) -> Iterator[tuple[int, list[tuple[int, int]], np.ndarray, np.ndarray, bool]]:
     """Per text, in length-sorted batches: ``(index, word spans, word scores [W, K], outputs [K],
     truncated)`` for the K differentiable ``outputs(CarlOutput)`` [B, K] of a pass computing ``heads``.
 
@@ -149,10 +152,16 @@ def explain_texts(encoder: AffectEncoder, texts: Sequence[str], *, batch_size: i
 
     for i, spans, scores, predicted, truncated in _word_attributions(encoder, texts, ("va",), on_scale, batch_size):
         results[i] = Explanation(
-            text=texts[i], words=[texts[i][s:e] for s, e in spans], spans=spans,
-            valence_scores=scores[:, 0].tolist(), arousal_scores=scores[:, 1].tolist(),
-            valence=float(predicted[0]), arousal=float(predicted[1]),
-            scale=(scale.low, scale.high), truncated=truncated)
+            text=texts[i],
+            words=[texts[i][s:e] for s, e in spans],
+            spans=spans,
+            valence_scores=scores[:, 0].tolist(),
+            arousal_scores=scores[:, 1].tolist(),
+            valence=float(predicted[0]),
+            arousal=float(predicted[1]),
+            scale=(scale.low, scale.high),
+            truncated=truncated,
+        )
     return results  # type: ignore[return-value]
 
 
@@ -160,12 +169,14 @@ def check_target(encoder: AffectEncoder, target: str) -> None:
     """Refuse a model without a classifier, or a class it does not know (one line naming its classes)."""
     encoder.require_classifier("explain a class")
     if target not in encoder.classifier.classes:
-        raise ValueError(f"--target {target!r} is not one of the model's classes: "
-                         f"{', '.join(encoder.classifier.classes)}")
+        raise ValueError(
+            f"--target {target!r} is not one of the model's classes: {', '.join(encoder.classifier.classes)}"
+        )
 
 
-def explain_class(encoder: AffectEncoder, texts: Sequence[str], target: str, *,
-                  batch_size: int = 16) -> list[ClassExplanation]:
+def explain_class(
+    encoder: AffectEncoder, texts: Sequence[str], target: str, *, batch_size: int = 16
+) -> list[ClassExplanation]:
     """:class:`ClassExplanation` of class ``target``'s calibrated log-odds for each text (and its
     calibrated probability); raises without a classifier or for a class it does not know."""
     check_target(encoder, target)
@@ -177,14 +188,20 @@ def explain_class(encoder: AffectEncoder, texts: Sequence[str], target: str, *,
     def log_odds(out) -> torch.Tensor:  # [B, 1] log(p_c / (1 - p_c)) of the calibrated probability
         z = out.class_logits.float() / t  # [B, C]
         if classifier.multi_label:
-            return z[:, c:c + 1]
-        others = torch.cat([z[:, :c], z[:, c + 1:]], dim=1)
-        return z[:, c:c + 1] - others.logsumexp(dim=1, keepdim=True)
+            return z[:, c : c + 1]
+        others = torch.cat([z[:, :c], z[:, c + 1 :]], dim=1)
+        return z[:, c : c + 1] - others.logsumexp(dim=1, keepdim=True)
 
-    for i, spans, scores, predicted, truncated in _word_attributions(encoder, texts, ("class_logits",),
-                                                                    log_odds, batch_size):
-        results[i] = ClassExplanation(text=texts[i], words=[texts[i][s:e] for s, e in spans], spans=spans,
-                                      target=target, scores=scores[:, 0].tolist(),
-                                      probability=float(np.exp(-np.logaddexp(0.0, -predicted[0]))),  # sigmoid
-                                      truncated=truncated)
+    for i, spans, scores, predicted, truncated in _word_attributions(
+        encoder, texts, ("class_logits",), log_odds, batch_size
+    ):
+        results[i] = ClassExplanation(
+            text=texts[i],
+            words=[texts[i][s:e] for s, e in spans],
+            spans=spans,
+            target=target,
+            scores=scores[:, 0].tolist(),
+            probability=float(np.exp(-np.logaddexp(0.0, -predicted[0]))),  # sigmoid
+            truncated=truncated,
+        )
     return results  # type: ignore[return-value]

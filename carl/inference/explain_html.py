@@ -32,8 +32,10 @@ def _span(word: str, score: float, peak: float, dimension: str) -> str:
     positive, negative = CLASS_COLOURS if dimension == "class" else COLOURS[dimension]
     r, g, b = positive if score >= 0 else negative
     alpha = 0.0 if peak <= 0 else min(1.0, abs(score) / peak)
-    return (f'<span class="w {dimension}" style="background: rgba({r},{g},{b},{alpha:.3f})" '
-            f'title="{dimension} {score:+.4f}">{html.escape(word)}</span>')
+    return (
+        f'<span class="w {dimension}" style="background: rgba({r},{g},{b},{alpha:.3f})" '
+        f'title="{dimension} {score:+.4f}">{html.escape(word)}</span>'
+    )
 
 
 def _row(e: Explanation | ClassExplanation, dimension: str) -> str:
@@ -54,27 +56,39 @@ def _row(e: Explanation | ClassExplanation, dimension: str) -> str:
 def _item(i: int, e: Explanation | ClassExplanation) -> str:
     note = " (truncated: later words not explained)" if e.truncated else ""
     if isinstance(e, ClassExplanation):
-        return (f'<div class="item" id="t{i}">{_row(e, "class")}<div class="pred">calibrated probability of '
-                f'{html.escape(e.target)} {e.probability:.3f} (words coloured by their share of its log-odds)'
-                f'{note}</div></div>')
+        return (
+            f'<div class="item" id="t{i}">{_row(e, "class")}<div class="pred">calibrated probability of '
+            f"{html.escape(e.target)} {e.probability:.3f} (words coloured by their share of its log-odds)"
+            f"{note}</div></div>"
+        )
     low, high = e.scale
-    return (f'<div class="item" id="t{i}">{_row(e, "valence")}{_row(e, "arousal")}'
-            f'<div class="pred">predicted valence {e.valence:.3f}, arousal {e.arousal:.3f} '
-            f'on the {low:g}-{high:g} scale{note}</div></div>')
+    return (
+        f'<div class="item" id="t{i}">{_row(e, "valence")}{_row(e, "arousal")}'
+        f'<div class="pred">predicted valence {e.valence:.3f}, arousal {e.arousal:.3f} '
+        f"on the {low:g}-{high:g} scale{note}</div></div>"
+    )
 
 
-def render_html(explanations: Sequence[Explanation | ClassExplanation], *, title: str = "carl explain",
-                total: int | None = None) -> str:
+def render_html(
+    explanations: Sequence[Explanation | ClassExplanation], *, title: str = "carl explain", total: int | None = None
+) -> str:
     """The page for ``explanations`` (VA, or one class's probability); ``total`` notes how many texts the
     input had."""
     items = [_item(i, e) for i, e in enumerate(explanations)]
-    colours = ({"class": CLASS_COLOURS} if explanations and isinstance(explanations[0], ClassExplanation)
-               else COLOURS)
-    legend = "".join(f'<span style="background: rgb{colours[d][k]}; color: #fff">{d} {sign}</span>'
-                     for d in colours for k, sign in ((0, "raised"), (1, "lowered")))
-    shown = (f"<p>showing {len(explanations)} of {total} texts</p>"
-             if total is not None and total > len(explanations) else "")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p class=\"legend\">{legend}</p>{shown}"
-            f'{"".join(items)}</body></html>\n')
+    colours = {"class": CLASS_COLOURS} if explanations and isinstance(explanations[0], ClassExplanation) else COLOURS
+    legend = "".join(
+        f'<span style="background: rgb{colours[d][k]}; color: #fff">{d} {sign}</span>'
+        for d in colours
+        for k, sign in ((0, "raised"), (1, "lowered"))
+    )
+    shown = (
+        f"<p>showing {len(explanations)} of {total} texts</p>"
+        if total is not None and total > len(explanations)
+        else ""
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f'<h1>{html.escape(title)}</h1><p class="legend">{legend}</p>{shown}'
+        f"{''.join(items)}</body></html>\n"
+    )

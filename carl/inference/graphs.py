@@ -77,8 +77,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
-def measure(encoder: AffectEncoder, texts: list[str], labels: np.ndarray, reference: tuple | None,
-            probe_limit: int) -> tuple[dict, tuple]:
+def measure(
+    encoder: AffectEncoder, texts: list[str], labels: np.ndarray, reference: tuple | None, probe_limit: int
+) -> tuple[dict, tuple]:
     """Parity of ``encoder`` on ``texts`` against ``reference`` (torch's (embedding, va), or None
     for torch itself), its VA-head r against ``labels`` [N, 2] and its EmoBank probe r."""
     from carl.evaluation.va_probe import evaluate_emobank
@@ -88,14 +89,20 @@ def measure(encoder: AffectEncoder, texts: list[str], labels: np.ndarray, refere
     if reference is not None:
         cosine = (_unit(emb) * _unit(reference[0])).sum(axis=1)
         worst = int(np.argmin(cosine))
-        row.update(max_abs_diff=float(np.abs(emb - reference[0]).max()), min_cosine=float(cosine.min()),
-                   mean_cosine=float(cosine.mean()), worst_sentence=texts[worst])
+        row.update(
+            max_abs_diff=float(np.abs(emb - reference[0]).max()),
+            min_cosine=float(cosine.min()),
+            mean_cosine=float(cosine.mean()),
+            worst_sentence=texts[worst],
+        )
         if va is not None:
             row["va_max_abs_diff"] = float(np.abs(va - reference[1]).max())
     if va is not None:
         prediction = encoder.to_scale(va)
-        row.update(head_valence_r=_pearson(prediction.valence, labels[:, 0]),
-                   head_arousal_r=_pearson(prediction.arousal, labels[:, 1]))
+        row.update(
+            head_valence_r=_pearson(prediction.valence, labels[:, 0]),
+            head_arousal_r=_pearson(prediction.arousal, labels[:, 1]),
+        )
     probe = evaluate_emobank(encoder, show_progress=False, limit=probe_limit).metrics
     row.update(probe_valence_r=probe["valence_pearson"], probe_arousal_r=probe["arousal_pearson"])
     return row, (emb, va)
@@ -103,13 +110,23 @@ def measure(encoder: AffectEncoder, texts: list[str], labels: np.ndarray, refere
 
 def guard(row: dict, torch_row: dict) -> bool:
     """The quality guard: mean cosine >= 0.99 and each r within 0.005 of torch float32."""
-    drops = [abs(row[k] - torch_row[k]) for k in ("probe_valence_r", "probe_arousal_r", "head_valence_r",
-                                                  "head_arousal_r") if k in torch_row]
+    drops = [
+        abs(row[k] - torch_row[k])
+        for k in ("probe_valence_r", "probe_arousal_r", "head_valence_r", "head_arousal_r")
+        if k in torch_row
+    ]
     return row.get("mean_cosine", 1.0) >= MIN_MEAN_COSINE and all(d <= MAX_R_DROP for d in drops)
 
 
-def export_graphs(model: str, *, num_threads: int | None = None, limit: int = 0, calibration_size: int = 256,
-                  plain_output: str | None = None, log=print) -> dict:
+def export_graphs(
+    model: str,
+    *,
+    num_threads: int | None = None,
+    limit: int = 0,
+    calibration_size: int = 256,
+    plain_output: str | None = None,
+    log=print,
+) -> dict:
     """Write every installed backend's graphs into ``model``'s folder and its parity report; returns the report.
 
     ``limit`` keeps the first N sentences of each EmoBank split for the parity set and the probe (0 = all);
@@ -121,8 +138,9 @@ def export_graphs(model: str, *, num_threads: int | None = None, limit: int = 0,
     folder = Path(resolve_encoder(model))
     given = Path(model).expanduser().resolve()
     if given not in (folder.resolve(), folder.resolve().parent) or not os.access(folder, os.W_OK):
-        raise ValueError(f"{model}: not a writable model folder of yours (export writes its graphs into it; "
-                         f"copy {folder} first)")
+        raise ValueError(
+            f"{model}: not a writable model folder of yours (export writes its graphs into it; copy {folder} first)"
+        )
     encoder = AffectEncoder.load(str(folder), dtype="float32", num_threads=num_threads)
     pairs = available_backends()
     if len(pairs) == 1:
@@ -131,14 +149,15 @@ def export_graphs(model: str, *, num_threads: int | None = None, limit: int = 0,
     float_onnx = graph_path(folder, "onnx", None)
     plain = export_onnx(encoder, float_onnx.with_name("model_plain.onnx"), source=source)  # OpenVINO reads it
     config = encoder.model.backbone.config
-    optimize_onnx(plain, float_onnx, source=source, num_heads=config.num_attention_heads,
-                  hidden_size=config.hidden_size)
+    optimize_onnx(
+        plain, float_onnx, source=source, num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+    )
     log(f"wrote {float_onnx}")
     calibration, calibration_source = calibration_texts(encoder.info, calibration_size)
     batches = [(ids, mask) for _, ids, mask in encoder.padded_batches(calibration, CALIBRATION_BATCH)]
 
     test = load_emobank("test")
-    texts, labels = test.texts[:limit or None], test.labels[:limit or None]
+    texts, labels = test.texts[: limit or None], test.labels[: limit or None]
 
     def load(backend: str, quantize: str | None) -> AffectEncoder:
         return AffectEncoder.load(str(folder), num_threads=num_threads, backend=backend, quantize=quantize)
@@ -170,16 +189,20 @@ def export_graphs(model: str, *, num_threads: int | None = None, limit: int = 0,
         row, _ = measure(load(backend, quantize), texts, labels, reference, limit)
         rows.append({**row, "quantize": quantize, "passes_guard": guard(row, torch_row)})
         log(f"measured {row['backend']}")
-    report = {"model": str(folder), "source_sha256": source,
-              "parity_set": f"EmoBank test, {len(texts)} sentences",
-              "probe": f"EmoBank ridge probe{f', first {limit} sentences of each split' if limit else ''}",
-              "calibration": {"source": calibration_source, "sentences": len(calibration)},
-              "int8_onnx": {"method": int8_method, "per_channel": True, "candidates": candidates},
-              "int8_openvino": "NNCF, ModelType.TRANSFORMER, mixed preset" if ("openvino", "int8") in pairs else None,
-              "guard": {"min_mean_cosine": MIN_MEAN_COSINE, "max_r_drop": MAX_R_DROP},
-              "missing": [f"{b}{'-' + q if q else ''}" for b, q in (("openvino", None), ("openvino", "int8"))
-                          if (b, q) not in pairs],
-              "backends": rows}
+    report = {
+        "model": str(folder),
+        "source_sha256": source,
+        "parity_set": f"EmoBank test, {len(texts)} sentences",
+        "probe": f"EmoBank ridge probe{f', first {limit} sentences of each split' if limit else ''}",
+        "calibration": {"source": calibration_source, "sentences": len(calibration)},
+        "int8_onnx": {"method": int8_method, "per_channel": True, "candidates": candidates},
+        "int8_openvino": "NNCF, ModelType.TRANSFORMER, mixed preset" if ("openvino", "int8") in pairs else None,
+        "guard": {"min_mean_cosine": MIN_MEAN_COSINE, "max_r_drop": MAX_R_DROP},
+        "missing": [
+            f"{b}{'-' + q if q else ''}" for b, q in (("openvino", None), ("openvino", "int8")) if (b, q) not in pairs
+        ],
+        "backends": rows,
+    }
     write_text_atomic(folder / "parity.json", json.dumps(report, indent=2))
     write_text_atomic(folder / "parity.md", parity_markdown(report))
     log(f"wrote {folder / 'parity.json'} and parity.md")
@@ -188,15 +211,20 @@ def export_graphs(model: str, *, num_threads: int | None = None, limit: int = 0,
 
 def parity_markdown(report: dict) -> str:
     """The parity report as a short markdown page."""
-    lines = [f"# Backend parity: {report['model']}", "",
-             f"Against torch float32 on {report['parity_set']}; {report['probe']}. Quality guard: mean cosine "
-             f">= {MIN_MEAN_COSINE}, every r within {MAX_R_DROP} of torch. int8 ONNX: "
-             f"{report['int8_onnx']['method']} (per channel; candidates "
-             + ", ".join(f"{m} min cosine {c['min_cosine']:.4f}" for m, c in report["int8_onnx"]["candidates"].items())
-             + f"), calibrated on {report['calibration']['sentences']} sentences of "
-               f"{report['calibration']['source']}.", "",
-             "| backend | max abs diff | min cosine | mean cosine | probe V r | probe A r | head V r | head A r "
-             "| guard | worst sentence |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Backend parity: {report['model']}",
+        "",
+        f"Against torch float32 on {report['parity_set']}; {report['probe']}. Quality guard: mean cosine "
+        f">= {MIN_MEAN_COSINE}, every r within {MAX_R_DROP} of torch. int8 ONNX: "
+        f"{report['int8_onnx']['method']} (per channel; candidates "
+        + ", ".join(f"{m} min cosine {c['min_cosine']:.4f}" for m, c in report["int8_onnx"]["candidates"].items())
+        + f"), calibrated on {report['calibration']['sentences']} sentences of "
+        f"{report['calibration']['source']}.",
+        "",
+        "| backend | max abs diff | min cosine | mean cosine | probe V r | probe A r | head V r | head A r "
+        "| guard | worst sentence |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def cell(row: dict, key: str, fmt: str) -> str:
         return format(row[key], fmt) if key in row else "-"
@@ -204,11 +232,13 @@ def parity_markdown(report: dict) -> str:
     for row in report["backends"]:
         worst = row.get("worst_sentence", "")
         worst = (worst[:60] + "...") if len(worst) > 60 else worst
-        lines.append(f"| {row['backend']} | {cell(row, 'max_abs_diff', '.2e')} | {cell(row, 'min_cosine', '.4f')} "
-                     f"| {cell(row, 'mean_cosine', '.5f')} | {cell(row, 'probe_valence_r', '.4f')} "
-                     f"| {cell(row, 'probe_arousal_r', '.4f')} | {cell(row, 'head_valence_r', '.4f')} "
-                     f"| {cell(row, 'head_arousal_r', '.4f')} | {'pass' if row['passes_guard'] else 'FAIL'} "
-                     f"| {worst.replace('|', '/')} |")
+        lines.append(
+            f"| {row['backend']} | {cell(row, 'max_abs_diff', '.2e')} | {cell(row, 'min_cosine', '.4f')} "
+            f"| {cell(row, 'mean_cosine', '.5f')} | {cell(row, 'probe_valence_r', '.4f')} "
+            f"| {cell(row, 'probe_arousal_r', '.4f')} | {cell(row, 'head_valence_r', '.4f')} "
+            f"| {cell(row, 'head_arousal_r', '.4f')} | {'pass' if row['passes_guard'] else 'FAIL'} "
+            f"| {worst.replace('|', '/')} |"
+        )
     if report["missing"]:
         lines += ["", f"Not exported (package not installed): {', '.join(report['missing'])}."]
     return "\n".join(lines) + "\n"

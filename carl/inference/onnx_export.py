@@ -89,14 +89,25 @@ def export_onnx(encoder: AffectEncoder, path: str | Path, *, source: str, opset:
     sample = encoder.tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
     args = (sample["input_ids"], sample["attention_mask"])
     outputs = ["embedding", "va"] if encoder.has_heads else ["embedding"]
-    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-            **{name: {0: "batch"} for name in outputs}}
+    axes = {
+        "input_ids": {0: "batch", 1: "tokens"},
+        "attention_mask": {0: "batch", 1: "tokens"},
+        **{name: {0: "batch"} for name in outputs},
+    }
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-            torch.onnx.export(graph, args, str(tmp), input_names=["input_ids", "attention_mask"],
-                              output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
+            torch.onnx.export(
+                graph,
+                args,
+                str(tmp),
+                input_names=["input_ids", "attention_mask"],
+                output_names=outputs,
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
         _record_source(tmp, source)
 
     return _write_atomic(Path(path), write)
@@ -107,8 +118,9 @@ def optimize_onnx(plain_path: Path, path: Path, *, source: str, num_heads: int, 
     from onnxruntime.transformers import optimizer
 
     def write(tmp: Path) -> None:
-        fused = optimizer.optimize_model(str(plain_path), model_type="bert", num_heads=num_heads,
-                                         hidden_size=hidden_size, opt_level=1)
+        fused = optimizer.optimize_model(
+            str(plain_path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=1
+        )
         fused.save_model_to_file(str(tmp))
         _record_source(tmp, source)
 
@@ -123,8 +135,13 @@ def weight_matmuls(path: Path) -> tuple[list[str], list[str]]:
     graph = _onnx().load(str(path)).graph
     weights = {init.name for init in graph.initializer}
     matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
-    inside = [n.name for n in matmuls if "/backbone/" in n.name and any(i in weights for i in n.input)
-              and not (n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name)]
+    inside = [
+        n.name
+        for n in matmuls
+        if "/backbone/" in n.name
+        and any(i in weights for i in n.input)
+        and not (n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name)
+    ]
     return inside, [n.name for n in matmuls if n.name not in inside]
 
 
@@ -139,8 +156,14 @@ class _Calibration:
         return None if batch is None else {"input_ids": batch[0].numpy(), "attention_mask": batch[1].numpy()}
 
 
-def quantize_onnx(float_path: Path, path: Path, *, method: str, source: str,
-                  calibration: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Path:
+def quantize_onnx(
+    float_path: Path,
+    path: Path,
+    *,
+    method: str,
+    source: str,
+    calibration: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> Path:
     """Write the int8 graph of ``float_path`` to ``path`` (``method``: dynamic or static; static
     needs ``calibration`` batches of (input_ids, attention_mask))."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -152,16 +175,31 @@ def quantize_onnx(float_path: Path, path: Path, *, method: str, source: str,
 
     def write(tmp: Path) -> None:
         if method == "dynamic":
-            quantize_dynamic(str(float_path), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
-                             nodes_to_quantize=nodes, nodes_to_exclude=excluded, extra_options=options)
+            quantize_dynamic(
+                str(float_path),
+                str(tmp),
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                nodes_to_exclude=excluded,
+                extra_options=options,
+            )
         else:
             if not calibration:
                 raise ValueError("static int8 quantisation needs calibration sentences")
-            quantize_static(str(float_path), str(tmp), _Calibration(iter(calibration)), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            nodes_to_quantize=nodes, nodes_to_exclude=excluded,
-                            calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={**options, "ActivationSymmetric": True, "WeightSymmetric": True})
+            quantize_static(
+                str(float_path),
+                str(tmp),
+                _Calibration(iter(calibration)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                nodes_to_exclude=excluded,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={**options, "ActivationSymmetric": True, "WeightSymmetric": True},
+            )
         _record_source(tmp, source)
 
     return _write_atomic(path, write)

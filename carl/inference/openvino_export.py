@@ -48,8 +48,9 @@ def export_openvino(onnx_path: Path, path: Path, *, source: str) -> Path:
     return _save(_openvino().convert_model(str(onnx_path)), path, source)
 
 
-def quantize_openvino(onnx_path: Path, path: Path, *, source: str,
-                      calibration: list[tuple[torch.Tensor, torch.Tensor]]) -> Path:
+def quantize_openvino(
+    onnx_path: Path, path: Path, *, source: str, calibration: list[tuple[torch.Tensor, torch.Tensor]]
+) -> Path:
     """Int8 IR of the float ONNX graph at ``onnx_path``, calibrated on ``calibration`` batches
     of (input_ids, attention_mask); the heads (outside the backbone) are kept float."""
     try:
@@ -57,11 +58,20 @@ def quantize_openvino(onnx_path: Path, path: Path, *, source: str,
     except ImportError as err:
         raise RuntimeError(f"OpenVINO int8 needs nncf ({err}): pip install 'carl[openvino]'") from err
     model = _openvino().convert_model(str(onnx_path))
-    heads = [op.get_friendly_name() for op in model.get_ops()
-             if op.get_type_name() == "MatMul" and "/backbone/" not in op.get_friendly_name()]
-    dataset = nncf.Dataset(calibration, lambda batch: {"input_ids": batch[0].numpy(),
-                                                       "attention_mask": batch[1].numpy()})
-    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER,
-                              preset=nncf.QuantizationPreset.MIXED, subset_size=len(calibration),
-                              ignored_scope=nncf.IgnoredScope(names=heads, validate=False))
+    heads = [
+        op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "MatMul" and "/backbone/" not in op.get_friendly_name()
+    ]
+    dataset = nncf.Dataset(
+        calibration, lambda batch: {"input_ids": batch[0].numpy(), "attention_mask": batch[1].numpy()}
+    )
+    quantized = nncf.quantize(
+        model,
+        dataset,
+        model_type=nncf.ModelType.TRANSFORMER,
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(calibration),
+        ignored_scope=nncf.IgnoredScope(names=heads, validate=False),
+    )
     return _save(quantized, path, source)

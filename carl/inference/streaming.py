@@ -32,16 +32,23 @@ from carl.inference.writers import (
 DEFAULT_CHUNK = 4096
 
 
-def run_chunks(source: Iterable[str], handle: Callable[[list[str]], None], *, chunk_size: int = DEFAULT_CHUNK,
-               show_progress: bool = True, desc: str = "texts") -> int:
+def run_chunks(
+    source: Iterable[str],
+    handle: Callable[[list[str]], None],
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    show_progress: bool = True,
+    desc: str = "texts",
+) -> int:
     """Call ``handle`` on consecutive chunks of ``source``; returns the number of texts.
 
     The progress bar counts bytes of the input file when known (``TextSource``), else texts.
     """
     total_bytes = getattr(source, "total_bytes", None)
     by_bytes = total_bytes is not None
-    bar = tqdm(total=total_bytes, unit="B" if by_bytes else "text", unit_scale=by_bytes, desc=desc,
-               disable=not show_progress)
+    bar = tqdm(
+        total=total_bytes, unit="B" if by_bytes else "text", unit_scale=by_bytes, desc=desc, disable=not show_progress
+    )
     count = 0
     try:
         for chunk in chunked(source, chunk_size):
@@ -73,8 +80,16 @@ def _finish(writer, run: Callable[[], int]) -> int:
     return count
 
 
-def embed_stream(encoder: AffectEncoder, source: Iterable[str], output: str | None, *, batch_size: int = 64,
-                 chunk_size: int = DEFAULT_CHUNK, normalize: bool = False, show_progress: bool = True) -> int:
+def embed_stream(
+    encoder: AffectEncoder,
+    source: Iterable[str],
+    output: str | None,
+    *,
+    batch_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK,
+    normalize: bool = False,
+    show_progress: bool = True,
+) -> int:
     """Embeddings to ``.npy`` [N, H], JSONL ``{"text", "embedding"}`` or CSV ``text,e0..e{H-1}``."""
     check_output(output, EMBED_OUTPUTS)
     writer = _writer(output)
@@ -84,17 +99,27 @@ def embed_stream(encoder: AffectEncoder, source: Iterable[str], output: str | No
         if isinstance(writer, NpyStreamWriter):
             writer.write(emb)
         elif writer.csv:
-            writer.write([{"text": t, **{f"e{j}": round(float(x), 6) for j, x in enumerate(e)}}
-                          for t, e in zip(texts, emb)])
+            writer.write(
+                [{"text": t, **{f"e{j}": round(float(x), 6) for j, x in enumerate(e)}} for t, e in zip(texts, emb)]
+            )
         else:
             writer.write([{"text": t, "embedding": [round(float(x), 6) for x in e]} for t, e in zip(texts, emb)])
 
-    return _finish(writer, lambda: run_chunks(source, handle, chunk_size=chunk_size,
-                                              show_progress=show_progress, desc="embed"))
+    return _finish(
+        writer, lambda: run_chunks(source, handle, chunk_size=chunk_size, show_progress=show_progress, desc="embed")
+    )
 
 
-def predict_stream(encoder: AffectEncoder, source: Iterable[str], output: str | None, *, batch_size: int = 64,
-                   chunk_size: int = DEFAULT_CHUNK, show_progress: bool = True, classes: bool = False) -> int:
+def predict_stream(
+    encoder: AffectEncoder,
+    source: Iterable[str],
+    output: str | None,
+    *,
+    batch_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK,
+    show_progress: bool = True,
+    classes: bool = False,
+) -> int:
     """What the model's heads give, one pass per chunk: valence and arousal (a VA head) and the
     top label(s) with calibrated class probabilities (a classifier; ``classes`` demands one).
 
@@ -119,8 +144,12 @@ def predict_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
             if isinstance(writer, NpyStreamWriter):
                 writer.write(np.stack([valence, arousal], axis=1))
             else:
-                writer.write([{"text": t, "valence": round(float(v), 4), "arousal": round(float(a), 4)}
-                              for t, v, a in zip(texts, valence, arousal)])
+                writer.write(
+                    [
+                        {"text": t, "valence": round(float(v), 4), "arousal": round(float(a), 4)}
+                        for t, v, a in zip(texts, valence, arousal)
+                    ]
+                )
             return
         logits, z = encoder.class_logits(texts, batch_size=batch_size, with_va=with_va)
         result = encoder.classifier.classify(logits)
@@ -141,16 +170,32 @@ def predict_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
         writer.write(rows)
 
     if is_npy(output) and with_classes:
-        what = (f"calibrated class probabilities [N, {len(encoder.classifier.classes)}] in the order "
-                f"{', '.join(encoder.classifier.classes)}") if npy_probabilities else "valence, arousal [N, 2]"
+        what = (
+            (
+                f"calibrated class probabilities [N, {len(encoder.classifier.classes)}] in the order "
+                f"{', '.join(encoder.classifier.classes)}"
+            )
+            if npy_probabilities
+            else "valence, arousal [N, 2]"
+        )
         print(f"carl predict: {output} holds {what}", file=sys.stderr)
-    return _finish(writer, lambda: run_chunks(source, handle, chunk_size=chunk_size,
-                                              show_progress=show_progress, desc="predict"))
+    return _finish(
+        writer, lambda: run_chunks(source, handle, chunk_size=chunk_size, show_progress=show_progress, desc="predict")
+    )
 
 
-def explain_stream(encoder: AffectEncoder, source: Iterable[str], output: str | None, *, html: str | None = None,
-                   html_limit: int = 200, batch_size: int = 16, chunk_size: int = 256,
-                   show_progress: bool = True, target: str | None = None) -> int:
+def explain_stream(
+    encoder: AffectEncoder,
+    source: Iterable[str],
+    output: str | None,
+    *,
+    html: str | None = None,
+    html_limit: int = 200,
+    batch_size: int = 16,
+    chunk_size: int = 256,
+    show_progress: bool = True,
+    target: str | None = None,
+) -> int:
     """Explanations to JSONL (one object per text), CSV (one row per word) and/or an HTML page.
 
     ``target``: attributions of that class's calibrated log-odds instead of valence and
@@ -171,18 +216,34 @@ def explain_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
     seen = [0]
 
     def handle(texts: list[str]) -> None:
-        explanations = (encoder.explain_batch(texts, batch_size=batch_size) if target is None
-                        else explain_class(encoder, texts, target, batch_size=batch_size))
+        explanations = (
+            encoder.explain_batch(texts, batch_size=batch_size)
+            if target is None
+            else explain_class(encoder, texts, target, batch_size=batch_size)
+        )
         if len(shown) < html_limit:
             shown.extend(explanations[: html_limit - len(shown)])
         if writer is not None and writer.csv and target is not None:
-            writer.write([{"index": seen[0] + k, "word": w, "target": target, "attribution": round(a, 6)}
-                          for k, e in enumerate(explanations) for w, a in zip(e.words, e.scores)])
+            writer.write(
+                [
+                    {"index": seen[0] + k, "word": w, "target": target, "attribution": round(a, 6)}
+                    for k, e in enumerate(explanations)
+                    for w, a in zip(e.words, e.scores)
+                ]
+            )
         elif writer is not None and writer.csv:
-            writer.write([{"index": seen[0] + k, "word": w, "valence_attribution": round(v, 6),
-                           "arousal_attribution": round(a, 6)}
-                          for k, e in enumerate(explanations)
-                          for w, v, a in zip(e.words, e.valence_scores, e.arousal_scores)])
+            writer.write(
+                [
+                    {
+                        "index": seen[0] + k,
+                        "word": w,
+                        "valence_attribution": round(v, 6),
+                        "arousal_attribution": round(a, 6),
+                    }
+                    for k, e in enumerate(explanations)
+                    for w, v, a in zip(e.words, e.valence_scores, e.arousal_scores)
+                ]
+            )
         elif writer is not None:
             writer.write([e.to_dict() for e in explanations])
         seen[0] += len(texts)
@@ -191,8 +252,7 @@ def explain_stream(encoder: AffectEncoder, source: Iterable[str], output: str | 
         count = run_chunks(source, handle, chunk_size=chunk_size, show_progress=show_progress, desc="explain")
         if html is not None:
             Path(html).parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(Path(html), render_html(shown, title=f"carl explain: {encoder.source}",
-                                                      total=count))
+            write_text_atomic(Path(html), render_html(shown, title=f"carl explain: {encoder.source}", total=count))
         return count
 
     if writer is None:

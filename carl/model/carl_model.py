@@ -68,6 +68,8 @@ class CarlModel(nn.Module):
         self.projection = ProjectionHead(hidden, projection_dim)
         self.regression = RegressionHead(hidden, 2)
         self.detector = TokenDetectionHead(hidden, detector_hidden)
+        self.label_mean: torch.Tensor  # [2] buffers, declared for type checkers
+        self.label_std: torch.Tensor
         self.register_buffer("label_mean", torch.zeros(2))
         self.register_buffer("label_std", torch.ones(2))
         self.key_encoder = (
@@ -77,7 +79,7 @@ class CarlModel(nn.Module):
         )
         self.queue = MomentumQueue(queue_size if use_key_encoder else 0, self.projection.output_dim, 2)
         # built last, and only when asked for: a VA model draws the same initial weights as before
-        self.classifier = ClassificationHead(hidden, num_classes) if num_classes else None
+        self.classifier: ClassificationHead | None = ClassificationHead(hidden, num_classes) if num_classes else None
 
     def set_label_statistics(self, labels: torch.Tensor) -> None:
         """Fit the standardisation buffers on training labels [N, 2] in [0, 1]."""
@@ -98,8 +100,14 @@ class CarlModel(nn.Module):
             hidden = backbone(attention_mask=attention_mask, **kwargs).last_hidden_state  # [B, T, H]
         return hidden, pool(hidden, attention_mask, self.pooling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                heads: tuple[str, ...] | None = None, track_input_grad: bool = False) -> CarlOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        heads: tuple[str, ...] | None = None,
+        track_input_grad: bool = False,
+    ) -> CarlOutput:
         """Query pass computing only ``heads`` (None: every head this model has; each head's
         parameters then get a gradient, which multi-process training requires). With
         ``track_input_grad`` the word embeddings keep their gradient for ``input_gradient`` (the
@@ -123,7 +131,7 @@ class CarlModel(nn.Module):
             query=F.normalize(self.projection(embedding), dim=-1) if "query" in heads else None,
             va=self.regression(embedding) if "va" in heads else None,
             token_logits=self.detector(hidden) if "token_logits" in heads else None,
-            class_logits=self.classifier(embedding) if "class_logits" in heads else None,
+            class_logits=self.classifier(embedding) if "class_logits" in heads and self.classifier is not None else None,
         )
 
     def input_gradient(self) -> torch.Tensor:
@@ -146,7 +154,7 @@ class CarlModel(nn.Module):
             raise RuntimeError("no tracked input: run forward(track_input_grad=True) under grad first")
         columns = []
         for k in range(outputs.shape[1]):
-            grad, = torch.autograd.grad(outputs[:, k].sum(), embeds, retain_graph=k + 1 < outputs.shape[1])
+            (grad,) = torch.autograd.grad(outputs[:, k].sum(), embeds, retain_graph=k + 1 < outputs.shape[1])
             columns.append((grad.float() * embeds.detach().float()).sum(-1))  # [B, T]
         self._input_embeds = None
         return torch.stack(columns, dim=-1)

@@ -24,8 +24,15 @@ from carl.model.carl_model import CarlModel
 from carl.model.folder import CARL_SUBDIR, VA_ERA_HEADS, head_state_prefixes, load_heads
 
 
-def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, *,
-                 max_length: int, metadata: dict, heads: tuple[str, ...] | None = None) -> Path:
+def export_model(
+    model: CarlModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    *,
+    max_length: int,
+    metadata: dict,
+    heads: tuple[str, ...] | None = None,
+) -> Path:
     """Write ``model`` with its trained ``heads`` (None: every head it has) to ``path`` atomically (an
     existing folder is replaced only when done). Heads not listed are left out: a loader never
     offers a random head. A classifier needs ``classes``, ``multi_label``, ``temperature`` and
@@ -53,8 +60,9 @@ def export_model(model: CarlModel, tokenizer: PreTrainedTokenizerBase, path: str
     return path
 
 
-def _write_model_folder(model: CarlModel, tokenizer: PreTrainedTokenizerBase, folder: Path, *,
-                        max_length: int, metadata: dict) -> None:
+def _write_model_folder(
+    model: CarlModel, tokenizer: PreTrainedTokenizerBase, folder: Path, *, max_length: int, metadata: dict
+) -> None:
     """The sentence-transformers files, ``carl/`` and the model card, into the empty ``folder``."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
@@ -63,8 +71,10 @@ def _write_model_folder(model: CarlModel, tokenizer: PreTrainedTokenizerBase, fo
     model.backbone.save_pretrained(raw)
     tokenizer.save_pretrained(raw)
     st = SentenceTransformer(
-        modules=[Transformer(str(raw), max_seq_length=max_length),
-                 Pooling(model.backbone.config.hidden_size, pooling_mode=model.pooling)],
+        modules=[
+            Transformer(str(raw), max_seq_length=max_length),
+            Pooling(model.backbone.config.hidden_size, pooling_mode=model.pooling),
+        ],
         device="cpu",
     )
     st.save(str(folder), create_model_card=False)
@@ -73,15 +83,20 @@ def _write_model_folder(model: CarlModel, tokenizer: PreTrainedTokenizerBase, fo
     heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}
     (folder / CARL_SUBDIR).mkdir()
     save_file(heads, str(folder / CARL_SUBDIR / "heads.safetensors"))
-    info = {"pooling": model.pooling, "projection_dim": model.projection_dim,
-            "detector_hidden": _detector_hidden(model), **metadata}
+    info = {
+        "pooling": model.pooling,
+        "projection_dim": model.projection_dim,
+        "detector_hidden": _detector_hidden(model),
+        **metadata,
+    }
     (folder / CARL_SUBDIR / "carl.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     (folder / "README.md").write_text(model_card(info), encoding="utf-8")
 
 
 def _detector_hidden(model: CarlModel) -> int:
     net = model.detector.net
-    return net[0].out_features if isinstance(net, torch.nn.Sequential) else 0
+    first = net[0] if isinstance(net, torch.nn.Sequential) else None
+    return first.out_features if isinstance(first, torch.nn.Linear) else 0
 
 
 def record_metrics(path: str | Path, metrics: dict[str, float]) -> bool:
@@ -106,17 +121,21 @@ def _classifier_card(info: dict) -> str:
     kind = "multi-label (one sigmoid per class)" if info.get("multi_label") else "single-label (softmax)"
     calibration = info.get("calibration") or {}
     if calibration.get("fitted_on") == "dev":
-        fitted = (f"temperature T = {info['temperature']:.4f} fitted on {calibration['dev_rows']} dev rows; "
-                  f"dev ECE {calibration['ece_before']:.4f} before, {calibration['ece_after']:.4f} after")
+        fitted = (
+            f"temperature T = {info['temperature']:.4f} fitted on {calibration['dev_rows']} dev rows; "
+            f"dev ECE {calibration['ece_before']:.4f} before, {calibration['ece_after']:.4f} after"
+        )
     else:
         fitted = "none (no dev data): temperature T = 1"
     thresholds = ""
     if info.get("multi_label") and info.get("thresholds"):
         pairs = ", ".join(f"{c} {t:g}" for c, t in zip(info["classes"], info["thresholds"]))
         thresholds = f"\n- Decision thresholds (tuned on dev for F1): {pairs}"
-    return (f"\n- Emotion classifier: {kind} over {len(info['classes'])} labels: "
-            f"{', '.join(info['classes'])}\n- Calibration: {fitted}{thresholds}\n"
-            "- Calibrated probabilities: `carl predict MODEL --classes` or `AffectEncoder.classify(texts)`.")
+    return (
+        f"\n- Emotion classifier: {kind} over {len(info['classes'])} labels: "
+        f"{', '.join(info['classes'])}\n- Calibration: {fitted}{thresholds}\n"
+        "- Calibrated probabilities: `carl predict MODEL --classes` or `AffectEncoder.classify(texts)`."
+    )
 
 
 def model_card(info: dict) -> str:
@@ -129,9 +148,12 @@ def model_card(info: dict) -> str:
     if selection and selection["best_step"] is None:
         selected = f"- Model selection: dev `{selection['metric']}` was never finite; the last step is exported\n"
     elif selection:
-        selected = (f"- Model selection: step {selection['best_step']} of {selection['steps_trained']}, the best dev "
-                    f"`{selection['metric']}` ({selection['dev'][selection['metric']]:.4f})"
-                    + (", early stopping" if selection["stopped_early"] else "") + "\n")
+        selected = (
+            f"- Model selection: step {selection['best_step']} of {selection['steps_trained']}, the best dev "
+            f"`{selection['metric']}` ({selection['dev'][selection['metric']]:.4f})"
+            + (", early stopping" if selection["stopped_early"] else "")
+            + "\n"
+        )
     return f"""---
 library_name: sentence-transformers
 tags: [carl, affect, valence-arousal, sentence-embeddings]
@@ -139,12 +161,12 @@ tags: [carl, affect, valence-arousal, sentence-embeddings]
 # CARL affect-aware encoder
 
 Fine-tuned with carl (Continuous Adversarial Representation Learning, Son, Saurez and Har,
-arXiv 2502.20613) from `{info.get('base_encoder', '?')}`.
+arXiv 2502.20613) from `{info.get("base_encoder", "?")}`.
 
-- Objective: `{info.get('objective', '?')}`; pooling: `{info.get('pooling')}`.
-- Training data: {data.get('description', '?')}
-- Data licence: {data.get('licence', 'see the data source')}
-- Label scale of `predict`: {info.get('scale')}{_classifier_card(info)}
+- Objective: `{info.get("objective", "?")}`; pooling: `{info.get("pooling")}`.
+- Training data: {data.get("description", "?")}
+- Data licence: {data.get("licence", "see the data source")}
+- Label scale of `predict`: {info.get("scale")}{_classifier_card(info)}
 {selected}Load with `carl.AffectEncoder.load(path)` or `sentence_transformers.SentenceTransformer(path)`.
 
 | metric | value |

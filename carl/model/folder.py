@@ -22,8 +22,12 @@ from safetensors.torch import load_file
 CARL_SUBDIR = "carl"
 # state-dict prefix of each query-encoder head (``CarlModel.forward``'s head names), and the label
 # statistics every carl folder holds
-HEAD_PREFIXES = {"query": "projection.", "va": "regression.", "token_logits": "detector.",
-                 "class_logits": "classifier."}
+HEAD_PREFIXES = {
+    "query": "projection.",
+    "va": "regression.",
+    "token_logits": "detector.",
+    "class_logits": "classifier.",
+}
 LABEL_STATISTICS = ("label_mean", "label_std")
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -44,8 +48,13 @@ def looks_local(name: str) -> bool:
     """Whether ``name`` means a folder on disk and must never be looked up on the Hugging Face Hub:
     it exists, or is written as a path (starts with ``.``, ``/`` or ``~``, ends with ``/``, holds
     a backslash or more than one ``/``). A Hub id is ``name`` or ``owner/name``."""
-    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.endswith("/")
-            or "\\" in name or name.count("/") > 1)
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith((".", "/", "~"))
+        or name.endswith("/")
+        or "\\" in name
+        or name.count("/") > 1
+    )
 
 
 def read_json_object(path: Path) -> dict:
@@ -150,8 +159,11 @@ def _check_weights(folder: Path) -> None:
         return
     for name in PICKLED_WEIGHTS:
         if (folder / name).exists():
-            raise ModelFolderError(folder / name, "weights only as a PyTorch pickle, which carl does not load "
-                                                  "(unpickling can run code); save them as model.safetensors")
+            raise ModelFolderError(
+                folder / name,
+                "weights only as a PyTorch pickle, which carl does not load "
+                "(unpickling can run code); save them as model.safetensors",
+            )
     raise ModelFolderError(folder / WEIGHTS, "missing: the folder holds no model weights")
 
 
@@ -172,8 +184,9 @@ def load_heads(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | Non
         return None
     for path in (info_path, heads_path):
         if not path.is_file():
-            raise ModelFolderError(path, f"missing (a carl model folder holds carl/{info_path.name} "
-                                         f"and carl/{heads_path.name})")
+            raise ModelFolderError(
+                path, f"missing (a carl model folder holds carl/{info_path.name} and carl/{heads_path.name})"
+            )
     info = read_json_object(info_path)
     _check_info(info_path, info)
     check_safetensors(heads_path)
@@ -188,8 +201,9 @@ def load_heads(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | Non
 
 def _check_info(path: Path, info: dict) -> None:
     if info.get("pooling") not in POOLING_MODES:
-        raise ModelFolderError(path, f"'pooling' must be one of {', '.join(POOLING_MODES)}, "
-                                     f"got {info.get('pooling')!r}")
+        raise ModelFolderError(
+            path, f"'pooling' must be one of {', '.join(POOLING_MODES)}, got {info.get('pooling')!r}"
+        )
     for key in ("projection_dim", "detector_hidden"):
         value = info.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -204,16 +218,23 @@ def _check_info(path: Path, info: dict) -> None:
     scale = info["scale"]
     if scale is None:
         return
-    if (not isinstance(scale, list) or len(scale) != 2
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scale)
-            or not scale[0] < scale[1]):
+    if (
+        not isinstance(scale, list)
+        or len(scale) != 2
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scale)
+        or not scale[0] < scale[1]
+    ):
         raise ModelFolderError(path, f"'scale' must be [low, high] with finite low < high, or null; got {scale!r}")
 
 
 def _check_classifier_info(path: Path, info: dict) -> None:
     classes = info.get("classes")
-    if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes)
-            or len(set(classes)) != len(classes)):
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
         raise ModelFolderError(path, f"'classes' must be a non-empty list of distinct class names, got {classes!r}")
     if not isinstance(info.get("multi_label"), bool):
         raise ModelFolderError(path, f"'multi_label' must be true or false, got {info.get('multi_label')!r}")
@@ -223,18 +244,26 @@ def _check_classifier_info(path: Path, info: dict) -> None:
     thresholds = info.get("thresholds")
     if not info["multi_label"]:
         return
-    if (not isinstance(thresholds, list) or len(thresholds) != len(classes)
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in thresholds)):
-        raise ModelFolderError(path, f"'thresholds' must list one number in (0, 1) for each of the {len(classes)} "
-                                     f"classes, got {thresholds!r}")
+    if (
+        not isinstance(thresholds, list)
+        or len(thresholds) != len(classes)
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in thresholds)
+    ):
+        raise ModelFolderError(
+            path,
+            f"'thresholds' must list one number in (0, 1) for each of the {len(classes)} classes, got {thresholds!r}",
+        )
 
 
 def _check_classifier_size(path: Path, tensors: dict[str, torch.Tensor], n_classes: int) -> None:
     """The classification head has one output per class of carl.json."""
     for name in ("classifier.linear.weight", "classifier.linear.bias"):
         if name in tensors and tensors[name].shape[0] != n_classes:
-            raise ModelFolderError(path, f"the classification head has {tensors[name].shape[0]} outputs "
-                                         f"({name}) but carl/carl.json lists {n_classes} classes")
+            raise ModelFolderError(
+                path,
+                f"the classification head has {tensors[name].shape[0]} outputs "
+                f"({name}) but carl/carl.json lists {n_classes} classes",
+            )
 
 
 def check_heads(folder: str | Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> None:
@@ -243,13 +272,17 @@ def check_heads(folder: str | Path, tensors: dict[str, torch.Tensor], expected: 
     path = Path(folder) / CARL_SUBDIR / "heads.safetensors"
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ModelFolderError(path, f"tensors do not match carl/carl.json's heads: missing {missing}, "
-                                     f"unexpected {unexpected}")
+        raise ModelFolderError(
+            path, f"tensors do not match carl/carl.json's heads: missing {missing}, unexpected {unexpected}"
+        )
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != tuple(shape):
-            raise ModelFolderError(path, f"tensor {name!r} has shape {list(tensors[name].shape)}, the model "
-                                         f"needs {list(shape)} (hidden size from config.json, head sizes from "
-                                         "carl/carl.json)")
+            raise ModelFolderError(
+                path,
+                f"tensor {name!r} has shape {list(tensors[name].shape)}, the model "
+                f"needs {list(shape)} (hidden size from config.json, head sizes from "
+                "carl/carl.json)",
+            )
     std = tensors["label_std"]
     if not (torch.isfinite(std).all() and (std > 0).all()):
         raise ModelFolderError(path, f"'label_std' must be finite and positive, got {std.tolist()}")

@@ -42,6 +42,7 @@ class TokenDetectionHead(nn.Module):
 
     def __init__(self, hidden_size: int, hidden: int = 0):
         super().__init__()
+        self.net: nn.Module
         if hidden > 0:
             self.net = nn.Sequential(nn.Linear(hidden_size, hidden), nn.GELU(), nn.Linear(hidden, 1))
         else:

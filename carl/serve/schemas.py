@@ -29,8 +29,16 @@ class ServeLimits:
     timeout_body_s: float = 30.0  # from a request's head to its complete body; else the connection is closed
 
     def __post_init__(self) -> None:
-        for name in ("max_texts", "max_chars", "max_explain_texts", "max_body_bytes", "max_batch_texts",
-                     "batch_size", "max_concurrency", "max_connections"):
+        for name in (
+            "max_texts",
+            "max_chars",
+            "max_explain_texts",
+            "max_body_bytes",
+            "max_batch_texts",
+            "batch_size",
+            "max_concurrency",
+            "max_connections",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("timeout_header_s", "timeout_body_s"):
@@ -39,8 +47,10 @@ class ServeLimits:
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.max_batch_texts < self.max_texts:
-            raise ValueError(f"max_batch_texts ({self.max_batch_texts}) must be >= max_texts ({self.max_texts}): "
-                             "a request must fit in one merged batch")
+            raise ValueError(
+                f"max_batch_texts ({self.max_batch_texts}) must be >= max_texts ({self.max_texts}): "
+                "a request must fit in one merged batch"
+            )
 
 
 def _utf8(text: str) -> str:
@@ -59,11 +69,18 @@ class _Strict(BaseModel):
 def request_models(limits: ServeLimits) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """``(EmbedRequest, PredictRequest, ExplainRequest)`` enforcing ``limits``."""
     Text = Annotated[str, StringConstraints(max_length=limits.max_chars), AfterValidator(_utf8)]
-    Texts = Annotated[list[Text], Field(min_length=1, max_length=limits.max_texts,
-                                        description=f"1 to {limits.max_texts} texts of at most "
-                                                    f"{limits.max_chars} characters")]
-    ExplainTexts = Annotated[list[Text], Field(min_length=1, max_length=limits.max_explain_texts,
-                                               description=f"1 to {limits.max_explain_texts} texts")]
+    Texts = Annotated[
+        list[Text],
+        Field(
+            min_length=1,
+            max_length=limits.max_texts,
+            description=f"1 to {limits.max_texts} texts of at most {limits.max_chars} characters",
+        ),
+    ]
+    ExplainTexts = Annotated[
+        list[Text],
+        Field(min_length=1, max_length=limits.max_explain_texts, description=f"1 to {limits.max_explain_texts} texts"),
+    ]
 
     class EmbedRequest(_Strict):
         texts: Texts
@@ -98,8 +115,10 @@ class PredictResponse(BaseModel):
 
 
 class ClassPrediction(BaseModel):
-    labels: list[str] = Field(description="the top class (single-label) or the classes at or above their "
-                                          "thresholds (multi-label, possibly none)")
+    labels: list[str] = Field(
+        description="the top class (single-label) or the classes at or above their "
+        "thresholds (multi-label, possibly none)"
+    )
     probabilities: dict[str, float] = Field(description="calibrated probability of each class")
 
 

@@ -28,8 +28,9 @@ from carl.model.carl_model import CarlModel
 
 
 @torch.no_grad()
-def class_logits(model: CarlModel, tokenizer, texts: Sequence[str], *, max_length: int,
-                 batch_size: int = 64) -> np.ndarray:
+def class_logits(
+    model: CarlModel, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int = 64
+) -> np.ndarray:
     """Class logits [N, C] float32 of ``texts`` (input order), the model in eval mode for the pass."""
     device = next(model.parameters()).device
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
@@ -59,31 +60,56 @@ def fit_calibration(logits: np.ndarray, targets: np.ndarray, *, multi_label: boo
         macro_f1 = macro_f1_at_thresholds(after, targets, thresholds)
     else:
         macro_f1 = float(np.mean(per_class_f1(after.argmax(1), np.asarray(targets), logits.shape[1])))
-    return {"temperature": temperature, "thresholds": None if thresholds is None else thresholds.tolist(),
-            "ece_before": expected_calibration_error(before, targets),
-            "ece_after": expected_calibration_error(after, targets), "macro_f1": macro_f1}
+    return {
+        "temperature": temperature,
+        "thresholds": None if thresholds is None else thresholds.tolist(),
+        "ece_before": expected_calibration_error(before, targets),
+        "ece_after": expected_calibration_error(after, targets),
+        "macro_f1": macro_f1,
+    }
 
 
-def classifier_metadata(model: CarlModel, tokenizer, train: AffectDataset, dev: AffectDataset | None, *,
-                        max_length: int) -> tuple[dict[str, Any], str]:
+def classifier_metadata(
+    model: CarlModel, tokenizer, train: AffectDataset, dev: AffectDataset | None, *, max_length: int
+) -> tuple[dict[str, Any], str]:
     """carl.json entries of the trained classifier (classes, multi_label, temperature, thresholds,
     calibration, dev metrics) and one line for the log."""
     classes, multi = list(train.classes), train.multi_label
     if dev is None or len(dev) == 0:
         thresholds = [DEFAULT_THRESHOLD] * len(classes) if multi else None
-        note = ("calibration: no dev data (data.dev_path or data.dev_fraction), so temperature = 1.0"
-                + (" and thresholds = 0.5" if multi else ""))
-        return {"classes": classes, "multi_label": multi, "temperature": 1.0, "thresholds": thresholds,
-                "calibration": {"fitted_on": None}}, note
-    fit = fit_calibration(class_logits(model, tokenizer, dev.texts, max_length=max_length), dev.targets,
-                          multi_label=multi)
-    note = (f"calibration on {len(dev)} dev rows: temperature {fit['temperature']:.3f}, ECE {fit['ece_before']:.4f} "
-            f"-> {fit['ece_after']:.4f}, dev macro-F1 {fit['macro_f1']:.4f}"
-            + (" at the dev-tuned thresholds" if multi else ""))
-    metadata = {"classes": classes, "multi_label": multi, "temperature": fit["temperature"],
-                "thresholds": fit["thresholds"],
-                "calibration": {"fitted_on": "dev", "dev_rows": len(dev), "ece_before": fit["ece_before"],
-                                "ece_after": fit["ece_after"]},
-                "metrics": {"dev_macro_f1": fit["macro_f1"], "dev_ece_before": fit["ece_before"],
-                            "dev_ece_after": fit["ece_after"]}}
+        note = "calibration: no dev data (data.dev_path or data.dev_fraction), so temperature = 1.0" + (
+            " and thresholds = 0.5" if multi else ""
+        )
+        return {
+            "classes": classes,
+            "multi_label": multi,
+            "temperature": 1.0,
+            "thresholds": thresholds,
+            "calibration": {"fitted_on": None},
+        }, note
+    fit = fit_calibration(
+        class_logits(model, tokenizer, dev.texts, max_length=max_length), dev.targets, multi_label=multi
+    )
+    note = (
+        f"calibration on {len(dev)} dev rows: temperature {fit['temperature']:.3f}, ECE {fit['ece_before']:.4f} "
+        f"-> {fit['ece_after']:.4f}, dev macro-F1 {fit['macro_f1']:.4f}"
+        + (" at the dev-tuned thresholds" if multi else "")
+    )
+    metadata = {
+        "classes": classes,
+        "multi_label": multi,
+        "temperature": fit["temperature"],
+        "thresholds": fit["thresholds"],
+        "calibration": {
+            "fitted_on": "dev",
+            "dev_rows": len(dev),
+            "ece_before": fit["ece_before"],
+            "ece_after": fit["ece_after"],
+        },
+        "metrics": {
+            "dev_macro_f1": fit["macro_f1"],
+            "dev_ece_before": fit["ece_before"],
+            "dev_ece_after": fit["ece_after"],
+        },
+    }
     return metadata, note

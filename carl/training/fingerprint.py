@@ -53,9 +53,13 @@ def fingerprint_changes(saved: dict | None, now: dict[str, str]) -> list[str]:
     saved = saved or {}
     changes = []
     if saved.get("data_sha256") != now["data_sha256"]:
-        changes.append(f"the training data changed since the checkpoint (sha256 {saved.get('data_sha256')} -> "
-                       f"{now['data_sha256']})")
+        changes.append(
+            f"the training data changed since the checkpoint (sha256 {saved.get('data_sha256')} -> "
+            f"{now['data_sha256']})"
+        )
     if saved.get("encoder_sha256") != now["encoder_sha256"]:
-        changes.append(f"the encoder {now['encoder']!r} changed since the checkpoint (its files' sha256 "
-                       f"{saved.get('encoder_sha256')} -> {now['encoder_sha256']})")
+        changes.append(
+            f"the encoder {now['encoder']!r} changed since the checkpoint (its files' sha256 "
+            f"{saved.get('encoder_sha256')} -> {now['encoder_sha256']})"
+        )
     return changes

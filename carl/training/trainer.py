@@ -53,18 +53,31 @@ from carl.training.checkpoint import TrainingState, latest_checkpoint, resume_ch
 from carl.training.errors import CheckpointError, TrainingDiverged
 from carl.training.fingerprint import fingerprint_changes, run_fingerprint
 from carl.training.run_info import environment_info
-from carl.training.selection import (DEV_BATCH_SIZE, DEV_METRICS, Selection, dev_metrics, load_best, predict_dev,
-                                     prune_best, save_best, verify_best)
+from carl.training.selection import (
+    DEV_BATCH_SIZE,
+    DEV_METRICS,
+    Selection,
+    dev_metrics,
+    load_best,
+    predict_dev,
+    prune_best,
+    save_best,
+    verify_best,
+)
 
 # the query-encoder heads each term trains; every term but ``ptd`` reads the clean query pass
-TERM_HEADS: dict[str, tuple[str, ...]] = {"mcl": ("query",), "mse": ("va",), "simcse": (), "ptd": ("token_logits",),
-                                          "classify": ("class_logits",)}
+TERM_HEADS: dict[str, tuple[str, ...]] = {
+    "mcl": ("query",),
+    "mse": ("va",),
+    "simcse": (),
+    "ptd": ("token_logits",),
+    "classify": ("class_logits",),
+}
 PERTURBED_PASS_TERMS = ("ptd",)
 # query-pass views of each sentence a term needs (SimCSE: two dropout views)
 VIEWS = {"simcse": 2}
 # settings that may change between a run and its resumption (they do not alter the maths)
-RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.resume_mismatch")
+RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints", "train.resume_mismatch")
 
 
 class CarlTrainer:
@@ -73,15 +86,25 @@ class CarlTrainer:
     ``on_step_end`` callbacks run after each optimizer step (and its checkpoint), given the trainer.
     """
 
-    def __init__(self, config: CarlConfig, output_dir: str | Path, *, show_progress: bool = True,
-                 on_step_end: list[Callable[[CarlTrainer], None]] | None = None):
+    def __init__(
+        self,
+        config: CarlConfig,
+        output_dir: str | Path,
+        *,
+        show_progress: bool = True,
+        on_step_end: list[Callable[[CarlTrainer], None]] | None = None,
+    ):
         self.cfg = config
         self.out = Path(output_dir)
         self.show_progress = show_progress
         self.on_step_end = list(on_step_end or [])
         self.terms = config.objective.terms()
-        clean_pass = {"mcl": self._mcl_term, "mse": self._mse_term, "simcse": self._simcse_term,
-                      "classify": self._classify_term}
+        clean_pass = {
+            "mcl": self._mcl_term,
+            "mse": self._mse_term,
+            "simcse": self._simcse_term,
+            "classify": self._classify_term,
+        }
         self.clean_terms = {name: clean_pass[name] for name in self.terms if name not in PERTURBED_PASS_TERMS}
         self.views = max(VIEWS.get(name, 1) for name in self.terms)
         if config.train.num_threads > 0:
@@ -105,9 +128,13 @@ class CarlTrainer:
         backbone, self.tokenizer = load_backbone(cfg.model.encoder)
         classify = "classify" in self.terms
         self.model = CarlModel(
-            backbone, pooling=cfg.model.pooling, projection_dim=cfg.model.projection_dim,
-            momentum=cfg.objective.mcl.momentum, queue_size=cfg.objective.mcl.queue_size,
-            detector_hidden=cfg.objective.ptd.detector_hidden, use_key_encoder="mcl" in self.terms,
+            backbone,
+            pooling=cfg.model.pooling,
+            projection_dim=cfg.model.projection_dim,
+            momentum=cfg.objective.mcl.momentum,
+            queue_size=cfg.objective.mcl.queue_size,
+            detector_hidden=cfg.objective.ptd.detector_hidden,
+            use_key_encoder="mcl" in self.terms,
             num_classes=len(self.train_data.classes) if classify else 0,
         )
         if self.views > 1:
@@ -119,23 +146,37 @@ class CarlTrainer:
             self.model.set_label_statistics(labels)
         self.losses = {name: self._build_loss(term, labels) for name, term in self.terms.items()}
 
-        dataset = TokenizedDataset(self.train_data.texts, self.train_data.labels, self.tokenizer,
-                                   cfg.data.max_length, targets=self.train_data.targets if classify else None)
+        dataset = TokenizedDataset(
+            self.train_data.texts,
+            self.train_data.labels,
+            self.tokenizer,
+            cfg.data.max_length,
+            targets=self.train_data.targets if classify else None,
+        )
         # every process draws the same global batches and takes its slice of each (the sampler
         # shards, not accelerate, whose even_batches would repeat sentences to fill a short batch)
-        self.sampler = LengthGroupedBatchSampler(dataset.lengths(), self._global_batch(), seed=cfg.train.seed,
-                                                 num_shards=acc.num_processes, shard=acc.process_index)
+        self.sampler = LengthGroupedBatchSampler(
+            dataset.lengths(),
+            self._global_batch(),
+            seed=cfg.train.seed,
+            num_shards=acc.num_processes,
+            shard=acc.process_index,
+        )
         # the loader's own generator keeps iterator creation from consuming the global RNG,
         # so that a resumed run draws the same dropout masks as an uninterrupted one
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler,
-                                 collate_fn=PaddingCollator(self.tokenizer.pad_token_id),
-                                 generator=torch.Generator().manual_seed(cfg.train.seed))
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            collate_fn=PaddingCollator(self.tokenizer.pad_token_id),
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
         optimizer = torch.optim.AdamW(self._parameter_groups(), lr=cfg.train.learning_rate)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self.steps_per_epoch = max(1, len(self.loader) // cfg.train.gradient_accumulation_steps)
         self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
         self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps)
+            self.optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps
+        )
         self._build_selection()
 
     def _trained_heads(self) -> tuple[str, ...]:
@@ -149,35 +190,45 @@ class CarlTrainer:
         if not cfg.train.select_metric:
             return
         if self.dev_data is None:
-            acc.print("dev: no dev data (data.dev_path empty, data.dev_fraction 0): no model selection, the last "
-                      "step is exported; give data.dev_path or data.dev_fraction > 0 to select on dev")
+            acc.print(
+                "dev: no dev data (data.dev_path empty, data.dev_fraction 0): no model selection, the last "
+                "step is exported; give data.dev_path or data.dev_fraction > 0 to select on dev"
+            )
             return
         trained = set(self._trained_heads())
         default = cfg.train.select_metric == TrainConfig.select_metric
         # by default a run that trains a classifier selects on its classes
         metric = DEV_METRICS["class_macro_f1" if default and "class_logits" in trained else cfg.train.select_metric]
         if metric.head not in trained and default:
-            acc.print(f"dev: objective {cfg.objective.name!r} trains no {metric.head} head, which the default "
-                      f"train.select_metric scores: no model selection, the last step is exported")
+            acc.print(
+                f"dev: objective {cfg.objective.name!r} trains no {metric.head} head, which the default "
+                f"train.select_metric scores: no model selection, the last step is exported"
+            )
             return
         if metric.head not in trained:
-            raise ConfigError(f"train.select_metric = {metric.name!r} scores the {metric.head} head, which this run "
-                              f"does not train (objective {cfg.objective.name!r}, objective.mse_weight = "
-                              f"{cfg.objective.mse_weight}); set train.select_metric = \"\" to export the last step")
+            raise ConfigError(
+                f"train.select_metric = {metric.name!r} scores the {metric.head} head, which this run "
+                f"does not train (objective {cfg.objective.name!r}, objective.mse_weight = "
+                f'{cfg.objective.mse_weight}); set train.select_metric = "" to export the last step'
+            )
         # only the heads that dev metrics score (token logits [B, T] differ in T between batches)
         self.dev_heads = tuple(sorted(trained & {m.head for m in DEV_METRICS.values()}))
         dev = TokenizedDataset(self.dev_data.texts, self.dev_data.labels, self.tokenizer, cfg.data.max_length)
         order = sorted(range(len(dev)), key=lambda i: -len(dev.input_ids[i]))
         collate = PaddingCollator(self.tokenizer.pad_token_id)
-        self.dev_batches = [collate([dev[i] for i in order[start:start + DEV_BATCH_SIZE]])
-                            for start in range(0, len(order), DEV_BATCH_SIZE)]
+        self.dev_batches = [
+            collate([dev[i] for i in order[start : start + DEV_BATCH_SIZE]])
+            for start in range(0, len(order), DEV_BATCH_SIZE)
+        ]
         self.dev_targets = {"va": self.dev_data.labels[order]}
         if self.dev_data.targets is not None:
             self.dev_targets["class_logits"] = self.dev_data.targets[order]
         self.selection = Selection(metric.name)
-        acc.print(f"dev: {len(dev)} sentences; selecting the step with the best {metric.name}, evaluated "
-                  + (f"every {cfg.train.eval_every} steps" if cfg.train.eval_every else "at the end of each epoch")
-                  + " and at the last step")
+        acc.print(
+            f"dev: {len(dev)} sentences; selecting the step with the best {metric.name}, evaluated "
+            + (f"every {cfg.train.eval_every} steps" if cfg.train.eval_every else "at the end of each epoch")
+            + " and at the last step"
+        )
 
     def _build_loss(self, term: Term, labels: torch.Tensor) -> torch.nn.Module:
         """The loss module of one term (mcl, mse, simcse, classify, else ptd); ``labels`` [N, 2] are
@@ -187,15 +238,20 @@ class CarlTrainer:
             return self._classification_loss().to(self.accelerator.device)
         if term.loss == "mcl":
             return MomentumContrastiveLoss(
-                temperature=o.mcl.temperature, label_temperature=o.mcl.label_temperature,
-                hard_bin_edges=self._hard_bin_edges(labels) if term.targets == "hard" else None)
+                temperature=o.mcl.temperature,
+                label_temperature=o.mcl.label_temperature,
+                hard_bin_edges=self._hard_bin_edges(labels) if term.targets == "hard" else None,
+            )
         if term.loss == "mse":
             return VARegressionLoss()
         if term.loss == "simcse":
             return SimCSELoss(temperature=o.simcse.temperature)
         return PerturbedTokenDetection(
-            ratio=o.ptd.ratio, sentence_fraction=o.ptd.sentence_fraction, selection=o.ptd.selection,
-            replacement=o.ptd.replacement, special_ids=self.tokenizer.all_special_ids,
+            ratio=o.ptd.ratio,
+            sentence_fraction=o.ptd.sentence_fraction,
+            selection=o.ptd.selection,
+            replacement=o.ptd.replacement,
+            special_ids=self.tokenizer.all_special_ids,
             mask_token_id=self.tokenizer.mask_token_id,
             vocab_size=self.model.backbone.get_input_embeddings().weight.shape[0],
         ).to(self.accelerator.device)
@@ -206,10 +262,12 @@ class CarlTrainer:
         balanced = self.cfg.objective.class_weights == "balanced"
         try:
             if data.multi_label:
-                return MultiLabelClassificationLoss(positive_weights=positive_class_weights(data.targets)
-                                                    if balanced else None)
-            return SingleLabelClassificationLoss(class_weights=balanced_class_weights(data.targets, len(data.classes))
-                                                 if balanced else None)
+                return MultiLabelClassificationLoss(
+                    positive_weights=positive_class_weights(data.targets) if balanced else None
+                )
+            return SingleLabelClassificationLoss(
+                class_weights=balanced_class_weights(data.targets, len(data.classes)) if balanced else None
+            )
         except ValueError as err:  # a class without (positive) training examples
             raise ConfigError(f"objective.class_weights = balanced: {err}") from None
 
@@ -219,13 +277,15 @@ class CarlTrainer:
         if "mcl" not in self.terms or queue == 0:
             return
         t = self.cfg.train
-        per_step = t.batch_size * t.gradient_accumulation_steps * (
-            1 if t.split_batches else self.accelerator.num_processes)
+        per_step = (
+            t.batch_size * t.gradient_accumulation_steps * (1 if t.split_batches else self.accelerator.num_processes)
+        )
         if queue > n_train - per_step:
             raise ConfigError(
                 f"objective.mcl.queue_size = {queue} is too large for {n_train} training sentences: "
                 f"a sentence's own stale key from the previous epoch would still sit in the queue. "
-                f"Use at most {max(0, n_train - per_step)} (or 0 for in-batch keys only).")
+                f"Use at most {max(0, n_train - per_step)} (or 0 for in-batch keys only)."
+            )
 
     def _hard_bin_edges(self, labels: torch.Tensor) -> torch.Tensor:
         """Quantile edges [2, b-1] of standardised training labels for ``supcon-hard``."""
@@ -244,9 +304,14 @@ class CarlTrainer:
             no_decay = param.ndim < 2 or "norm" in name.lower()
             is_head = not name.startswith("backbone.")
             groups.setdefault((no_decay, is_head), []).append(param)
-        return [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-                 "lr": cfg.head_learning_rate if is_head else cfg.learning_rate}
-                for (no_decay, is_head), params in groups.items()]
+        return [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                "lr": cfg.head_learning_rate if is_head else cfg.learning_rate,
+            }
+            for (no_decay, is_head), params in groups.items()
+        ]
 
     # --------------------------------------------------------------- one step
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
@@ -272,8 +337,13 @@ class CarlTrainer:
         if "ptd" in self.terms:
             weight, ptd = self.terms["ptd"].weight, self.losses["ptd"]
             embedding_matrix = core.backbone.get_input_embeddings().weight.detach()
-            mask, ids, words, grad = sample_sentences(ptd.sentence_fraction, batch["attention_mask"],
-                                                      batch["input_ids"], batch["word_index"], core.input_gradient())
+            mask, ids, words, grad = sample_sentences(
+                ptd.sentence_fraction,
+                batch["attention_mask"],
+                batch["input_ids"],
+                batch["word_index"],
+                core.input_gradient(),
+            )
             perturbed, positions = ptd.perturb(ids, words, grad, embedding_matrix)
             with acc.autocast():
                 out_p = self.model(perturbed, mask, heads=("token_logits",))
@@ -311,7 +381,7 @@ class CarlTrainer:
         Keys and labels travel as one [B, P + 2] tensor: one gather per step."""
         rows, offset = gather_across_processes(torch.cat([keys, labels.to(keys.dtype)], dim=1))
         own = offset + torch.arange(keys.shape[0], device=keys.device)
-        return rows[:, : keys.shape[1]], rows[:, keys.shape[1]:], own
+        return rows[:, : keys.shape[1]], rows[:, keys.shape[1] :], own
 
     def close(self) -> None:
         """Release the (DDP-wrapped) model and optimizer, then leave the process group.
@@ -333,8 +403,14 @@ class CarlTrainer:
         self.fingerprint = run_fingerprint(self.train_data, cfg.model.encoder)
         resumed = self._resume()
         self._start_run_folder(resumed=resumed)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.objective.name}",
-                   unit="step", disable=not (self.show_progress and acc.is_local_main_process), dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=f"train {cfg.objective.name}",
+            unit="step",
+            disable=not (self.show_progress and acc.is_local_main_process),
+            dynamic_ncols=True,
+        )
         while self.step < self.total_steps and not self._stopped():
             self.train_one_epoch(bar)
         bar.close()
@@ -419,14 +495,23 @@ class CarlTrainer:
             if improved:
                 save_best(self.out, acc.unwrap_model(self.model), self.step)
                 prune_best(self.out, sel.best_step)
-            record = {"step": self.step, "epoch": self.epoch, "dev": values, "improved": improved,
-                      "best_step": sel.best_step, "best": sel.best_value, "dev_time": dev_time}
+            record = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "dev": values,
+                "improved": improved,
+                "best_step": sel.best_step,
+                "best": sel.best_value,
+                "dev_time": dev_time,
+            }
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         acc.wait_for_everyone()
         if self._stopped():
-            acc.print(f"early stopping at step {self.step}: {sel.evaluations_since_best} evaluations without a better "
-                      f"{sel.metric} than {sel.best_value} (step {sel.best_step})")
+            acc.print(
+                f"early stopping at step {self.step}: {sel.evaluations_since_best} evaluations without a better "
+                f"{sel.metric} than {sel.best_value} (step {sel.best_step})"
+            )
 
     def _stopped(self) -> bool:
         return self.selection is not None and self.selection.exhausted(self.cfg.train.early_stopping_patience)
@@ -452,17 +537,25 @@ class CarlTrainer:
             self.accelerator.print(f"dev: {sel.metric} was never finite; exporting the last step")
             return
         load_best(self.out, self.accelerator.unwrap_model(self.model), sel.best_step)
-        self.accelerator.print(f"dev: exporting step {sel.best_step} of {self.step}, best {sel.metric} = "
-                               f"{sel.best_value:.4f}")
+        self.accelerator.print(
+            f"dev: exporting step {sel.best_step} of {self.step}, best {sel.metric} = {sel.best_value:.4f}"
+        )
 
     def _selection_card(self) -> dict:
         """What the model card records about the selection (empty without one)."""
         sel = self.selection
         if sel is None:
             return {}
-        return {"selection": {"metric": sel.metric, "best_step": sel.best_step, "dev": sel.best_dev,
-                              "eval_every": self.cfg.train.eval_every, "steps_trained": self.step,
-                              "stopped_early": self._stopped()}}
+        return {
+            "selection": {
+                "metric": sel.metric,
+                "best_step": sel.best_step,
+                "dev": sel.best_dev,
+                "eval_every": self.cfg.train.eval_every,
+                "steps_trained": self.step,
+                "stopped_early": self._stopped(),
+            }
+        }
 
     # ------------------------------------------------------------ bookkeeping
     def _log(self, micro_logs: list[dict], grad_norm, started: float) -> float:
@@ -487,11 +580,16 @@ class CarlTrainer:
             raise TrainingDiverged(
                 f"non-finite loss at step {self.step} (components: {record}); stopping. "
                 f"The last good checkpoint is {last or 'none yet'}. Check the data, or train into a "
-                f"new --output with a lower train.learning_rate.")
+                f"new --output with a lower train.learning_rate."
+            )
         if self.accelerator.is_main_process:
             record = {"step": self.step, "epoch": self.epoch, **record}
-            record.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, step_time=elapsed,
-                          samples_per_s=self._global_batch() * len(micro_logs) / max(elapsed, 1e-9))
+            record.update(
+                lr=self.scheduler.get_last_lr()[0],
+                grad_norm=grad_norm,
+                step_time=elapsed,
+                samples_per_s=self._global_batch() * len(micro_logs) / max(elapsed, 1e-9),
+            )
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         return record["loss"]
@@ -504,8 +602,10 @@ class CarlTrainer:
         """Refuse a ``data.max_length`` beyond the positions the encoder embeds."""
         limit = position_limit(self.accelerator.unwrap_model(self.model).backbone)
         if limit is not None and self.cfg.data.max_length > limit:
-            raise ConfigError(f"data.max_length = {self.cfg.data.max_length} exceeds the {limit} positions of the "
-                              f"encoder {self.cfg.model.encoder!r}; set data.max_length to at most {limit}")
+            raise ConfigError(
+                f"data.max_length = {self.cfg.data.max_length} exceeds the {limit} positions of the "
+                f"encoder {self.cfg.model.encoder!r}; set data.max_length to at most {limit}"
+            )
 
     def _training_state(self) -> TrainingState:
         return TrainingState(self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
@@ -519,12 +619,16 @@ class CarlTrainer:
         resumed = resume_checkpoint(acc, self.out, self._training_state())
         if resumed is None:
             return False
-        problems = [f"{path} is missing: this process would draw other random numbers than the uninterrupted run"
-                    for path in resumed.missing_rng]
+        problems = [
+            f"{path} is missing: this process would draw other random numbers than the uninterrupted run"
+            for path in resumed.missing_rng
+        ]
         problems += fingerprint_changes(resumed.state.get("fingerprint"), self.fingerprint)
         if problems and self.cfg.train.resume_mismatch == "error":
-            raise ConfigError(f"refusing to resume from {resumed.path}: {'; '.join(problems)}. Resume anyway with "
-                              f"--set train.resume_mismatch=warn, or train into a new --output")
+            raise ConfigError(
+                f"refusing to resume from {resumed.path}: {'; '.join(problems)}. Resume anyway with "
+                f"--set train.resume_mismatch=warn, or train into a new --output"
+            )
         for problem in problems if acc.is_main_process else []:
             print(f"carl: warning: resuming from {resumed.path} although {problem}", file=sys.stderr, flush=True)
         state = resumed.state
@@ -537,9 +641,14 @@ class CarlTrainer:
         return True
 
     def _save(self) -> None:
-        state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                 "accelerator_step": self.accelerator.step, "num_processes": self.accelerator.num_processes,
-                 "fingerprint": self.fingerprint}
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "accelerator_step": self.accelerator.step,
+            "num_processes": self.accelerator.num_processes,
+            "fingerprint": self.fingerprint,
+        }
         if self.selection is not None:
             state["selection"] = self.selection.to_dict()
         save_checkpoint(self.accelerator, self.out, self._training_state(), state, self.cfg.train.keep_checkpoints)
@@ -553,12 +662,14 @@ class CarlTrainer:
             return
         saved = flatten(load_config(saved_file).to_dict())
         now = flatten(self.cfg.to_dict())
-        changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
-                   if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+        changed = [
+            f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+        ]
         if changed:
             raise ConfigError(
                 f"{self.out} holds a run started with other settings ({'; '.join(changed)}); "
-                f"resume it with the settings of its config.toml, or train into a new --output")
+                f"resume it with the settings of its config.toml, or train into a new --output"
+            )
 
     def _start_run_folder(self, resumed: bool) -> None:
         """Write config and environment; on resume drop metric lines past the checkpoint."""
@@ -582,16 +693,27 @@ class CarlTrainer:
             core = acc.unwrap_model(self.model)
             classifier = {}
             if "classify" in self.terms:
-                classifier, note = classifier_metadata(core, self.tokenizer, self.train_data, self.dev_data,
-                                                       max_length=self.cfg.data.max_length)
+                classifier, note = classifier_metadata(
+                    core, self.tokenizer, self.train_data, self.dev_data, max_length=self.cfg.data.max_length
+                )
                 print(note, flush=True)
-            export_model(core, self.tokenizer, path, max_length=self.cfg.data.max_length, heads=self._trained_heads(),
-                         metadata={"objective": self.cfg.objective.name,
-                                   "base_encoder": self.cfg.model.encoder,
-                                   "base_encoder_path": resolve_encoder(self.cfg.model.encoder),
-                                   "scale": [self.train_data.scale.low, self.train_data.scale.high],
-                                   "data": describe_data(self.cfg.data),
-                                   "config": self.cfg.to_dict(), "steps": self.step, **classifier,
-                                   **self._selection_card()})
+            export_model(
+                core,
+                self.tokenizer,
+                path,
+                max_length=self.cfg.data.max_length,
+                heads=self._trained_heads(),
+                metadata={
+                    "objective": self.cfg.objective.name,
+                    "base_encoder": self.cfg.model.encoder,
+                    "base_encoder_path": resolve_encoder(self.cfg.model.encoder),
+                    "scale": [self.train_data.scale.low, self.train_data.scale.high],
+                    "data": describe_data(self.cfg.data),
+                    "config": self.cfg.to_dict(),
+                    "steps": self.step,
+                    **classifier,
+                    **self._selection_card(),
+                },
+            )
         acc.wait_for_everyone()
         return path
