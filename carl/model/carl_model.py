@@ -131,7 +131,9 @@ class CarlModel(nn.Module):
             query=F.normalize(self.projection(embedding), dim=-1) if "query" in heads else None,
             va=self.regression(embedding) if "va" in heads else None,
             token_logits=self.detector(hidden) if "token_logits" in heads else None,
-            class_logits=self.classifier(embedding) if "class_logits" in heads and self.classifier is not None else None,
+            class_logits=self.classifier(embedding)
+            if "class_logits" in heads and self.classifier is not None
+            else None,
         )
 
     def input_gradient(self) -> torch.Tensor:
