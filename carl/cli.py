@@ -404,7 +404,7 @@ def _serve(args) -> int:
         print(
             f"backend {args.backend}{' int8' if args.quantize else ''} (--backend auto: the fastest that passed "
             "the quality guard in the folder's parity.md, else torch)",
-            file=sys.stderr,
+            flush=True,
         )
 
     limits = ServeLimits(
