@@ -275,7 +275,9 @@ class CarlConfig:
             "train.head_learning_rate",
             "train.max_grad_norm",
             "data.limit",
+            "data.dev_seed",
             "model.projection_dim",
+            "objective.ptd.detector_hidden",
         ):
             value = _get(self, key)
             if not (math.isfinite(value) and value >= 0):

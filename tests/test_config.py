@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import tomllib
@@ -276,3 +277,13 @@ def test_train_setting_edges_accepted():
     assert (cfg.train.keep_checkpoints, cfg.train.checkpoint_every, cfg.train.resume_mismatch) == (1, 0, "warn")
     with pytest.raises(ConfigError, match="train.resume_mismatch"):
         load_config(None, ["train.resume_mismatch=ignore"])
+
+
+def test_every_numeric_setting_refuses_a_negative_or_nan_value():
+    """No numeric key accepts -1 (or NaN for floats): each is named in a ConfigError."""
+    for key, default in config_defaults().items():
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        for value in ("-1",) if isinstance(default, int) else ("-1", "nan"):
+            with pytest.raises(ConfigError, match=re.escape(key.split(".")[-1])):
+                load_config(None, [f"{key}={value}"])
