@@ -15,15 +15,10 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
+import tempfile
 from pathlib import Path
 
-import httpx
-
-from carl.serve.loadtest import run_load
+from carl.serve.loadtest import run_load, start_server
 
 BACKENDS = (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8"))
 
@@ -33,40 +28,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def start(model: str, backend: str, quantize: str | None, threads: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "carl.cli",
-        "serve",
-        model,
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        "--log-level",
-        "warning",
-        "--backend",
-        backend,
-    ] + (["--quantize", quantize] if quantize else [])
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(process.stderr.read().decode()[-2000:])
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("server did not come up in 300 s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         if name not in args.backends:
             continue
         try:
-            process, url = start(args.model, backend, quantize, args.threads)
+            quantized = ["--quantize", quantize] if quantize else []
+            process, url = start_server(
+                args.model,
+                "--backend",
+                backend,
+                *quantized,
+                threads=args.threads,
+                log=Path(tempfile.gettempdir()) / f"carl-serve-{name}.log",
+            )
         except RuntimeError as err:
             missing[name] = str(err).strip().splitlines()[-1]
             continue

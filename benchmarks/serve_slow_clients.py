@@ -19,61 +19,17 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
-from carl.serve.loadtest import WORDS, compare_with_stalled, run_load
+from carl.serve.loadtest import WORDS, compare_with_stalled, run_load, start_server
 
 P95_RATIO_TARGET = 1.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, port: int, threads: int, log: Path) -> subprocess.Popen:
-    """``carl serve`` on 127.0.0.1:port, returned once /health answers."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "carl.cli",
-            "serve",
-            model,
-            "--port",
-            str(port),
-            "--threads",
-            str(threads),
-            "--log-level",
-            "warning",
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"carl serve exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise SystemExit("carl serve did not answer /health within 180 s")
 
 
 def report_md(result: dict) -> str:
@@ -156,9 +112,7 @@ def main() -> int:
             from carl.testing import make_tiny_encoder
 
             model = make_tiny_encoder(Path(tmp) / "tiny", sorted(set(WORDS)))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = start_server(model, port, args.threads, Path(tmp) / "server.log")
+        server, url = start_server(model, threads=args.threads, log=Path(tmp) / "server.log")
         try:
             health = httpx.get(url + "/health", timeout=10).json()
             load = {

@@ -15,10 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import queue
 import random
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -52,6 +57,48 @@ WORDS = [
     "bored",
     "relaxed",
 ]
+
+
+def start_server(
+    model: str, *serve_args: str, threads: int, log: Path, timeout_s: float = 300
+) -> tuple[subprocess.Popen, str]:
+    """``carl serve MODEL SERVE_ARGS`` on a free loopback port with ``threads`` threads, its output in
+    ``log``; returns (process, url) once /health answers, or raises RuntimeError with the log's end."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "carl.cli",
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--log-level",
+        "warning",
+        *serve_args,
+    ]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"carl serve exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"carl serve did not answer /health within {timeout_s:g} s")
 
 
 @dataclass
