@@ -17,7 +17,9 @@ VA quadrant (one class, or several for multi-label data).
 from __future__ import annotations
 
 import csv
+import json
 import random
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -272,3 +274,16 @@ def make_tiny_encoder(
         torch.random.set_rng_state(state)
     model.save_pretrained(str(path))
     return str(path)
+
+
+def run_metrics(run: Path) -> list[dict]:
+    """Every line of a run folder's ``metrics.jsonl``, in order."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def rewind_run(run: Path, *, to_step: int, drop_step: int) -> None:
+    """Make a finished run look killed before its ``drop_step`` checkpoint: that checkpoint and the
+    exported model go, and ``latest`` names ``step-<to_step>``; rerunning it then resumes from there."""
+    shutil.rmtree(run / "checkpoints" / f"step-{drop_step}")
+    shutil.rmtree(run / "model")
+    (run / "checkpoints" / "latest").write_text(f"step-{to_step}\n")

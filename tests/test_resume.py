@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 from pathlib import Path
 
@@ -16,14 +15,11 @@ from safetensors.torch import load_file
 from carl.config import load_config
 from carl.inference import AffectEncoder
 from carl.objectives.base import ObjectiveOutput
+from carl.testing import rewind_run, run_metrics
 from carl.training.checkpoint import latest_checkpoint
 from carl.training.trainer import CarlTrainer, TrainingDiverged
 
 TIMING_KEYS = {"step_time", "samples_per_s"}
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def assert_checkpoints_complete(run: Path) -> list[str]:
@@ -59,7 +55,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, run_cli, resum
 
     killed = run_cli(*train_args(resumed, resume_overrides), kill_at_step=5)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert [r["step"] for r in metrics(resumed)] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in run_metrics(resumed)] == [1, 2, 3, 4, 5]
     assert assert_checkpoints_complete(resumed) == ["step-3"]
     assert not (resumed / "model").exists()
 
@@ -69,7 +65,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, run_cli, resum
     full = run_cli(*train_args(straight, resume_overrides))
     assert full.returncode == 0, full.stderr[-3000:]
 
-    got, want = metrics(resumed), metrics(straight)
+    got, want = run_metrics(resumed), run_metrics(straight)
     assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 9))
     for a, b in zip(got, want):
         assert set(a) == set(b)
@@ -113,13 +109,13 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, resume_overrides):
     assert assert_checkpoints_complete(tmp_path) == ["step-2", "step-4"]
     assert latest_checkpoint(tmp_path).name == "step-4"
     assert json.loads((tmp_path / "checkpoints" / "step-4" / "trainer_state.json").read_text())["step"] == 4
-    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
+    assert [r["step"] for r in run_metrics(tmp_path)] == [1, 2, 3, 4]
     assert not (tmp_path / "model").exists()
 
     # the checkpoint loads: the same command resumes from step 4 and finishes
     CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
-    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
-    assert all(np.isfinite(r["loss"]) for r in metrics(tmp_path))
+    assert [r["step"] for r in run_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) for r in run_metrics(tmp_path))
     assert_checkpoints_complete(tmp_path)
     assert (tmp_path / "model" / "modules.json").is_file()
 
@@ -157,13 +153,11 @@ def test_runs_with_an_empty_queue_resume(tmp_path, resume_overrides, objective):
     """Without a queue (mse; mcl with in-batch keys) a checkpoint loads and the resumed trace matches."""
     overrides = resume_overrides + objective + ["train.max_steps=4", "train.checkpoint_every=2"]
     CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
-    want = metrics(tmp_path)
+    want = run_metrics(tmp_path)
     # rewind to the step-2 checkpoint, as if the run had been killed before its step-4 checkpoint
-    shutil.rmtree(tmp_path / "checkpoints" / "step-4")
-    shutil.rmtree(tmp_path / "model")
-    (tmp_path / "checkpoints" / "latest").write_text("step-2\n")
+    rewind_run(tmp_path, to_step=2, drop_step=4)
     CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
-    got = metrics(tmp_path)
+    got = run_metrics(tmp_path)
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     for a, b in zip(got, want):
         for key in set(a) - TIMING_KEYS:

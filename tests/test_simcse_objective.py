@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from carl.config import ConfigError, load_config
 from carl.inference import AffectEncoder
 from carl.objectives.momentum_contrastive import soft_contrastive_loss
 from carl.objectives.simcse import SimCSELoss, simcse_loss
+from carl.testing import rewind_run, run_metrics
 from carl.training.trainer import CarlTrainer
 
 TIMING_KEYS = {"step_time", "samples_per_s"}
@@ -52,10 +51,6 @@ def simcse_overrides(tiny_overrides) -> list[str]:
     return tiny_overrides + ["objective.name=simcse", "train.max_steps=4", "train.checkpoint_every=2", "train.seed=3"]
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def test_simcse_trains_without_key_encoder_and_exports_no_va_head(
     tmp_path, simcse_overrides, tiny_encoder, synthetic_csv
 ):
@@ -64,7 +59,7 @@ def test_simcse_trains_without_key_encoder_and_exports_no_va_head(
     assert core.key_encoder is None and core.queue.size == 0
     assert core.backbone.training  # dropout on: the two views must differ
     trainer.train()
-    records = metrics(tmp_path)
+    records = run_metrics(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert {"simcse", "loss"} <= set(records[0]) and not {"mcl", "mse", "ptd"} & set(records[0])
     # two dropout views of one sentence are close but not identical
@@ -83,15 +78,13 @@ def test_simcse_trains_without_key_encoder_and_exports_no_va_head(
 
 def test_simcse_resume_is_exact(tmp_path, simcse_overrides, synthetic_csv):
     CarlTrainer(load_config(None, simcse_overrides), tmp_path, show_progress=False).train()
-    want = metrics(tmp_path)
+    want = run_metrics(tmp_path)
     texts = synthetic_csv.heldout_texts[:16]
     straight = AffectEncoder.load(str(tmp_path)).encode(texts)
     # rewind to the step-2 checkpoint, as if the run had been killed after step 3
-    shutil.rmtree(tmp_path / "checkpoints" / "step-4")
-    shutil.rmtree(tmp_path / "model")
-    (tmp_path / "checkpoints" / "latest").write_text("step-2\n")
+    rewind_run(tmp_path, to_step=2, drop_step=4)
     CarlTrainer(load_config(None, simcse_overrides), tmp_path, show_progress=False).train()
-    got = metrics(tmp_path)
+    got = run_metrics(tmp_path)
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     for a, b in zip(got, want):
         for key in set(a) - TIMING_KEYS:
@@ -107,5 +100,5 @@ def test_simcse_loss_falls(tmp_path, tiny_overrides):
     """Learning happens: the in-batch contrast gets easier (measured: loss 1.8 over steps 1-5, 0.01 over 36-40)."""
     overrides = tiny_overrides + ["objective.name=simcse", "train.max_steps=40", "train.checkpoint_every=0"]
     CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
-    losses = [r["simcse"] for r in metrics(tmp_path)]
+    losses = [r["simcse"] for r in run_metrics(tmp_path)]
     assert np.mean(losses[-5:]) < 0.25 * np.mean(losses[:5]), losses
