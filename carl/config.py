@@ -99,7 +99,8 @@ class DataConfig:
     limit: int = 0  # use only the first N training sentences (0 = all); for smoke runs
     multi_label: bool = False  # several labels per text (multi-hot targets); needs label_column
     label_delimiter: str = ""  # multi-label: the one character between labels in a cell ("": JSON lists only)
-    dev_fraction: float = 0.0  # >0 and no dev_path: hold out this stratified share of train as dev
+    # no dev_path and a run that selects on dev: hold out this stratified share of train as dev (0: none)
+    dev_fraction: float = 0.1
     dev_seed: int = 0  # seed of the held-out dev split
 
     def check(self) -> None:

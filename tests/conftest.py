@@ -74,6 +74,7 @@ def tiny_overrides(tiny_encoder, synthetic_csv) -> list[str]:
     return [
         f"data.path={synthetic_csv.train_path}",
         "data.scale=0-1",
+        "data.dev_fraction=0",  # every row trains; tests of model selection give dev data
         f"model.encoder={tiny_encoder}",
         "objective.mcl.queue_size=64",
         "train.batch_size=16",

@@ -152,7 +152,14 @@ def test_calibration_lowers_ece_of_an_over_confident_classifier(tiny_encoder, tm
 def test_without_dev_data_the_temperature_is_one_and_the_log_says_so(tiny_encoder, emotion_csv, tmp_path, capsys):
     cfg = load_config(
         None,
-        emotion_overrides(tiny_encoder, emotion_csv, "objective.name=classify", "data.dev_path=", "train.max_steps=5"),
+        emotion_overrides(
+            tiny_encoder,
+            emotion_csv,
+            "objective.name=classify",
+            "data.dev_path=",
+            "data.dev_fraction=0",
+            "train.max_steps=5",
+        ),
     )
     CarlTrainer(cfg, tmp_path, show_progress=False).train()
     assert "no dev data" in capsys.readouterr().out
@@ -256,6 +263,7 @@ def test_a_delimiter_inside_quotes_keeps_the_label_whole(tiny_encoder, tmp_path)
             "data.label_column=label",
             "data.multi_label=true",
             "data.label_delimiter=|",
+            "data.dev_fraction=0",
             "objective.name=classify",
             f"model.encoder={tiny_encoder}",
             "train.batch_size=2",

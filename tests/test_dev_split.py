@@ -103,4 +103,10 @@ def test_load_training_data_holds_out_dev_without_a_dev_file(tmp_path, capsys):
     train, dev = load_training_data(cfg)
     assert len(train) == 16 and dev is not None and dev.class_counts() == {"anger": 2, "joy": 2}
     assert "dev: held out 4 of 20 training rows (20%, seed 5" in capsys.readouterr().out
-    assert load_training_data(DataConfig(path=str(path), label_column="emotion"), verbose=False)[1] is None
+    # by default 10% is held out, but only for a run that selects on dev
+    default = DataConfig(path=str(path), label_column="emotion")
+    assert len(load_training_data(default, verbose=False)[1]) == 2
+    assert load_training_data(default, verbose=False, hold_out=False)[1] is None
+    assert (
+        load_training_data(DataConfig(path=str(path), label_column="emotion", dev_fraction=0), verbose=False)[1] is None
+    )

@@ -65,6 +65,7 @@ def _overrides(encoder: str, data) -> list[str]:
     return [
         f"data.path={data.train_path}",
         "data.scale=0-1",
+        "data.dev_fraction=0",  # dev data only where a test gives it
         f"model.encoder={encoder}",
         "objective.mcl.queue_size=48",
         "train.max_steps=6",

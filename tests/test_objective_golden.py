@@ -23,6 +23,7 @@ def overrides(encoder: str, train_csv: Path, objective: str) -> list[str]:
     return [
         f"data.path={train_csv}",
         "data.scale=0-1",
+        "data.dev_fraction=0",  # the traces were recorded on every row, without dev evaluation
         f"model.encoder={encoder}",
         f"objective.name={objective}",
         "objective.mcl.queue_size=32",

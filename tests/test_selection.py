@@ -225,8 +225,19 @@ def test_resume_refuses_a_changed_best_weights_file(tmp_path, overfit_overrides)
         CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
 
 
+def test_without_a_dev_file_a_tenth_of_train_is_held_out_and_selected_on(tmp_path, tiny_overrides, capsys):
+    overrides = tiny_overrides + ["train.max_steps=3", "data.dev_fraction=0.1"]
+    trainer = CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False)
+    rows = len(trainer.dev_data) + len(trainer.train_data)
+    assert len(trainer.dev_data) == round(0.1 * rows)
+    trainer.train()
+    out = capsys.readouterr().out
+    assert f"dev: held out {len(trainer.dev_data)} of {rows} training rows (10%" in out and "dev: exporting step" in out
+
+
 def test_without_dev_data_nothing_is_selected(tmp_path, tiny_overrides, capsys):
-    CarlTrainer(load_config(None, tiny_overrides + ["train.max_steps=3"]), tmp_path, show_progress=False).train()
+    overrides = tiny_overrides + ["train.max_steps=3", "data.dev_fraction=0"]
+    CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
     assert "no model selection" in capsys.readouterr().out
     steps, dev = records(tmp_path)
     assert [r["step"] for r in steps] == [1, 2, 3] and dev == []

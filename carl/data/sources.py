@@ -32,12 +32,13 @@ def _read(cfg: DataConfig, path: str, classes: tuple[str, ...] | None = None, va
 
 
 def load_training_data(
-    cfg: DataConfig, verbose: bool = True, va: bool = True
+    cfg: DataConfig, verbose: bool = True, va: bool = True, hold_out: bool = True
 ) -> tuple[AffectDataset, AffectDataset | None]:
     """Training set (bundled EmoBank train when ``cfg.path`` is empty) and dev set or None.
 
-    The dev file is read against the training file's label set. Without a dev file and with
-    ``cfg.dev_fraction > 0``, dev is a stratified held-out share of train (after ``cfg.limit``).
+    The dev file is read against the training file's label set. Without a dev file, with
+    ``hold_out`` (the run selects on dev) and ``cfg.dev_fraction > 0``, dev is a stratified
+    held-out share of train (after ``cfg.limit``).
     ``va=False`` (an objective that trains on the classes alone): labelled rows without VA
     columns get NaN VA, not the mapping's.
     """
@@ -51,7 +52,7 @@ def load_training_data(
     if cfg.limit:
         train = train.subset(list(range(min(cfg.limit, len(train)))))
     note = None
-    if dev is None and cfg.dev_fraction > 0:
+    if dev is None and hold_out and cfg.dev_fraction > 0:
         train, dev, note = hold_out_dev(train, cfg.dev_fraction, cfg.dev_seed)
     if verbose:
         print(train.summary())

@@ -38,7 +38,7 @@ def strata(data: AffectDataset) -> tuple[np.ndarray, str]:
         listing = ", ".join(f"{name!r} ({n})" for name, n in small.items())
         raise DataError(
             f"too few examples of class {listing} for a stratified dev split (at least 2 per "
-            "class); give a dev file (data.dev_path) or more examples",
+            "class); give a dev file (data.dev_path), more examples, or data.dev_fraction = 0 (no selection)",
             path=data.source,
         )
     if not data.multi_label:

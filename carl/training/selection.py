@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from safetensors.torch import load_file, save_file
 from carl.evaluation.metrics import multilabel_per_class_f1, pearson, per_class_f1
 from carl.training.errors import CheckpointError
 from carl.training.manifest import verify_manifest, write_manifest
+
+if TYPE_CHECKING:
+    from carl.config import CarlConfig
 
 SELECTION_DIR = "selection"
 DEV_BATCH_SIZE = 64  # sentences per dev forward pass (no gradients: larger than a training batch is fine)
@@ -88,6 +92,35 @@ def dev_metrics(predictions: dict[str, np.ndarray], targets: dict[str, np.ndarra
         for name, m in DEV_METRICS.items()
         if m.head in predictions
     }
+
+
+def selection_metric(cfg: CarlConfig, trained_heads: Iterable[str]) -> tuple[DevMetric | None, str]:
+    """The dev metric a run selects on (None: it exports the last step), and a log line when the
+    default metric does not apply.
+
+    The default ``train.select_metric`` becomes ``class_macro_f1`` for a run that trains a
+    classifier; a default metric whose head the run does not train means no selection; an explicit
+    one raises :class:`~carl.config.ConfigError`.
+    """
+    from carl.config import ConfigError, TrainConfig
+
+    if not cfg.train.select_metric:
+        return None, ""
+    trained = set(trained_heads)
+    default = cfg.train.select_metric == TrainConfig.select_metric
+    metric = DEV_METRICS["class_macro_f1" if default and "class_logits" in trained else cfg.train.select_metric]
+    if metric.head in trained:
+        return metric, ""
+    if default:
+        return None, (
+            f"dev: objective {cfg.objective.name!r} trains no {metric.head} head, which the default "
+            f"train.select_metric scores: no model selection, the last step is exported"
+        )
+    raise ConfigError(
+        f"train.select_metric = {metric.name!r} scores the {metric.head} head, which this run "
+        f"does not train (objective {cfg.objective.name!r}, objective.mse_weight = "
+        f'{cfg.objective.mse_weight}); set train.select_metric = "" to export the last step'
+    )
 
 
 @dataclass

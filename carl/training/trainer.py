@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from carl.atomic import write_text_atomic
-from carl.config import CarlConfig, ConfigError, Term, TrainConfig, flatten, load_config
+from carl.config import CarlConfig, ConfigError, Term, flatten, load_config
 from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
 from carl.data.sources import describe_data, load_training_data
 from carl.model.carl_model import CarlModel
@@ -62,6 +62,7 @@ from carl.training.selection import (
     predict_dev,
     prune_best,
     save_best,
+    selection_metric,
     verify_best,
 )
 
@@ -123,7 +124,12 @@ class CarlTrainer:
     def _build(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         va = bool({"mcl", "mse"} & set(self.terms))  # the terms that read VA labels
-        self.train_data, self.dev_data = load_training_data(cfg.data, verbose=acc.is_main_process, va=va)
+        self.select_metric, select_note = selection_metric(cfg, self._trained_heads())
+        self.train_data, self.dev_data = load_training_data(
+            cfg.data, verbose=acc.is_main_process, va=va, hold_out=self.select_metric is not None
+        )
+        if select_note:
+            acc.print(select_note)
         self._check_queue_size(len(self.train_data))
         backbone, self.tokenizer = load_backbone(cfg.model.encoder)
         classify = "classify" in self.terms
@@ -187,7 +193,8 @@ class CarlTrainer:
         """Dev batches (longest first) and targets for model selection; ``self.selection`` is None without."""
         cfg, acc = self.cfg, self.accelerator
         self.selection: Selection | None = None
-        if not cfg.train.select_metric:
+        metric = self.select_metric
+        if metric is None:
             return
         if self.dev_data is None:
             acc.print(
@@ -196,22 +203,6 @@ class CarlTrainer:
             )
             return
         trained = set(self._trained_heads())
-        default = cfg.train.select_metric == TrainConfig.select_metric
-        # by default a run that trains a classifier selects on its classes
-        metric = DEV_METRICS["class_macro_f1" if default and "class_logits" in trained else cfg.train.select_metric]
-        if metric.head not in trained and default:
-            acc.print(
-                f"dev: objective {cfg.objective.name!r} trains no {metric.head} head, which the default "
-                f"train.select_metric scores: no model selection, the last step is exported"
-            )
-            return
-        if metric.head not in trained:
-            raise ConfigError(
-                f"train.select_metric = {metric.name!r} scores the {metric.head} head, which this run "
-                f"does not train (objective {cfg.objective.name!r}, objective.mse_weight = "
-                f'{cfg.objective.mse_weight}); set train.select_metric = "" to export the last step'
-            )
-        # only the heads that dev metrics score (token logits [B, T] differ in T between batches)
         self.dev_heads = tuple(sorted(trained & {m.head for m in DEV_METRICS.values()}))
         dev = TokenizedDataset(self.dev_data.texts, self.dev_data.labels, self.tokenizer, cfg.data.max_length)
         order = sorted(range(len(dev)), key=lambda i: -len(dev.input_ids[i]))
