@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -182,8 +183,9 @@ class CarlModel(nn.Module):
         if self.key_encoder is None:
             raise RuntimeError("this model was built without a momentum key encoder")
         parts = self.key_encoder.parts
-        embeds = None if input_delta is None else parts["backbone"].get_input_embeddings()(input_ids) + input_delta
-        _, embedding = self._encode(parts["backbone"], input_ids, attention_mask, embeds)
+        backbone = cast(PreTrainedModel, parts["backbone"])
+        embeds = None if input_delta is None else backbone.get_input_embeddings()(input_ids) + input_delta
+        _, embedding = self._encode(backbone, input_ids, attention_mask, embeds)
         return F.normalize(parts["projection"](embedding), dim=-1)
 
     @torch.no_grad()
