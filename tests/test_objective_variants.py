@@ -186,19 +186,33 @@ def test_bad_variant_settings_name_their_key(overrides, key):
         load_config(None, overrides)
 
 
-def test_the_classification_objectives_take_the_variants():
-    cfg = load_config(
-        None,
-        [
-            "objective.name=carl-rank-classify",
-            "data.label_column=label",
-            "objective.ptd.saliency_source=affect",
-            "objective.ptd.replacement=embedding",
-            "objective.ptd.consistency_weight=0.5",
-            "objective.ptd.as_negative=true",
-        ],
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_the_classification_objectives_train_with_every_ptd_switch(
+    tmp_path, tiny_encoder, emotion_csv, multi_emotion_csv, multi_label
+):
+    """The affect loss is the classification loss: saliency, ascent and consistency (symmetric KL)."""
+    from tests.conftest import emotion_overrides
+
+    data = multi_emotion_csv if multi_label else emotion_csv
+    extra = ["data.multi_label=true", "data.label_delimiter=|"] if multi_label else []
+    overrides = emotion_overrides(
+        tiny_encoder,
+        data,
+        "objective.name=carl-rank-classify",
+        "objective.ptd.saliency_source=affect",
+        "objective.ptd.replacement=embedding",
+        "objective.ptd.consistency_weight=0.5",
+        "objective.ptd.as_negative=true",
+        "train.max_steps=3",
+        "train.select_metric=",
+        *extra,
     )
+    cfg = load_config(None, overrides)
     assert set(cfg.objective.terms()) == {"classify", "mcl", "ptd"}
+    CarlTrainer(cfg, tmp_path, show_progress=False).train()
+    records = run_metrics(tmp_path)
+    assert all(r["ptd_affect_increase"] > 0 and r["ptd_consistency"] > 0 for r in records)
+    assert all(r["mcl_num_keys"] == 16 + min(16 * i, 64) + 8 for i, r in enumerate(records))
 
 
 # --------------------------------------------------------------------------- resume
