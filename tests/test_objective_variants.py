@@ -245,3 +245,20 @@ def test_resume_with_each_switch_is_exact(tmp_path, tiny_overrides, synthetic_cs
         for key in set(a) - TIMING_KEYS:
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), (a["step"], key)
     np.testing.assert_allclose(AffectEncoder.load(str(tmp_path)).encode(texts), straight, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- benchmark methods
+
+
+def test_each_variant_is_a_benchmark_method_run_by_name_only():
+    from carl.evaluation.benchmark import DEFAULT_METHODS, METHODS, VARIANT_METHODS, BenchmarkSettings
+
+    assert {"carl-affect-saliency", "carl-embedding", "carl-negative", "carl-rank", "carl-ptd-warmup"} <= set(
+        VARIANT_METHODS
+    )
+    default = load_config(None, ["objective.name=carl"]).to_dict()
+    for name, method in VARIANT_METHODS.items():
+        assert METHODS[name] is method and name not in DEFAULT_METHODS
+        cfg = load_config(None, list(method.overrides)).to_dict()  # valid settings ...
+        assert cfg != default  # ... that change something
+    assert BenchmarkSettings(methods=("carl-rank",)).methods == ("carl-rank",)
