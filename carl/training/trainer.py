@@ -9,7 +9,10 @@ resolved weight; it never decodes the objective's name. One optimizer step (obje
   3. clip, AdamW step, LR schedule, EMA update of the key encoder, enqueue the gathered keys.
 A classification term (``classify``) adds CE/BCE on the clean pass, so PTD's saliency comes from
 the total clean loss; before export the classifier's temperature (and multi-label thresholds) are
-fitted on dev (``carl/training/calibrate.py``).
+fitted on dev (``carl/training/calibrate.py``). The variants under study (``objective.ptd.*``
+switches, ``objective.ptd_schedule``, ``train.dropout``; docs/method.md) change steps 1-2: a
+saliency of the affect terms alone or perturbed keys in the contrast take the saliency before the
+clean backward; an ``embedding`` replacement shifts word embeddings instead of replacing tokens.
 """
 
 from __future__ import annotations
@@ -363,7 +366,7 @@ class CarlTrainer:
             source = affect if ptd_cfg.saliency_source == "affect" else clean_loss
             view = self._perturbed_view(batch, out, labels, core.input_gradient_of(source))
             if ptd_cfg.as_negative:
-                negative = self._mcl_with_negatives(batch, out, labels, view)
+                negative = self._mcl_with_negatives(out, labels, view)
                 weighted["mcl"] = self.terms["mcl"].weight * negative.loss
                 logs.update(mcl=negative.loss.detach(), **negative.diagnostics)
                 clean_loss = sum(weighted.values(), out.embedding.new_zeros((), dtype=torch.float32))
@@ -457,7 +460,7 @@ class CarlTrainer:
         """The per-sentence entries of ``batch`` the affect terms read (class targets), at ``rows``."""
         return {key: batch[key][rows] for key in ("targets",) if key in batch}
 
-    def _mcl_with_negatives(self, batch, out, labels, view: PerturbedView) -> ObjectiveOutput:
+    def _mcl_with_negatives(self, out, labels, view: PerturbedView) -> ObjectiveOutput:
         """MCL of this step's queries and key set plus the perturbed sentences' momentum keys
         (gathered from every process) as unlabelled negatives."""
         core = self.accelerator.unwrap_model(self.model)
