@@ -262,3 +262,57 @@ def test_each_variant_is_a_benchmark_method_run_by_name_only():
         cfg = load_config(None, list(method.overrides)).to_dict()  # valid settings ...
         assert cfg != default  # ... that change something
     assert BenchmarkSettings(methods=("carl-rank",)).methods == ("carl-rank",)
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def test_two_processes_with_the_ptd_switches_match_one_process(tiny_encoder, synthetic_csv, tmp_path):
+    """Saliency before the backward (autograd.grad under DDP), the ascent on the unwrapped model and
+    the gathered perturbed keys: 2 ranks x 8 sentences follow the 1-process batch-16 trace."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.test_distributed import _env, _torchrun
+
+    encoder = tmp_path / "enc"  # dropout off, so that rank count cannot change the maths
+    shutil.copytree(tiny_encoder, encoder)
+    config = json.loads((encoder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (encoder / "config.json").write_text(json.dumps(config))
+    overrides = [
+        f"data.path={synthetic_csv.train_path}",
+        "data.scale=0-1",
+        f"model.encoder={encoder}",
+        "objective.mcl.queue_size=48",
+        "train.max_steps=4",
+        "train.learning_rate=1e-3",
+        "train.batch_size=16",
+        "train.num_threads=1",
+        "objective.ptd.sentence_fraction=1.0",  # each rank would draw its own share otherwise
+        "objective.ptd.saliency_source=affect",
+        "objective.ptd.replacement=embedding",
+        "objective.ptd.consistency_weight=1",
+        "objective.ptd.as_negative=true",
+    ]
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    train = ["-m", "carl.cli", "train", "--no-progress", *sets]
+    one = subprocess.run(
+        [sys.executable, *train, "--output", str(tmp_path / "one")], env=_env(), capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        _torchrun(*train, "--output", str(tmp_path / "two"), "--set", "train.split_batches=true"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = run_metrics(tmp_path / "one"), run_metrics(tmp_path / "two")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert x["mcl_num_keys"] == y["mcl_num_keys"]  # the negatives of both ranks, gathered
+        for key in ("loss", "mcl", "mse", "ptd", "ptd_consistency", "ptd_affect_increase"):
+            assert x[key] == pytest.approx(y[key], abs=5e-4), (x["step"], key)
