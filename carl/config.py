@@ -20,7 +20,9 @@ import tomllib
 
 POOLINGS = ("mean", "cls")
 SELECTIONS = ("saliency", "random")
-REPLACEMENTS = ("hotflip", "random", "mask")
+REPLACEMENTS = ("hotflip", "random", "mask", "embedding")
+SALIENCY_SOURCES = ("total", "affect")
+PTD_SCHEDULES = ("constant", "warmup", "decay")
 RESUME_MISMATCH = ("error", "warn")
 CLASS_WEIGHTS = ("none", "balanced")
 
@@ -35,7 +37,8 @@ class Term:
 
     ``loss`` names the loss (``carl/objectives``: classify, mcl, mse, ptd, simcse); ``weight_key`` is the
     ``ObjectiveConfig`` key holding its weight (empty: the fixed ``weight``); ``targets`` says what
-    the loss contrasts against (mcl: ``soft`` VA-distance targets or ``hard`` binned VA classes).
+    the loss contrasts against (mcl: ``soft`` VA-distance targets, ``hard`` binned VA classes, or
+    ``rank``: Rank-N-Contrast, the keys at least as far in VA as the positive are its negatives).
     ``ObjectiveConfig.terms`` fills in ``weight``.
     """
 
@@ -58,6 +61,15 @@ OBJECTIVE_TERMS: dict[str, tuple[Term, ...]] = {
     "carl-classify": (
         Term("classify", "classify_weight"),
         Term("mcl", "mcl_weight", "soft"),
+        Term("ptd", "ptd_weight"),
+        Term("mse", "va_weight"),
+    ),
+    # Rank-N-Contrast instead of soft targets (docs/method.md, "Variants under study")
+    "mcl-rank": (Term("mcl", "mcl_weight", "rank"), Term("mse", "mse_weight")),
+    "carl-rank": (Term("mcl", "mcl_weight", "rank"), Term("mse", "mse_weight"), Term("ptd", "ptd_weight")),
+    "carl-rank-classify": (
+        Term("classify", "classify_weight"),
+        Term("mcl", "mcl_weight", "rank"),
         Term("ptd", "ptd_weight"),
         Term("mse", "va_weight"),
     ),
@@ -153,6 +165,12 @@ class PTDConfig:
     selection: str = "saliency"
     replacement: str = "hotflip"
     detector_hidden: int = 0  # 0: a linear token head; >0: one hidden layer of this size
+    # variants under study (docs/method.md); the defaults are CARL as reconstructed
+    saliency_source: str = "total"  # total: gradient of the whole clean loss | affect: of the VA/class terms alone
+    epsilon: float = 1.0  # replacement = embedding: L2 radius of each perturbed token's embedding shift
+    ascent_steps: int = 1  # replacement = embedding: normalised gradient-ascent steps on the affect loss
+    consistency_weight: float = 0.0  # replacement = embedding: clean vs perturbed affect predictions (MSE / sym. KL)
+    as_negative: bool = False  # the perturbed sentences' momentum keys join the contrast as negatives
 
 
 @dataclass
@@ -166,6 +184,8 @@ class ObjectiveConfig:
     classify_weight: float = 1.0  # the classification term of classify, mcl-classify, carl-classify
     va_weight: float = 0.0  # the classification objectives' VA regression term (0: no VA head)
     class_weights: str = "none"  # none | balanced (CE: N / (C n_c); BCE: positives weigh (N - n_c) / n_c)
+    ptd_schedule: str = "constant"  # constant | warmup (0 -> ptd_weight) | decay (ptd_weight -> 0)
+    ptd_schedule_fraction: float = 0.5  # the share of training over which warmup/decay is linear
     mcl: MCLConfig = field(default_factory=MCLConfig)
     ptd: PTDConfig = field(default_factory=PTDConfig)
     simcse: SimCSEConfig = field(default_factory=SimCSEConfig)
@@ -202,6 +222,8 @@ class TrainConfig:
     checkpoint_every: int = 100  # 0: only at the end
     keep_checkpoints: int = 2  # >= 1: the newest checkpoints kept in <run>/checkpoints
     num_threads: int = 0  # 0: torch's default
+    dropout: bool = False  # true: the trained modules in train mode (dropout on); false: the eval mode
+    # from_pretrained leaves them in (simcse switches dropout on for its two views either way)
     # model selection on dev (see carl.training.selection): evaluate every eval_every steps (0: at the end
     # of each epoch; always at the last step), export the step best on select_metric ("": no dev
     # evaluation, the last step is exported); stop after early_stopping_patience evaluations without
@@ -234,6 +256,8 @@ class CarlConfig:
             ("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16")),
             ("train.resume_mismatch", self.train.resume_mismatch, RESUME_MISMATCH),
             ("objective.class_weights", self.objective.class_weights, CLASS_WEIGHTS),
+            ("objective.ptd.saliency_source", self.objective.ptd.saliency_source, SALIENCY_SOURCES),
+            ("objective.ptd_schedule", self.objective.ptd_schedule, PTD_SCHEDULES),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
@@ -241,7 +265,7 @@ class CarlConfig:
         self.objective.terms()
         if not 0.0 <= self.objective.mcl.momentum < 1.0:
             raise ConfigError("objective.mcl.momentum must lie in [0, 1)")
-        for key in ("objective.ptd.ratio", "objective.ptd.sentence_fraction"):
+        for key in ("objective.ptd.ratio", "objective.ptd.sentence_fraction", "objective.ptd_schedule_fraction"):
             if not 0.0 < _get(self, key) <= 1.0:
                 raise ConfigError(f"{key} must lie in (0, 1]")
         for key in (
@@ -254,6 +278,8 @@ class CarlConfig:
             "data.max_length",
             "objective.mcl.hard_bins",
             "objective.simcse.temperature",
+            "objective.ptd.epsilon",
+            "objective.ptd.ascent_steps",
         ):
             value = _get(self, key)
             if not (math.isfinite(value) and value > 0):
@@ -279,6 +305,7 @@ class CarlConfig:
             "data.dev_seed",
             "model.projection_dim",
             "objective.ptd.detector_hidden",
+            "objective.ptd.consistency_weight",
         ):
             value = _get(self, key)
             if not (math.isfinite(value) and value >= 0):
@@ -296,6 +323,7 @@ class CarlConfig:
             if value < low or (high is not None and value > high):
                 bound = f"lie in [{low}, {high}]" if high is not None else f"be at least {low}"
                 raise ConfigError(f"{key} = {value!r} must {bound}")
+        self._check_variants()
         if self.train.select_metric:
             from carl.training.selection import DEV_METRICS  # torch and scipy: only when selecting
 
@@ -305,6 +333,32 @@ class CarlConfig:
                     f'{", ".join(DEV_METRICS)}, or "" for no dev evaluation'
                 )
         return self
+
+    def _check_variants(self) -> None:
+        """The PTD variants need what they act on: a ptd term, an affect term, an mcl term."""
+        o, terms = self.objective, self.objective.terms()
+        affect = {"mse", "classify"} & set(terms)
+        needs = [
+            ("objective.ptd.saliency_source", o.ptd.saliency_source != "total", "affect"),
+            ("objective.ptd.replacement", o.ptd.replacement == "embedding", "affect"),
+            ("objective.ptd.as_negative", o.ptd.as_negative, "mcl"),
+            ("objective.ptd_schedule", o.ptd_schedule != "constant", ""),
+        ]
+        for key, on, also in needs:
+            if on and "ptd" not in terms:
+                raise ConfigError(f"{key} acts on the ptd term, which objective {o.name!r} does not have")
+            if on and also == "affect" and not affect:
+                raise ConfigError(
+                    f"{key} = {_get(self, key)!r} needs an affect term (VA regression or classification): "
+                    f"objective {o.name!r} has none with a positive weight"
+                )
+            if on and also == "mcl" and "mcl" not in terms:
+                raise ConfigError(f"{key} = true needs the mcl term, which objective {o.name!r} does not have")
+        if o.ptd.consistency_weight > 0 and o.ptd.replacement != "embedding":
+            raise ConfigError(
+                "objective.ptd.consistency_weight > 0 needs objective.ptd.replacement = embedding "
+                "(a token substitution changes the affect it would keep consistent)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,6 +26,9 @@ def test_each_objective_resolves_to_its_weighted_terms():
         "classify": {"classify"},  # objective.va_weight (default 0) adds an mse term
         "mcl-classify": {"classify", "mcl"},
         "carl-classify": {"classify", "mcl", "ptd"},
+        "mcl-rank": {"mcl", "mse"},
+        "carl-rank": {"mcl", "mse", "ptd"},
+        "carl-rank-classify": {"classify", "mcl", "ptd"},
     }
     assert set(OBJECTIVE_TERMS) == set(expected)
     for name, losses in expected.items():
@@ -33,6 +36,7 @@ def test_each_objective_resolves_to_its_weighted_terms():
         terms = load_config(None, [f"objective.name={name}", *labelled]).objective.terms()
         assert set(terms) == losses and all(t.weight == 1.0 for t in terms.values())
     assert load_config(None, ["objective.name=supcon-hard"]).objective.terms()["mcl"].targets == "hard"
+    assert load_config(None, ["objective.name=carl-rank"]).objective.terms()["mcl"].targets == "rank"
 
 
 def test_zero_weights_drop_terms_and_an_empty_objective_is_refused():

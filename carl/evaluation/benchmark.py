@@ -81,7 +81,56 @@ METHODS: dict[str, Method] = {
         Method("textblob", "lexicon", (), "TextBlob polarity (one feature)"),
     )
 }
+# the variants under study (docs/method.md, "Variants under study"): run by name, not by default
+VARIANT_METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "carl-affect-saliency",
+            "carl",
+            ("objective.name=carl", "objective.ptd.saliency_source=affect"),
+            "CARL, saliency from the gradient of the VA loss alone",
+        ),
+        Method(
+            "carl-embedding",
+            "carl",
+            ("objective.name=carl", "objective.ptd.replacement=embedding"),
+            "CARL, salient words' embeddings shifted adversarially (one step, L2 radius epsilon)",
+        ),
+        Method(
+            "carl-embedding-consistency",
+            "carl",
+            ("objective.name=carl", "objective.ptd.replacement=embedding", "objective.ptd.consistency_weight=1"),
+            "carl-embedding plus VA consistency between the clean and shifted views",
+        ),
+        Method(
+            "carl-negative",
+            "carl",
+            ("objective.name=carl", "objective.ptd.as_negative=true"),
+            "CARL, perturbed sentences' keys also in the contrast as negatives",
+        ),
+        Method("mcl-rank", "carl", ("objective.name=mcl-rank",), "Rank-N-Contrast with the queue, no PTD"),
+        Method("carl-rank", "carl", ("objective.name=carl-rank",), "CARL with Rank-N-Contrast instead of soft targets"),
+        Method(
+            "carl-ptd-warmup",
+            "carl",
+            ("objective.name=carl", "objective.ptd_schedule=warmup"),
+            "CARL, PTD weight rising linearly over the first half of training",
+        ),
+        Method(
+            "carl-ptd-decay",
+            "carl",
+            ("objective.name=carl", "objective.ptd_schedule=decay"),
+            "CARL, PTD weight falling linearly over the last half of training",
+        ),
+        Method(
+            "carl-dropout", "carl", ("objective.name=carl", "train.dropout=true"), "CARL with the backbone's dropout on"
+        ),
+        Method("mse-dropout", "carl", ("objective.name=mse", "train.dropout=true"), "VA regression with dropout on"),
+    )
+}
 DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
+METHODS.update(VARIANT_METHODS)
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
 QUICK_SEEDS: tuple[int, ...] = (1,)
 # the default benchmark trains every cell for one epoch of its data (EmoBank train: 252 steps of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -107,12 +108,14 @@ class CarlModel(nn.Module):
         *,
         heads: tuple[str, ...] | None = None,
         track_input_grad: bool = False,
+        input_delta: torch.Tensor | None = None,
     ) -> CarlOutput:
         """Query pass computing only ``heads`` (None: every head this model has; each head's
         parameters then get a gradient, which multi-process training requires). With
         ``track_input_grad`` the word embeddings keep their gradient for ``input_gradient`` (the
         saliency). They are kept on the module, not returned: DistributedDataParallel re-wraps
-        returned tensors, losing retained grads."""
+        returned tensors, losing retained grads. ``input_delta`` [B, T, H] is added to the word
+        embeddings (the ``embedding`` perturbation of PTD)."""
         if heads is None:
             heads = HEADS if self.classifier is not None else HEADS[:-1]
         unknown = set(heads) - set(HEADS)
@@ -125,6 +128,8 @@ class CarlModel(nn.Module):
             input_embeds = self.backbone.get_input_embeddings()(input_ids)
             input_embeds.retain_grad()
         self._input_embeds = input_embeds
+        if input_delta is not None:
+            input_embeds = self.backbone.get_input_embeddings()(input_ids) + input_delta
         hidden, embedding = self._encode(self.backbone, input_ids, attention_mask, input_embeds)
         return CarlOutput(
             embedding=embedding,
@@ -142,6 +147,15 @@ class CarlModel(nn.Module):
         if embeds is None or embeds.grad is None:
             raise RuntimeError("no input gradient: run forward(track_input_grad=True) and backward first")
         return embeds.grad
+
+    def input_gradient_of(self, loss: torch.Tensor) -> torch.Tensor:
+        """d loss / d(word embeddings) [B, T, H] of the last ``track_input_grad`` pass, before its
+        backward (whose graph is kept): the saliency of one part of the loss, parameters untouched."""
+        embeds = getattr(self, "_input_embeds", None)
+        if embeds is None:
+            raise RuntimeError("no tracked input: run forward(track_input_grad=True) under grad first")
+        (grad,) = torch.autograd.grad(loss, embeds, retain_graph=True)
+        return grad
 
     def input_attribution(self, outputs: torch.Tensor) -> torch.Tensor:
         """Gradient x input of each of K outputs [B, K] of the last ``track_input_grad`` pass:
@@ -162,12 +176,16 @@ class CarlModel(nn.Module):
         return torch.stack(columns, dim=-1)
 
     @torch.no_grad()
-    def encode_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Momentum-encoder keys [B, P], L2-normalised, without gradient."""
+    def encode_keys(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_delta: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Momentum-encoder keys [B, P], L2-normalised, without gradient (``input_delta`` as in forward)."""
         if self.key_encoder is None:
             raise RuntimeError("this model was built without a momentum key encoder")
         parts = self.key_encoder.parts
-        _, embedding = self._encode(parts["backbone"], input_ids, attention_mask)
+        backbone = cast(PreTrainedModel, parts["backbone"])
+        embeds = None if input_delta is None else backbone.get_input_embeddings()(input_ids) + input_delta
+        _, embedding = self._encode(backbone, input_ids, attention_mask, embeds)
         return F.normalize(parts["projection"](embedding), dim=-1)
 
     @torch.no_grad()

@@ -8,7 +8,9 @@ For query i and keys j (the batch's momentum keys, gathered over processes, then
 
 The sentence's own key has distance 0 and so the largest target. With one-hot targets on the
 own key the loss is exactly InfoNCE (MoCo). ``hard_label_targets`` gives the SupCon ablation:
-uniform targets over keys whose binned label equals the query's.
+uniform targets over keys whose binned label equals the query's. Keys without a label
+(``negatives``: the perturbed sentences of ``objective.ptd.as_negative``) get target 0 for every
+query: they enter only the softmax's denominator.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class MomentumContrastiveLoss(nn.Module):
             targets over b x b VA classes instead of soft targets (the ``supcon-hard`` ablation).
 
     Inputs: queries [B, P] and keys [K, P] (L2-normalised), labels [B, 2] and [K, 2]
-    (standardised), ``own_index`` [B], the column of each query's own key among the K keys.
+    (standardised), ``own_index`` [B], the column of each query's own key among the K keys, and
+    optional ``negatives`` [N, P], keys without a label that no query targets.
     """
 
     def __init__(
@@ -74,9 +77,12 @@ class MomentumContrastiveLoss(nn.Module):
             return hard_label_targets(va_bins(query_labels, edges), va_bins(key_labels, edges))
         return soft_label_targets(query_labels, key_labels, self.label_temperature)
 
-    def forward(self, queries, keys, query_labels, key_labels, own_index) -> ObjectiveOutput:
-        logits = queries.float() @ keys.float().T / self.temperature  # [B, K]
+    def forward(self, queries, keys, query_labels, key_labels, own_index, negatives=None) -> ObjectiveOutput:
         targets = self.targets(query_labels, key_labels)  # [B, K]
+        if negatives is not None:
+            keys = torch.cat([keys, negatives.to(keys.dtype)])  # [K + N, P]
+            targets = torch.cat([targets, targets.new_zeros(targets.shape[0], negatives.shape[0])], dim=1)
+        logits = queries.float() @ keys.float().T / self.temperature  # [B, K (+ N)]
         loss = soft_contrastive_loss(logits, targets)
         with torch.no_grad():
             log_probs = F.log_softmax(logits, dim=-1)

@@ -129,7 +129,7 @@ class PerturbedTokenDetection(nn.Module):
         ratio: fraction of words perturbed per sentence (at least one).
         sentence_fraction: share of the batch's sentences perturbed and detected (at least one).
         selection: ``saliency`` (gradient norm) or ``random`` (the random-positions control).
-        replacement: ``hotflip``, ``random`` or ``mask``.
+        replacement: ``hotflip``, ``random``, ``mask`` or ``embedding`` (only :meth:`positions` is used).
         special_ids: token ids never used as replacements (CLS, SEP, PAD, UNK, MASK ...).
         mask_token_id: id for the ``mask`` replacement.
         vocab_size: rows of the embedding matrix.
@@ -158,14 +158,22 @@ class PerturbedTokenDetection(nn.Module):
         self.register_buffer("banned", banned, persistent=False)
 
     @torch.no_grad()
-    def perturb(self, input_ids, word_index, input_grad, embedding_matrix) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ids [B, T], word ids [B, T], grads [B, T, H] -> (perturbed ids [B, T], positions [B, T])."""
+    def positions(self, word_index: torch.Tensor, input_grad: torch.Tensor) -> torch.Tensor:
+        """Word ids [B, T], grads [B, T, H] -> the positions [B, T] bool to perturb (by ``selection``)."""
         if self.selection == "saliency":
             scores = word_saliency(input_grad, word_index)
         else:
-            noise = torch.rand(word_index.shape, device=input_ids.device)
+            noise = torch.rand(word_index.shape, device=word_index.device)
             scores = _scatter_words(noise, word_index)
-        positions = positions_from_words(select_words(scores, self.ratio), word_index)
+        return positions_from_words(select_words(scores, self.ratio), word_index)
+
+    @torch.no_grad()
+    def perturb(self, input_ids, word_index, input_grad, embedding_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids [B, T], word ids [B, T], grads [B, T, H] -> (perturbed ids [B, T], positions [B, T]).
+
+        A token replacement (``hotflip``, ``random``, ``mask``); ``embedding`` shifts are made by the
+        trainer (:mod:`carl.objectives.embedding_perturbation`) at :meth:`positions`."""
+        positions = self.positions(word_index, input_grad)
         where = positions.nonzero(as_tuple=True)  # one device read of N, not one per indexing
         original = input_ids[where]  # [N]
         if self.replacement == "hotflip":
@@ -181,3 +189,17 @@ class PerturbedTokenDetection(nn.Module):
 
     def forward(self, token_logits, positions, attention_mask) -> ObjectiveOutput:
         return detection_loss(token_logits, positions, attention_mask)
+
+
+def schedule_factor(schedule: str, step: int, total_steps: int, fraction: float) -> float:
+    """The share of ``ptd_weight`` at optimizer step ``step`` (0-based) of ``total_steps``.
+
+    ``constant``: 1. ``warmup``: min(1, step / (f T)), rising over the first f of training.
+    ``decay``: min(1, (T - step) / (f T)), falling over the last f of training (f = ``fraction``).
+    """
+    span = fraction * total_steps
+    if schedule == "warmup":
+        return min(1.0, step / span)
+    if schedule == "decay":
+        return min(1.0, (total_steps - step) / span)
+    return 1.0

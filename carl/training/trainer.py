@@ -9,7 +9,10 @@ resolved weight; it never decodes the objective's name. One optimizer step (obje
   3. clip, AdamW step, LR schedule, EMA update of the key encoder, enqueue the gathered keys.
 A classification term (``classify``) adds CE/BCE on the clean pass, so PTD's saliency comes from
 the total clean loss; before export the classifier's temperature (and multi-label thresholds) are
-fitted on dev (``carl/training/calibrate.py``).
+fitted on dev (``carl/training/calibrate.py``). The variants under study (``objective.ptd.*``
+switches, ``objective.ptd_schedule``, ``train.dropout``; docs/method.md) change steps 1-2: a
+saliency of the affect terms alone or perturbed keys in the contrast take the saliency before the
+clean backward; an ``embedding`` replacement shifts word embeddings instead of replacing tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +37,7 @@ from carl.atomic import write_text_atomic
 from carl.config import CarlConfig, ConfigError, Term, flatten, load_config
 from carl.data.batching import LengthGroupedBatchSampler, PaddingCollator, TokenizedDataset
 from carl.data.sources import describe_data, load_training_data
-from carl.model.carl_model import CarlModel
+from carl.model.carl_model import CarlModel, CarlOutput
 from carl.model.encoder import load_backbone, position_limit, resolve_encoder
 from carl.model.export import export_model
 from carl.model.momentum import gather_across_processes
@@ -47,7 +51,9 @@ from carl.objectives import (
     VARegressionLoss,
 )
 from carl.objectives.classification import balanced_class_weights, positive_class_weights
-from carl.objectives.perturbed_token_detection import sample_sentences
+from carl.objectives.embedding_perturbation import adversarial_shift, consistency_loss
+from carl.objectives.perturbed_token_detection import sample_sentences, schedule_factor
+from carl.objectives.rank_n_contrast import RankNContrastLoss
 from carl.training.calibrate import classifier_metadata
 from carl.training.checkpoint import TrainingState, latest_checkpoint, resume_checkpoint, save_checkpoint
 from carl.training.errors import CheckpointError, TrainingDiverged
@@ -75,10 +81,25 @@ TERM_HEADS: dict[str, tuple[str, ...]] = {
     "classify": ("class_logits",),
 }
 PERTURBED_PASS_TERMS = ("ptd",)
+# the terms whose loss is the affect loss: PTD's saliency_source = affect, the embedding perturbation
+AFFECT_TERMS = ("mse", "classify")
 # query-pass views of each sentence a term needs (SimCSE: two dropout views)
 VIEWS = {"simcse": 2}
 # settings that may change between a run and its resumption (they do not alter the maths)
 RESUMABLE_CHANGES = ("train.num_threads", "train.checkpoint_every", "train.keep_checkpoints", "train.resume_mismatch")
+
+
+@dataclass
+class PerturbedView:
+    """The B' sentences PTD perturbed: their batch ``rows`` [B'], ``attention_mask`` and
+    ``input_ids`` [B', T'] (tokens replaced), ``positions`` [B', T'] bool, and for an embedding
+    perturbation the shift ``delta`` [B', T', H] of the word embeddings (None otherwise)."""
+
+    rows: torch.Tensor
+    attention_mask: torch.Tensor
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    delta: torch.Tensor | None = None
 
 
 class CarlTrainer:
@@ -145,8 +166,10 @@ class CarlTrainer:
         )
         if self.views > 1:
             # the views differ only by dropout, which a backbone loaded by from_pretrained has off
-            # (the other terms train in that eval mode, as they always have)
+            # (the other terms train in that eval mode unless train.dropout = true)
             backbone.train()
+        if cfg.train.dropout:  # every module, the momentum key encoder too: its keys are dropout views
+            self.model.train()
         labels = torch.as_tensor(self.train_data.labels, dtype=torch.float32)
         if va:  # else the labels may be NaN (classes alone), and the statistics stay 0 and 1
             self.model.set_label_statistics(labels)
@@ -227,6 +250,8 @@ class CarlTrainer:
         o = self.cfg.objective
         if term.loss == "classify":
             return self._classification_loss().to(self.accelerator.device)
+        if term.loss == "mcl" and term.targets == "rank":
+            return RankNContrastLoss(temperature=o.mcl.temperature)
         if term.loss == "mcl":
             return MomentumContrastiveLoss(
                 temperature=o.mcl.temperature,
@@ -318,32 +343,123 @@ class CarlTrainer:
             heads = tuple(head for name in self.clean_terms for head in TERM_HEADS[name])
             out = self.model(ids, mask, heads=heads, track_input_grad="ptd" in self.terms)
         logs: dict[str, torch.Tensor | float] = {}
-        clean_loss = out.embedding.new_zeros((), dtype=torch.float32)
+        weighted = {}  # w_term * L_term of each clean term
         for name, compute in self.clean_terms.items():
             term = compute(batch, out, labels)
-            clean_loss = clean_loss + self.terms[name].weight * term.loss
+            weighted[name] = self.terms[name].weight * term.loss
             logs.update({name: term.loss.detach()}, **term.diagnostics)
+        clean_loss = sum(weighted.values(), out.embedding.new_zeros((), dtype=torch.float32))
+        ptd_cfg, view = self.cfg.objective.ptd, None
+        if "ptd" in self.terms and (ptd_cfg.saliency_source == "affect" or ptd_cfg.as_negative):
+            # saliency before the clean backward: of the affect terms alone, or for perturbed keys
+            # that join this backward's contrast
+            affect = sum(weighted[name] for name in AFFECT_TERMS if name in weighted)
+            source = affect if ptd_cfg.saliency_source == "affect" else clean_loss
+            view = self._perturbed_view(batch, out, labels, core.input_gradient_of(source))
+            if ptd_cfg.as_negative:
+                negative = self._mcl_with_negatives(out, labels, view)
+                weighted["mcl"] = self.terms["mcl"].weight * negative.loss
+                logs.update(mcl=negative.loss.detach(), **negative.diagnostics)
+                clean_loss = sum(weighted.values(), out.embedding.new_zeros((), dtype=torch.float32))
         acc.backward(clean_loss)
         total = clean_loss.detach()
         if "ptd" in self.terms:
-            weight, ptd = self.terms["ptd"].weight, self.losses["ptd"]
-            embedding_matrix = core.backbone.get_input_embeddings().weight.detach()
-            mask, ids, words, grad = sample_sentences(
-                ptd.sentence_fraction,
-                batch["attention_mask"],
-                batch["input_ids"],
-                batch["word_index"],
-                core.input_gradient(),
-            )
-            perturbed, positions = ptd.perturb(ids, words, grad, embedding_matrix)
-            with acc.autocast():
-                out_p = self.model(perturbed, mask, heads=("token_logits",))
-            det = ptd(out_p.token_logits, positions, mask)
-            acc.backward(weight * det.loss)
-            total = total + weight * det.loss.detach()
-            logs.update(ptd=det.loss.detach(), ptd_sentences=float(mask.shape[0]), **det.diagnostics)
+            if view is None:
+                view = self._perturbed_view(batch, out, labels, core.input_gradient())
+            weight = self.terms["ptd"].weight
+            if self.cfg.objective.ptd_schedule != "constant":
+                weight *= schedule_factor(
+                    self.cfg.objective.ptd_schedule,
+                    self.step,
+                    self.total_steps,
+                    self.cfg.objective.ptd_schedule_fraction,
+                )
+                logs["ptd_weight"] = weight
+            loss, ptd_logs = self._detection_pass(view, batch, out, labels)
+            acc.backward(weight * loss)
+            total = total + weight * loss.detach()
+            logs.update(ptd_logs)
         logs["loss"] = total
         return logs
+
+    def _perturbed_view(self, batch, out, labels, saliency: torch.Tensor) -> PerturbedView:
+        """Sample the share of sentences PTD perturbs and perturb their most salient words
+        (``saliency``: dL/d(word embeddings) [B, T, H]): their tokens, or their embeddings."""
+        ptd = self.losses["ptd"]
+        core = self.accelerator.unwrap_model(self.model)
+        rows = torch.arange(saliency.shape[0], device=saliency.device)[:, None].expand(saliency.shape[:2])
+        mask, ids, words, rows, grad = sample_sentences(
+            ptd.sentence_fraction, batch["attention_mask"], batch["input_ids"], batch["word_index"], rows, saliency
+        )
+        rows = rows[:, 0]  # [B'] the sampled sentences
+        if ptd.replacement != "embedding":
+            embedding_matrix = core.backbone.get_input_embeddings().weight.detach()
+            perturbed, positions = ptd.perturb(ids, words, grad, embedding_matrix)
+            return PerturbedView(rows, mask, perturbed, positions)
+        positions = ptd.positions(words, grad)
+        sub_batch, sub_labels = self._rows(batch, rows), labels[rows]
+
+        def affect_loss(delta):  # the unwrapped model: a gradient for delta only, no DDP bookkeeping
+            with self.accelerator.autocast():
+                o = core(ids, mask, heads=self._affect_heads(), input_delta=delta)
+            return self._affect_loss(sub_batch, o, sub_labels)
+
+        cfg = self.cfg.objective.ptd
+        shape = (*ids.shape, grad.shape[-1])
+        delta = adversarial_shift(affect_loss, positions, shape, epsilon=cfg.epsilon, steps=cfg.ascent_steps)
+        return PerturbedView(rows, mask, ids, positions, delta)
+
+    def _detection_pass(self, view: PerturbedView, batch, out, labels) -> tuple[torch.Tensor, dict]:
+        """The detector on the perturbed view: BCE (+ the consistency term of an embedding
+        perturbation). Returns the loss before the PTD weight, and the values to log."""
+        heads = ("token_logits",) if view.delta is None else ("token_logits", *self._affect_heads())
+        kwargs = {} if view.delta is None else {"input_delta": view.delta}
+        with self.accelerator.autocast():
+            out_p = self.model(view.input_ids, view.attention_mask, heads=heads, **kwargs)
+        det = self.losses["ptd"](out_p.token_logits, view.positions, view.attention_mask)
+        logs = dict(ptd=det.loss.detach(), ptd_sentences=float(view.attention_mask.shape[0]), **det.diagnostics)
+        if view.delta is None:
+            return det.loss, logs
+        sub_batch, sub_labels = self._rows(batch, view.rows), labels[view.rows]
+        clean = CarlOutput(**{head: out[head][view.rows].detach() for head in self._affect_heads()})
+        with torch.no_grad():  # how much the shift raised the affect loss of these sentences
+            logs["ptd_affect_increase"] = self._affect_loss(sub_batch, out_p, sub_labels) - self._affect_loss(
+                sub_batch, clean, sub_labels
+            )
+        weight = self.cfg.objective.ptd.consistency_weight
+        if weight == 0:
+            return det.loss, logs
+        kinds = {"va": "va", "class_logits": "multi" if self.train_data.multi_label else "single"}
+        consistency = sum(consistency_loss(clean[h], out_p[h], kinds[h]) for h in self._affect_heads())
+        logs["ptd_consistency"] = consistency.detach()
+        return det.loss + weight * consistency, logs
+
+    def _affect_heads(self) -> tuple[str, ...]:
+        """The heads of the affect terms (VA regression, classification) this run trains."""
+        return tuple(head for name in AFFECT_TERMS if name in self.terms for head in TERM_HEADS[name])
+
+    def _affect_loss(self, batch, out, labels) -> torch.Tensor:
+        """sum of w_term L_term over the affect terms, on ``out``'s affect heads."""
+        return sum(
+            self.terms[name].weight * self.clean_terms[name](batch, out, labels).loss
+            for name in AFFECT_TERMS
+            if name in self.terms
+        )
+
+    @staticmethod
+    def _rows(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-sentence entries of ``batch`` the affect terms read (class targets), at ``rows``."""
+        return {key: batch[key][rows] for key in ("targets",) if key in batch}
+
+    def _mcl_with_negatives(self, out, labels, view: PerturbedView) -> ObjectiveOutput:
+        """MCL of this step's queries and key set plus the perturbed sentences' momentum keys
+        (gathered from every process) as unlabelled negatives."""
+        core = self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast():
+            keys = core.encode_keys(view.input_ids, view.attention_mask, input_delta=view.delta).float()
+        negatives, _ = gather_across_processes(keys)
+        key_set, key_labels, own = self._key_set
+        return self.losses["mcl"](out.query, key_set, labels, key_labels, own, negatives=negatives)
 
     def _mcl_term(self, batch, out, labels) -> ObjectiveOutput:
         """Queries [B, P] against the gathered batch keys and the queue; the keys wait for enqueueing."""
@@ -354,7 +470,8 @@ class CarlTrainer:
         queue_keys, queue_labels = core.queue.contents()
         key_labels = core.standardise(torch.cat([batch_labels, queue_labels]))
         self._pending_enqueue = (batch_keys, batch_labels)
-        return self.losses["mcl"](out.query, torch.cat([batch_keys, queue_keys]), labels, key_labels, own)
+        self._key_set = (torch.cat([batch_keys, queue_keys]), key_labels, own)  # for as_negative's second contrast
+        return self.losses["mcl"](out.query, self._key_set[0], labels, key_labels, own)
 
     def _mse_term(self, batch, out, labels) -> ObjectiveOutput:
         return self.losses["mse"](out.va, labels)
