@@ -136,6 +136,7 @@ def test_head_probabilities_match_sklearn(n_classes):
         (True, [[1, 0, 0, 1], [0, 0, 1, 0]] * 2, "class 'relief' \\(index 1\\) has no example"),
         (True, [[1, 1, 0, 1], [1, 0, 1, 0]] * 2, "class 'joy' \\(index 0\\) is on every example"),
         (True, [[1, 1, 0, 1]] * 3, "shape \\[4, 4\\] multi-hot, got shape \\(3, 4\\)"),
+        (False, ["joy", "relief", "anger", "sadness"], "train labels must be whole numbers"),
     ],
 )
 def test_bad_input_is_refused_before_training(tiny_encoder, tmp_path, multi_label, labels, message):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit, softmax
 
 from carl.atomic import temporary_beside, write_text_atomic
 from carl.evaluation.metrics import classification_metrics, multilabel_per_class_f1
@@ -100,13 +101,11 @@ def head_probabilities(embeddings: np.ndarray, weights: np.ndarray, bias: np.nda
     """Probabilities [N, C] of the logistic-regression head from embeddings [N, D] (module docstring)."""
     z = embeddings @ weights.T + bias  # [N, K]
     if multi_label:
-        return 1.0 / (1.0 + np.exp(-z))
+        return expit(z)
     if weights.shape[0] == 1:
-        positive = 1.0 / (1.0 + np.exp(-z[:, 0]))
+        positive = expit(z[:, 0])
         return np.stack([1.0 - positive, positive], axis=1)
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+    return softmax(z, axis=1)
 
 
 def fit_setfit(
@@ -131,6 +130,8 @@ def fit_setfit(
     one of other settings is refused (a ValueError naming what differs).
     """
     n_classes = len(classes)
+    if n_classes < 2:
+        raise ValueError(f"SetFit needs at least two classes, got {list(classes)}")
     y_train = _check_labels("train", train_texts, train_labels, n_classes, multi_label)
     y_dev = _check_labels("dev", dev_texts, dev_labels, n_classes, multi_label)
     _check_train_classes(y_train, list(classes), multi_label)
@@ -299,12 +300,14 @@ def _check_labels(split: str, texts: Sequence[str], labels, n_classes: int, mult
     """Labels as int64 [N] (class indices) or [N, C] (multi-hot), checked against ``texts``."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise ValueError(f"{split} texts must be a sequence of strings")
+    if not texts:
+        raise ValueError(f"{split}: no texts")
     y = np.asarray(labels)
     expected = f"[{len(texts)}, {n_classes}] multi-hot" if multi_label else f"[{len(texts)}] class indices"
     if y.shape != ((len(texts), n_classes) if multi_label else (len(texts),)):
         raise ValueError(f"{split}: {len(texts)} texts need labels of shape {expected}, got shape {y.shape}")
-    if y.size and (not np.all(np.isfinite(y.astype(np.float64))) or np.any(y != np.round(y))):
-        raise ValueError(f"{split} labels must be whole numbers ({expected})")
+    if y.dtype.kind not in "biuf" or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+        raise ValueError(f"{split} labels must be whole numbers ({expected}), got {y.dtype} values")
     y = y.astype(np.int64)
     low, high = (0, 1) if multi_label else (0, n_classes - 1)
     bad = np.flatnonzero(((y < low) | (y > high)).reshape(len(y), -1).any(1))
