@@ -3,12 +3,21 @@ without pickle and scores the same after loading, and refuses bad input before t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from carl.evaluation.setfit_peer import _head_coefficients, fit_setfit, head_probabilities, load_setfit
+from carl.evaluation.setfit_peer import (
+    SetFitResult,
+    _head_coefficients,
+    _load_body,
+    fit_setfit,
+    head_probabilities,
+    load_setfit,
+)
 from carl.evaluation.thresholds import macro_f1_at_thresholds
 from carl.testing import QUADRANT_CLASSES, synthetic_emotion_corpus
 
@@ -40,16 +49,15 @@ def fit(encoder, out_dir, *, seed=0, multi_label=False, max_steps=STEPS, show_pr
 
 
 @pytest.fixture(scope="module")
-def single_dir(tiny_encoder, tmp_path_factory):
+def single_dir(tiny_encoder, tmp_path_factory) -> Path:
     """The folder of one single-label fit (seed 0), shared by the tests that read it."""
-    out_dir = tmp_path_factory.mktemp("setfit-single")
-    fit(tiny_encoder, out_dir)
-    return out_dir
+    return tmp_path_factory.mktemp("setfit-single")
 
 
 @pytest.fixture(scope="module")
-def single(tiny_encoder, single_dir):
-    return fit(tiny_encoder, single_dir)  # read back from single_dir
+def single(tiny_encoder, single_dir) -> SetFitResult:
+    """The single-label fit as trained (in memory), saved in ``single_dir``."""
+    return fit(tiny_encoder, single_dir)
 
 
 def test_single_label_learns_the_affect_word_classes(single):
@@ -65,25 +73,22 @@ def test_single_label_learns_the_affect_word_classes(single):
 
 
 def test_the_body_is_fine_tuned(single, tiny_encoder):
-    from carl.evaluation.setfit_peer import _load_body
-
     texts, _ = emotion_data(10, 3)
     before = _load_body(tiny_encoder).encode(texts)
     after = single.body.encode(texts)
     assert np.abs(after - before).max() > 1e-4
 
 
-def test_save_load_round_trip_is_exact_and_pickle_free(tiny_encoder, tmp_path):
-    fitted = fit(tiny_encoder, tmp_path)
-    loaded = load_setfit(tmp_path)
+def test_save_load_round_trip_is_exact_and_pickle_free(single, single_dir):
+    loaded = load_setfit(single_dir)
     texts, _ = emotion_data(50, 4)
-    np.testing.assert_array_equal(loaded.predict_proba(texts), fitted.predict_proba(texts))
-    assert loaded.dev_metrics == fitted.dev_metrics and loaded.steps == fitted.steps
-    suffixes = {p.suffix for p in tmp_path.rglob("*") if p.is_file()}
+    np.testing.assert_array_equal(loaded.predict_proba(texts), single.predict_proba(texts))
+    assert loaded.dev_metrics == single.dev_metrics and loaded.steps == single.steps
+    suffixes = {p.suffix for p in single_dir.rglob("*") if p.is_file()}
     assert not suffixes & {".pkl", ".bin", ".joblib", ".pt", ".pth"}
 
 
-def test_a_finished_fit_is_reused_and_other_settings_are_refused(tiny_encoder, single_dir):
+def test_a_finished_fit_is_reused_and_other_settings_are_refused(single, tiny_encoder, single_dir):
     stamp = (single_dir / "setfit.json").stat().st_mtime_ns
     fit(tiny_encoder, single_dir)
     assert (single_dir / "setfit.json").stat().st_mtime_ns == stamp  # read back, not retrained
