@@ -1,6 +1,6 @@
 """SetFit few-shot on GoEmotions Ekman + neutral: test macro-F1 and seconds.
 
-    python benchmarks/setfit_goemotions.py [--per-class 8] [--steps 150] [--seed 0] [--out /tmp/setfit-goemotions]
+    python benchmarks/setfit_goemotions.py [--per-class 8] [--steps 150] [--seed 0] [--threads N] [--out DIR]
 
 Samples ``--per-class`` training and as many dev examples of each of the seven classes (seeded),
 fits SetFit on MiniLM (:func:`carl.evaluation.setfit_peer.fit_setfit`, ``--steps`` body steps of
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from carl.data.classification import ClassificationDataset, load_goemotions_ekman
 from carl.evaluation.metrics import classification_metrics
@@ -35,8 +36,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--encoder", default="minilm-l6")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="/tmp/setfit-goemotions")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train = per_class_sample(load_goemotions_ekman("train"), args.per_class, args.seed)
     dev = per_class_sample(load_goemotions_ekman("dev"), args.per_class, args.seed)
     test = load_goemotions_ekman("test")
@@ -65,6 +69,7 @@ def main() -> None:
         "steps": fitted.steps,
         "train_seconds": round(fitted.train_seconds, 1),
         "test_seconds": round(test_seconds, 1),
+        "torch_threads": torch.get_num_threads(),
         "dev": {k: round(fitted.dev_metrics[k], 4) for k in ("accuracy", "macro_f1")},
         "test": {k: round(metrics[k], 4) for k in ("accuracy", "macro_f1")},
         "test_per_class_f1": dict(zip(test.classes, np.round(metrics["per_class_f1"], 4).tolist())),
