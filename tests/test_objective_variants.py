@@ -285,6 +285,7 @@ def test_two_processes_with_the_ptd_switches_match_one_process(tiny_encoder, syn
     overrides = [
         f"data.path={synthetic_csv.train_path}",
         "data.scale=0-1",
+        "data.dev_fraction=0",
         f"model.encoder={encoder}",
         "objective.mcl.queue_size=48",
         "train.max_steps=4",
