@@ -147,6 +147,7 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
     report = (out / "report.md").read_text()
     assert "## GoEmotions Ekman + neutral (single-label, 7 classes), full" in report
     assert "| carl-stage |" in report and "none: the grid is complete" in report
+    assert "First stage `stage-carl-s1`" in report and results["runtime"]["stage_seconds"] > 0
     assert json.loads((out / "results.json").read_text())["planned"] == list(results["cells"])
 
     # a rerun computes nothing

@@ -34,7 +34,7 @@ from pathlib import Path
 from carl.atomic import write_text_atomic
 from carl.config import load_config
 from carl.evaluation.cells import dump_json, load_cached, read_metrics, save_cell, spec_hash, training_summary
-from carl.evaluation.finetune_data import DEV_CAP, TASKS, FinetuneTask, TaskFiles, prepare_task_files
+from carl.evaluation.finetune_data import DEV_CAP, TASKS, FinetuneTask, TaskFiles, prepare_task_files, task_files
 from carl.evaluation.finetune_score import require_setfit, score_model, score_probe, score_setfit
 from carl.training.run_info import environment_info
 from carl.training.trainer import CarlTrainer  # module attribute: tests count calls through it
@@ -211,13 +211,9 @@ def cell_spec(cell: FinetuneCell, settings: FinetuneSettings) -> dict:
         "encoder": settings.encoder,
         "dev_cap": DEV_CAP,
     }
-    if cell.trained:
-        placeholder = (
-            TaskFiles(Path("train"), Path("dev"), Path("test"), "mapping")
-            if cell.task.kind != "va"
-            else TaskFiles(None, None, None, "")
-        )
-        spec["overrides"] = cell_overrides(cell, settings, placeholder, settings.encoder)
+    if cell.trained:  # the data files as paths under OUT, so that the spec does not depend on where OUT lies
+        files = task_files(cell.task, cell.regime, cell.seed, Path("OUT"))
+        spec["overrides"] = cell_overrides(cell, settings, files, settings.encoder)
     if cell.method == "carl-stage":
         spec["stage"] = stage_overrides(settings, cell.seed)
     return spec
@@ -352,6 +348,12 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
     """``results.json`` and ``report.md`` of the cells finished so far; returns the results."""
     from carl.evaluation.finetune_report import write_report
 
+    stages = {}
+    if "carl-stage" in settings.methods:  # the first stages this grid's carl-stage cells start from
+        for seed in settings.seeds:
+            path = out / "cells" / f"{stage_name(seed)}.json"
+            if path.is_file():
+                stages[stage_name(seed)] = json.loads(path.read_text(encoding="utf-8"))
     results = {
         "protocol": "finetune",
         "command": command or "carl benchmark " + " ".join(sys.argv[1:]),
@@ -365,12 +367,14 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
             "dev_cap": DEV_CAP,
         },
         "planned": [c.name for c in planned],
+        "stages": stages,
         "skipped": skipped,
         "cells": cells,
         "computed_this_run": computed,
         "runtime": {
             "this_invocation_seconds": time.time() - started,
             "all_cells_seconds": float(sum(c.get("wall_seconds", 0.0) for c in cells.values())),
+            "stage_seconds": float(sum(s["training"]["wall_seconds"] for s in stages.values())),
         },
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -196,23 +196,31 @@ def train_file_name(regime: str, seed: int) -> str:
     return "train-full.csv" if regime == "full" else f"train-{regime}-s{seed}.csv"
 
 
-def prepare_task_files(task: FinetuneTask, k: int | None, regime: str, seed: int, out: Path) -> TaskFiles:
-    """Write (once) the train, dev and test files of ``task`` for a regime (``k`` per class, or None
-    for the full train split) and seed under ``out/data/<task>/``."""
+def task_files(task: FinetuneTask, regime: str, seed: int, out: Path) -> TaskFiles:
+    """Where the files of ``task`` for a regime and seed lie under ``out/data/<task>/`` (nothing written)."""
     if task.kind == "va":
         return TaskFiles(None, None, None, "goemotions")
     folder = Path(out) / "data" / task.name
+    mapping = str(folder / "va_mapping.json") if task.va_mapping is not None else "goemotions"
+    return TaskFiles(folder / train_file_name(regime, seed), folder / "dev.csv", folder / "test.csv", mapping)
+
+
+def prepare_task_files(task: FinetuneTask, k: int | None, regime: str, seed: int, out: Path) -> TaskFiles:
+    """Write (once) the :func:`task_files` of ``task`` for a regime (``k`` examples per class, or None
+    for the full train split) and seed."""
+    files = task_files(task, regime, seed, out)
+    if files.train is None or files.dev is None or files.test is None:
+        return files
     load = SPLIT_LOADERS[task.name]
 
     def train_text() -> str:
         train = load("train")
         return (train if k is None else train.subset(sample_per_class(train, k, seed))).csv_text()
 
-    train = _write_once(folder / train_file_name(regime, seed), train_text)
-    dev = _write_once(folder / "dev.csv", lambda: cap_dev(load("dev")).csv_text())
-    test = _write_once(folder / "test.csv", lambda: load("test").csv_text())
-    mapping = "goemotions"
+    _write_once(files.train, train_text)
+    _write_once(files.dev, lambda: cap_dev(load("dev")).csv_text())
+    _write_once(files.test, lambda: load("test").csv_text())
     if task.va_mapping is not None:
         values = {name: list(va) for name, va in task.va_mapping.items()}
-        mapping = str(_write_once(folder / "va_mapping.json", lambda: json.dumps(values, indent=1) + "\n"))
-    return TaskFiles(train, dev, test, mapping)
+        _write_once(Path(files.label_mapping), lambda: json.dumps(values, indent=1) + "\n")
+    return files

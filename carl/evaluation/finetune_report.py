@@ -141,6 +141,7 @@ def report_text(results: dict) -> str:
     settings, b = results["settings"], results["budget"]
     env = results.get("environment", {})
     regimes = ", ".join(f"{r}: {v['steps']} steps, dev every {v['eval_every']}" for r, v in b["regimes"].items())
+    queue = ", ".join(f"{size} in {regime}" for regime, size in b["mcl_queue_size"].items()) or "carl's default"
     special = ", ".join(f"{k}: {v['steps']} steps, dev every {v['eval_every']}" for k, v in b["tasks"].items())
     lines = [
         "# Fine-tuning protocol",
@@ -148,10 +149,15 @@ def report_text(results: dict) -> str:
         f"`{results['command']}`: encoder `{settings['encoder']}`, seeds {list(settings['seeds'])}, "
         f"--set {', '.join(f'`{o}`' for o in settings['overrides']) or 'none'}; "
         f"{env.get('cpu_count', '?')}-core {env.get('processor', '?')} machine, "
-        f"{results['runtime']['all_cells_seconds'] / 3600:.2f} h of cells.",
+        f"{results['runtime']['all_cells_seconds'] / 3600:.2f} h of cells"
+        + (
+            f" and {results['runtime']['stage_seconds'] / 3600:.2f} h of first stages."
+            if results.get("stages")
+            else "."
+        ),
         "",
         f"Budget, the same for every method: batch {b['batch_size']}; {regimes}; {special}; carl's default "
-        f"learning rates; MCL queue {b['mcl_queue_size']} in the low-resource regimes. The step best on dev "
+        f"learning rates; MCL queue: {queue}. The step best on dev "
         f"(macro-F1; EmoBank: mean VA r) is exported; dev is capped at {b['dev_cap']} texts (a fixed "
         "stratified sample), test is the full split. Cells: mean ± std (n seeds); k8/k64: seed s is subset s.",
         "",
@@ -163,6 +169,14 @@ def report_text(results: dict) -> str:
         if sentence:
             lines += [sentence, ""]
     lines += ["## Step cost (median seconds per optimizer step)", "", *step_cost_lines(table), ""]
+    for name, stage in results.get("stages", {}).items():
+        t = stage["training"]
+        lines.append(
+            f"First stage `{name}` (carl on bundled EmoBank, shared by the carl-stage cells of its seed): "
+            f"{t['steps']} steps, best step {t['best_step']}, {t['wall_seconds']:.0f} s."
+        )
+    if results.get("stages"):
+        lines.append("")
     missing = [name for name in results.get("planned", []) if name not in results["cells"]]
     lines += ["## Missing cells", "", ", ".join(missing) if missing else "none: the grid is complete", ""]
     if results.get("skipped"):
