@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import carl.evaluation.finetune as ft
-from carl.cli import build_parser
+from carl.cli import build_parser, main
 from carl.data.errors import DataError
 from carl.evaluation.benchmark_cli import finetune_settings_from_args
 from carl.evaluation.cells import BenchmarkMismatch
@@ -56,7 +56,6 @@ def tiny_settings(tiny_encoder: str, **changes) -> FinetuneSettings:
         "train.eval_every=2",
         "train.checkpoint_every=2",
         "train.learning_rate=1e-3",
-        "objective.mcl.queue_size=32",
         "train.num_threads=1",
     )
     base = dict(tasks=("ekman",), methods=("ft", "probe"), regimes=("full",), seeds=(1,), encoder=tiny_encoder)
@@ -180,6 +179,37 @@ def test_multilabel_cell_scores_at_dev_thresholds(tmp_path, tiny_encoder, synthe
     assert card["multi_label"] and len(card["thresholds"]) == len(CLASSES)
 
 
+SST5_NAMES = {"joy": "very positive", "relief": "positive", "anger": "very negative", "sadness": "negative"}
+
+
+def test_low_resource_mcl_cell_reads_the_sst5_va_table(tmp_path, tiny_encoder, monkeypatch):
+    def sst5_like(split: str) -> LabelledSplit:
+        data = synthetic_split(split)
+        names = tuple(SST5_NAMES[c] for c in CLASSES)
+        return LabelledSplit(data.texts, [[SST5_NAMES[n[0]]] for n in data.labels], names, False, data.source)
+
+    monkeypatch.setitem(SPLIT_LOADERS, "sst5", sst5_like)
+    settings = tiny_settings(tiny_encoder, tasks=("sst5",), methods=("mcl",), regimes=("k8",))
+    results, _ = _run(tmp_path / "ft", settings)
+    cell = results["cells"]["sst5-k8-mcl-s1"]
+    config = cell["training"]["config"]
+    assert config["objective"]["name"] == "mcl-classify" and config["data"]["label_mapping"].endswith("va_mapping.json")
+    train = (tmp_path / "ft" / "data" / "sst5" / "train-k8-s1.csv").read_text().splitlines()
+    assert len(train) == 1 + 8 * len(CLASSES)
+    assert "mcl" in cell["training"]["final"] and 0 <= cell["metrics"]["macro_f1"] <= 1
+
+
+def test_emobank_cells_score_the_va_head_and_the_ridge_probe(tmp_path, tiny_encoder):
+    settings = tiny_settings(tiny_encoder, tasks=("emobank",), methods=("ft", "probe"), regimes=("full", "k8"))
+    results, _ = _run(tmp_path / "ft", settings)
+    assert set(results["cells"]) == {"emobank-full-ft-s1", "emobank-full-probe-s1"}  # no k8 for regression
+    for cell in results["cells"].values():
+        assert -1 <= cell["metrics"]["valence_pearson"] <= 1 and -1 <= cell["metrics"]["arousal_pearson"] <= 1
+    config = results["cells"]["emobank-full-ft-s1"]["training"]["config"]
+    assert config["objective"]["name"] == "mse" and config["data"]["max_length"] == 128
+    assert config["train"]["select_metric"] == "va_pearson_mean"
+
+
 def test_setfit_without_its_helper_is_a_clear_error(tmp_path, tiny_encoder, synthetic_tasks, monkeypatch):
     import sys
 
@@ -239,3 +269,4 @@ def test_cli_builds_finetune_settings_and_refuses_probe_options():
     assert settings.methods == tuple(ft.METHODS)
     with pytest.raises(ValueError, match="--quick: only for --protocol probe"):
         finetune_settings_from_args(parser.parse_args(["benchmark", "--protocol", "finetune", "--quick"]))
+    assert main(["benchmark", "--regimes", "k8"]) == 2  # the probe protocol has no regimes
