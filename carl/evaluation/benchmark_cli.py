@@ -7,8 +7,7 @@ import sys
 
 DESCRIPTION = """\
 Two protocols. --protocol probe (the default): train every method with every seed, probe the
-frozen embeddings on every task and write
-OUT/results.json, OUT/report.md and PNG plots. Finished cells are cached in OUT/cells/ and an
+frozen embeddings on every task and write OUT/results.json, OUT/report.md and PNG plots. Finished cells are cached in OUT/cells/ and an
 interrupted training resumes from its checkpoint: rerun the same command to continue.
 
 Methods: frozen (the backbone), mse, supcon-hard, mcl, carl, carl-random-positions,
