@@ -17,7 +17,7 @@ from carl.evaluation.cells import BenchmarkMismatch
 from carl.evaluation.finetune import FinetuneSettings, plan_cells, run_finetune
 from carl.evaluation.finetune_data import SPLIT_LOADERS, LabelledSplit, cap_dev, sample_per_class
 from carl.evaluation.finetune_report import report_text
-from carl.testing import QUADRANT_CLASSES, rewind_run, synthetic_emotion_corpus
+from carl.testing import QUADRANT_CLASSES, synthetic_emotion_corpus
 
 CLASSES = tuple(sorted(QUADRANT_CLASSES))  # joy, relief, anger, sadness: all in carl's goemotions VA table
 SPLIT_SEEDS = {"train": 0, "dev": 1, "test": 2}
@@ -154,18 +154,29 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
     _, logs = _run(out, settings)
     assert counted == [] and sum("cached" in line for line in logs) == 3
 
-    # a cell killed after step 2 resumes from its checkpoint and ends where the uninterrupted run did
-    rewind_run(out / "runs" / "ekman-full-ft-s1", to_step=2, drop_step=4)
-    (out / "cells" / "ekman-full-ft-s1.json").unlink()
-    resumed, logs = _run(out, settings)
-    assert counted == ["classify"] and resumed["computed_this_run"] == ["ekman-full-ft-s1"]
-    again = resumed["cells"]["ekman-full-ft-s1"]["metrics"]
-    for key in ("macro_f1", "accuracy", "ece_after", "temperature"):
-        assert again[key] == pytest.approx(cell["metrics"][key], abs=1e-6), key
-
     # other settings: refused, naming the way out
     with pytest.raises(BenchmarkMismatch, match="new --out"):
         _run(out, tiny_settings(tiny_encoder, methods=("ft",), extra=("train.learning_rate=5e-4",)))
+
+
+def test_a_killed_cell_resumes_from_its_checkpoint(tmp_path, tiny_encoder, run_cli):
+    """``carl benchmark --protocol finetune`` SIGKILLed after step 3 (checkpoint at 2) continues on rerun and
+    ends with the numbers of an uninterrupted run."""
+    settings = tiny_settings(tiny_encoder, tasks=("emobank",), methods=("ft",))
+    reference, _ = _run(tmp_path / "uninterrupted", settings)
+    out = tmp_path / "killed"
+    args = ["benchmark", "--protocol", "finetune", "--tasks", "emobank", "--methods", "ft", "--seeds", "1"]
+    args += ["--encoder", tiny_encoder, "--out", str(out), "--no-progress"]
+    args += [f"--set={o}" for o in settings.overrides]
+    killed = run_cli(*args, kill_at_step=3)
+    assert killed.returncode == -9 and not (out / "cells" / "emobank-full-ft-s1.json").exists()
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "step-2" in resumed.stdout
+    cell = json.loads((out / "cells" / "emobank-full-ft-s1.json").read_text())
+    assert cell["training"]["steps"] == 4
+    expected = reference["cells"]["emobank-full-ft-s1"]["metrics"]
+    assert cell["metrics"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_multilabel_cell_scores_at_dev_thresholds(tmp_path, tiny_encoder, synthetic_tasks):
