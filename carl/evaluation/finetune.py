@@ -104,14 +104,16 @@ class FinetuneSettings:
             ("regime", self.regimes, REGIMES),
         ):
             unknown = [x for x in given if x not in known]
-            if unknown or not given:
-                raise ValueError(
-                    f"unknown {what}(s) {unknown}; choose from {list(known)}"
-                    if unknown
-                    else f"give at least one {what}"
-                )
-        if not self.seeds:
-            raise ValueError("give at least one seed")
+            if unknown:
+                raise ValueError(f"unknown {what}(s) {unknown}; choose from {list(known)}")
+        for what, count in (
+            ("task", len(self.tasks)),
+            ("method", len(self.methods)),
+            ("regime", len(self.regimes)),
+            ("seed", len(self.seeds)),
+        ):
+            if not count:
+                raise ValueError(f"give at least one {what}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

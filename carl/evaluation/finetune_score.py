@@ -70,7 +70,7 @@ def score_model(task: FinetuneTask, model: Path, files: TaskFiles, *, batch_size
     if task.kind == "va":
         test = load_emobank("test")
         prediction = encoder.predict(test.texts, batch_size=batch_size)
-        return va_scores(prediction.valence, prediction.arousal, test)
+        return va_scores(np.asarray(prediction.valence), np.asarray(prediction.arousal), test)
     classifier = encoder.require_classifier("score the test split")
     assert files.test is not None
     test = read_split(files.test, task, classifier.classes)
@@ -94,11 +94,8 @@ def score_probe(task: FinetuneTask, encoder_name: str, files: TaskFiles, *, seed
         table = embed_table(encoder, [s.texts for s in splits], batch_size=batch_size)
     train, dev, test = splits
     if task.kind == "va":
-        result = probe_va_splits(table, train, dev, test)
-        return {
-            **result.metrics,
-            "va_pearson_mean": (result.metrics["valence_pearson"] + result.metrics["arousal_pearson"]) / 2,
-        }
+        ridge = probe_va_splits(table, train, dev, test).metrics
+        return {**ridge, "va_pearson_mean": (ridge["valence_pearson"] + ridge["arousal_pearson"]) / 2}
     x = [table(s.texts) for s in splits]
     assert train.targets is not None and dev.targets is not None and test.targets is not None
     if task.kind == "single":
