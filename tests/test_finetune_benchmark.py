@@ -266,6 +266,10 @@ def test_report_of_a_partial_grid():
     report = report_text(results)
     assert "| carl | 0.5500 ± 0.0000 (1) |" in report and "| ft | 0.5000 ± 0.0000 (2) |" in report
     assert "+10.0% against ft" in report and "+25.0% against probe" in report
+    assert "seed spreads" not in report  # one carl seed: no spread to compare with
+    cells.append(_cell("ekman", "full", "carl", 2, 0.53, 0.4))
+    results["cells"] = {c["name"]: c for c in cells}
+    assert "is more than both seed spreads (0.0141, 0.0000)" in report_text(results)
     assert "| ekman | full | 0.200 | – | 0.400 | – | 2.00x |" in report
     assert "ekman-full-carl-s2, ekman-full-probe-s2" in report
 

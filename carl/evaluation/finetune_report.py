@@ -120,7 +120,17 @@ def headline_sentence(task: str, methods: dict[str, list[dict]]) -> str | None:
             parts.append(f"{change:+.1f}% against {ref} ({ref_value['mean']:.4f}, n={ref_value['n']})")
     if not parts:
         return None
-    return f"carl {header} {carl['mean']:.4f} (n={carl['n']}): " + "; ".join(parts) + "."
+    sentence = f"carl {header} {carl['mean']:.4f} (n={carl['n']}): " + "; ".join(parts) + "."
+    return sentence + spread_note(carl, summary(methods.get("ft", []), key))
+
+
+def spread_note(carl: dict, ft: dict | None) -> str:
+    """Whether carl - ft exceeds both seed standard deviations (needs two seeds of each)."""
+    if ft is None or min(carl["n"], ft["n"]) < 2:
+        return ""
+    gap = carl["mean"] - ft["mean"]
+    verdict = "more than" if abs(gap) > max(carl["std"], ft["std"]) else "not more than"
+    return f" The difference to ft, {gap:+.4f}, is {verdict} both seed spreads ({carl['std']:.4f}, {ft['std']:.4f})."
 
 
 def step_cost_lines(table: dict[tuple[str, str], dict[str, list[dict]]]) -> list[str]:
