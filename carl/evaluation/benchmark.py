@@ -19,18 +19,23 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from carl.atomic import write_text_atomic
 from carl.config import load_config
+from carl.evaluation.cells import (
+    dump_json,
+    load_cached,
+    read_metrics,
+    save_cell,
+    spec_hash,
+    training_summary,
+    without_points,
+)
 from carl.evaluation.tasks import TaskSettings, evaluate_encoder, load_task_data
 from carl.training.run_info import environment_info
 from carl.training.trainer import CarlTrainer  # module attribute: tests count calls through it
@@ -138,7 +143,6 @@ QUICK_SEEDS: tuple[int, ...] = (1,)
 DEFAULT_TRAIN_OVERRIDES: tuple[str, ...] = ("train.epochs=1",)
 # every trained cell of the quick variant stops after this many optimizer steps
 QUICK_TRAIN_OVERRIDES: tuple[str, ...] = ("train.max_steps=40",)
-LOSS_KEYS = ("loss", "mcl", "mse", "ptd", "simcse")
 
 
 def quick_task_settings(**changes) -> TaskSettings:
@@ -146,10 +150,6 @@ def quick_task_settings(**changes) -> TaskSettings:
     base = dict(limit=500, mr_limit=1000, goemotions_train_limit=500, goemotions_dev_limit=500, geometry_limit=500)
     base.update(changes)
     return TaskSettings(**base)
-
-
-class BenchmarkMismatch(ValueError):
-    """A cached cell was computed under other settings than the ones asked for now."""
 
 
 @dataclass
@@ -235,104 +235,6 @@ def cell_spec(cell: Cell, settings: BenchmarkSettings) -> dict:
     return spec
 
 
-def _spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-# per-point arrays of a cell (test predictions and labels, the 2-D projection): kept in the cell
-# file for the plots, left out of results.json; floats inside lists are rounded to POINT_DECIMALS
-PER_POINT_KEYS = ("test_predictions", "test_labels", "emobank_test_2d")
-POINT_DECIMALS = 5
-
-
-def _rounded(value, in_list: bool = False):
-    """Floats inside lists rounded to POINT_DECIMALS; scalar metrics keep full precision."""
-    if isinstance(value, np.ndarray | np.generic):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_rounded(v, True) for v in value]
-    if in_list and isinstance(value, float):
-        return round(value, POINT_DECIMALS)
-    return value
-
-
-def _without_points(value):
-    """A copy of a cell without its per-point arrays (what results.json keeps of each cell)."""
-    if isinstance(value, dict):
-        return {k: _without_points(v) for k, v in value.items() if k not in PER_POINT_KEYS}
-    return value
-
-
-def dump_json(value, *, compact: bool = False) -> str:
-    """JSON text of a cell (``compact``: no indentation) or of the results, floats in lists rounded."""
-    if compact:
-        return json.dumps(_rounded(value), separators=(",", ":"), default=_json_default)
-    return json.dumps(_rounded(value), indent=1, default=_json_default)
-
-
-def load_cached(path: Path, spec: dict) -> dict | None:
-    """The finished cell at ``path`` when its spec matches; None when absent."""
-    if not path.is_file():
-        return None
-    cell = json.loads(path.read_text(encoding="utf-8"))
-    if cell.get("spec_hash") != _spec_hash(spec):
-        raise BenchmarkMismatch(
-            f"{path} was computed under other settings (spec {cell.get('spec')}, now {spec}); "
-            f"benchmark into a new --out, or delete that cell file to recompute it"
-        )
-    return cell
-
-
-# --------------------------------------------------------------------------- training
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The per-step lines of a run's metrics.jsonl (its dev evaluations, lines with ``dev``, left out)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [record for record in lines if "dev" not in record]
-
-
-def loss_curves(records: list[dict], points: int = 200) -> dict[str, list[list[float]]]:
-    """Per loss component, ``[step, mean value]`` over at most ``points`` equal step buckets."""
-    curves = {}
-    for key in LOSS_KEYS:
-        rows = [(r["step"], r[key]) for r in records if key in r]
-        if not rows:
-            continue
-        buckets = np.array_split(np.asarray(rows, dtype=np.float64), min(points, len(rows)))
-        curves[key] = [[float(b[:, 0].mean()), float(b[:, 1].mean())] for b in buckets if len(b)]
-    return curves
-
-
-def training_summary(records: list[dict], wall_seconds: float) -> dict:
-    """Steps, median/total step time, final loss components and the loss curves."""
-    times = [r["step_time"] for r in records if "step_time" in r]
-    last = records[-1] if records else {}
-    return {
-        "steps": int(last.get("step", 0)),
-        "wall_seconds": wall_seconds,
-        "median_step_seconds": statistics.median(times) if times else None,
-        "train_seconds": float(sum(times)) if times else None,
-        "final": {k: last[k] for k in LOSS_KEYS if k in last},
-        "curves": loss_curves(records),
-    }
-
-
 def train_cell(cell: Cell, run_dir: Path, show_progress: bool) -> tuple[str, dict]:
     """Train (or resume) a cell's encoder; returns (model path, resolved configuration)."""
     cfg = load_config(None, list(cell.overrides))
@@ -356,7 +258,7 @@ def run_cell(
         "kind": cell.method.kind,
         "seed": cell.seed,
         "spec": spec,
-        "spec_hash": _spec_hash(spec),
+        "spec_hash": spec_hash(spec),
     }
     if cell.method.kind == "lexicon":
         from carl.evaluation.lexicon import evaluate_lexicon
@@ -382,7 +284,7 @@ def run_cell(
         del encoder
     record["wall_seconds"] = time.time() - started
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_text_atomic(out / "cells" / f"{cell.name}.json", dump_json(record, compact=True))
+    save_cell(out, cell.name, record)
     gc.collect()
     log(f"[benchmark] {cell.name}: done in {record['wall_seconds']:.0f} s; {headline(record)}")
     return record
@@ -465,7 +367,7 @@ def run_benchmark(
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    saved = dump_json({**results, "cells": _without_points(cells)})
+    saved = dump_json({**results, "cells": without_points(cells)})
     write_text_atomic(out / "results.json", saved)
     write_report(results, out)
     log(f"[benchmark] wrote {out / 'results.json'} and {out / 'report.md'}")

@@ -346,13 +346,18 @@ def readme_section(results: dict, report_path: str = "benchmarks/results/main/re
     return "\n".join(lines)
 
 
-def update_readme(readme: str | Path, results: dict, report_path: str) -> bool:
-    """Replace the text between the README markers; False (nothing written) without markers."""
+def replace_between_markers(readme: str | Path, start_marker: str, end_marker: str, section: str) -> bool:
+    """Replace the README text from ``start_marker`` to ``end_marker`` (both included) with
+    ``section``; False (nothing written) when the markers are missing."""
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
-    start, end = text.find(README_START), text.find(README_END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
         return False
-    new = text[:start] + readme_section(results, report_path) + text[end + len(README_END) :]
-    readme.write_text(new, encoding="utf-8")
+    readme.write_text(text[:start] + section + text[end + len(end_marker) :], encoding="utf-8")
     return True
+
+
+def update_readme(readme: str | Path, results: dict, report_path: str) -> bool:
+    """Replace the text between the README markers; False (nothing written) without markers."""
+    return replace_between_markers(readme, README_START, README_END, readme_section(results, report_path))

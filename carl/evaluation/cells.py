@@ -1,0 +1,128 @@
+"""Benchmark cells on disk, shared by the probe and fine-tuning protocols.
+
+A *cell* is one finished unit of a benchmark grid, stored as ``OUT/cells/<name>.json`` with the
+``spec`` it was computed under and that spec's hash: :func:`load_cached` returns a cached cell
+whose spec matches and refuses one computed under other settings (:class:`BenchmarkMismatch`).
+:func:`save_cell` writes a cell atomically; :func:`dump_json` rounds the per-point arrays that
+``results.json`` leaves out (:func:`without_points`). :func:`read_metrics` and
+:func:`training_summary` condense a training run's ``metrics.jsonl`` for its cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from carl.atomic import write_text_atomic
+
+LOSS_KEYS = ("loss", "classify", "mcl", "mse", "ptd", "simcse")
+
+
+class BenchmarkMismatch(ValueError):
+    """A cached cell was computed under other settings than the ones asked for now."""
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+# per-point arrays of a cell (test predictions and labels, the 2-D projection): kept in the cell
+# file for the plots, left out of results.json; floats inside lists are rounded to POINT_DECIMALS
+PER_POINT_KEYS = ("test_predictions", "test_labels", "emobank_test_2d")
+POINT_DECIMALS = 5
+
+
+def _rounded(value, in_list: bool = False):
+    """Floats inside lists rounded to POINT_DECIMALS; scalar metrics keep full precision."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, True) for v in value]
+    if in_list and isinstance(value, float):
+        return round(value, POINT_DECIMALS)
+    return value
+
+
+def without_points(value):
+    """A copy of a cell without its per-point arrays (what results.json keeps of each cell)."""
+    if isinstance(value, dict):
+        return {k: without_points(v) for k, v in value.items() if k not in PER_POINT_KEYS}
+    return value
+
+
+def dump_json(value, *, compact: bool = False) -> str:
+    """JSON text of a cell (``compact``: no indentation) or of the results, floats in lists rounded."""
+    if compact:
+        return json.dumps(_rounded(value), separators=(",", ":"), default=_json_default)
+    return json.dumps(_rounded(value), indent=1, default=_json_default)
+
+
+def load_cached(path: Path, spec: dict) -> dict | None:
+    """The finished cell at ``path`` when its spec matches; None when absent."""
+    if not path.is_file():
+        return None
+    cell = json.loads(path.read_text(encoding="utf-8"))
+    if cell.get("spec_hash") != spec_hash(spec):
+        raise BenchmarkMismatch(
+            f"{path} was computed under other settings (spec {cell.get('spec')}, now {spec}); "
+            f"benchmark into a new --out, or delete that cell file to recompute it"
+        )
+    return cell
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The per-step lines of a run's metrics.jsonl (its dev evaluations, lines with ``dev``, left out)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [record for record in lines if "dev" not in record]
+
+
+def loss_curves(records: list[dict], points: int = 200) -> dict[str, list[list[float]]]:
+    """Per loss component, ``[step, mean value]`` over at most ``points`` equal step buckets."""
+    curves = {}
+    for key in LOSS_KEYS:
+        rows = [(r["step"], r[key]) for r in records if key in r]
+        if not rows:
+            continue
+        buckets = np.array_split(np.asarray(rows, dtype=np.float64), min(points, len(rows)))
+        curves[key] = [[float(b[:, 0].mean()), float(b[:, 1].mean())] for b in buckets if len(b)]
+    return curves
+
+
+def training_summary(records: list[dict], wall_seconds: float) -> dict:
+    """Steps, median/total step time, final loss components and the loss curves."""
+    times = [r["step_time"] for r in records if "step_time" in r]
+    last = records[-1] if records else {}
+    return {
+        "steps": int(last.get("step", 0)),
+        "wall_seconds": wall_seconds,
+        "median_step_seconds": statistics.median(times) if times else None,
+        "train_seconds": float(sum(times)) if times else None,
+        "final": {k: last[k] for k in LOSS_KEYS if k in last},
+        "curves": loss_curves(records),
+    }
+
+
+def save_cell(out: Path, name: str, record: dict) -> Path:
+    """Write ``record`` atomically to ``OUT/cells/<name>.json`` (compact JSON)."""
+    path = Path(out) / "cells" / f"{name}.json"
+    write_text_atomic(path, dump_json(record, compact=True))
+    return path

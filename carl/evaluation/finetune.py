@@ -1,0 +1,386 @@
+"""The fine-tuning protocol of ``carl benchmark --protocol finetune``: cells, budget, the run.
+
+    carl benchmark --protocol finetune --tasks ekman --regimes full --seeds 1 2 3
+
+A *cell* is task x regime x method x seed (``ekman-full-carl-s1``, ``ekman-k8-ft-s2``). A trained
+cell fine-tunes encoder + task head with carl's one trainer on the task's train split (files under
+``OUT/data/<task>/``, :mod:`carl.evaluation.finetune_data`) into ``OUT/runs/<cell>``, selects the
+step on dev (``train.eval_every``, ``train.select_metric``; the temperature and, multi-label, the
+per-class thresholds are fitted on dev by the trainer), and scores the exported model on the full
+test split (:mod:`carl.evaluation.finetune_score`). Every method trains with the same pinned step
+budget, batch and learning rates (:data:`BUDGETS`); ``--set`` overrides apply to every training.
+
+Methods: ``ft`` (objective ``classify``; ``mse`` on EmoBank), ``mcl`` (``mcl-classify``/``mcl``),
+``carl`` (``carl-classify``/``carl``), ``carl-stage`` (``ft`` from the encoder of a first stage: carl
+with its default configuration on bundled EmoBank at the cell's seed, one shared run per seed in
+``OUT/runs/stage-carl-s<seed>``), ``setfit`` (the peer) and ``probe`` (the frozen encoder, linear
+model on the same training rows). The plan runs task, then seed, then regime, then method, so an
+interrupted grid has every method at equal depth. Cells are cached in ``OUT/cells/`` exactly as
+the probe protocol's (:mod:`carl.evaluation.cells`); a rerun skips finished cells and resumes an
+interrupted training from its checkpoint. ``OUT/results.json`` and ``OUT/report.md``
+(:mod:`carl.evaluation.finetune_report`) are rewritten after every cell, so a partial grid has a report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from carl.atomic import write_text_atomic
+from carl.config import load_config
+from carl.evaluation.cells import dump_json, load_cached, read_metrics, save_cell, spec_hash, training_summary
+from carl.evaluation.finetune_data import DEV_CAP, TASKS, FinetuneTask, TaskFiles, prepare_task_files, task_files
+from carl.evaluation.finetune_score import require_setfit, score_model, score_probe, score_setfit
+from carl.training.run_info import environment_info
+from carl.training.trainer import CarlTrainer  # module attribute: tests count calls through it
+
+METHODS: dict[str, str] = {
+    "ft": "plain fine-tuning: the task head alone (cross-entropy / BCE; MSE on EmoBank)",
+    "mcl": "task head + MCL on VA coordinates",
+    "carl": "task head + MCL + saliency PTD",
+    "carl-stage": "ft from the encoder of a first carl stage on bundled EmoBank (carl's defaults, same seed)",
+    "setfit": "SetFit, the peer (setfit package, same encoder, its default recipe)",
+    "probe": "the frozen encoder, linear model on the same training rows",
+}
+# each trained method's objective by task kind (single, multi: a classifier; va: EmoBank regression)
+OBJECTIVES: dict[str, dict[str, str]] = {
+    "ft": {"single": "classify", "multi": "classify", "va": "mse"},
+    "mcl": {"single": "mcl-classify", "multi": "mcl-classify", "va": "mcl"},
+    "carl": {"single": "carl-classify", "multi": "carl-classify", "va": "carl"},
+    "carl-stage": {"single": "classify", "multi": "classify", "va": "mse"},
+}
+# the methods that do not run on a task kind, with the reason the report states
+SKIPPED: dict[tuple[str, str], str] = {
+    ("setfit", "va"): "SetFit trains a classifier; EmoBank is VA regression",
+}
+REGIMES: dict[str, int | None] = {"full": None, "k64": 64, "k8": 8}  # examples per class (None: all)
+DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
+BATCH_SIZE = 32
+STAGE_OBJECTIVE = "carl"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Optimizer steps of a cell and its dev evaluation (and checkpoint) interval."""
+
+    steps: int
+    eval_every: int
+
+
+# the same for every method; pinned here so that a change of carl's defaults does not change it
+BUDGETS: dict[str, Budget] = {"full": Budget(1000, 200), "k64": Budget(300, 50), "k8": Budget(150, 25)}
+TASK_BUDGETS: dict[tuple[str, str], Budget] = {("emobank", "full"): Budget(504, 126)}  # 2 epochs of 252 steps
+# the MCL queue must hold fewer keys than a subset has sentences (7 x 8 Ekman, 5 x 8 SST-5 rows)
+QUEUE_SIZES: dict[str, int] = {"k64": 256, "k8": 0}
+
+
+def budget(task: str, regime: str) -> Budget:
+    return TASK_BUDGETS.get((task, regime), BUDGETS[regime])
+
+
+@dataclass
+class FinetuneSettings:
+    """What the fine-tuning grid runs; recorded in ``results.json``."""
+
+    tasks: tuple[str, ...] = tuple(TASKS)
+    methods: tuple[str, ...] = tuple(METHODS)
+    regimes: tuple[str, ...] = tuple(REGIMES)
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    encoder: str = "minilm-l6"
+    overrides: tuple[str, ...] = ()  # --set, for every training (the first stage too)
+    batch_size: int = 64  # test and probe encoding
+
+    def __post_init__(self) -> None:
+        self.tasks, self.methods = tuple(self.tasks), tuple(self.methods)
+        self.regimes, self.seeds, self.overrides = tuple(self.regimes), tuple(self.seeds), tuple(self.overrides)
+        for what, given, known in (
+            ("task", self.tasks, TASKS),
+            ("method", self.methods, METHODS),
+            ("regime", self.regimes, REGIMES),
+        ):
+            unknown = [x for x in given if x not in known]
+            if unknown:
+                raise ValueError(f"unknown {what}(s) {unknown}; choose from {list(known)}")
+        for what, count in (
+            ("task", len(self.tasks)),
+            ("method", len(self.methods)),
+            ("regime", len(self.regimes)),
+            ("seed", len(self.seeds)),
+        ):
+            if not count:
+                raise ValueError(f"give at least one {what}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FinetuneCell:
+    """One task x regime x method x seed."""
+
+    task: FinetuneTask
+    regime: str
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task.name}-{self.regime}-{self.method}-s{self.seed}"
+
+    @property
+    def trained(self) -> bool:
+        return self.method in OBJECTIVES
+
+
+def plan_cells(settings: FinetuneSettings) -> tuple[list[FinetuneCell], list[dict]]:
+    """The cells in run order (task, seed, regime, method) and the skipped ones with their reason.
+
+    Low-resource regimes apply to single-label tasks only; those are left out silently."""
+    cells, skipped = [], []
+    for task in (TASKS[t] for t in settings.tasks):
+        for seed in settings.seeds:
+            for regime in settings.regimes:
+                if REGIMES[regime] is not None and not task.low_resource:
+                    continue
+                for method in settings.methods:
+                    cell = FinetuneCell(task, regime, method, seed)
+                    reason = SKIPPED.get((method, task.kind))
+                    if reason:
+                        skipped.append({"cell": cell.name, "reason": reason})
+                    else:
+                        cells.append(cell)
+    return cells, skipped
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def stage_name(seed: int) -> str:
+    return f"stage-{STAGE_OBJECTIVE}-s{seed}"
+
+
+def stage_overrides(settings: FinetuneSettings, seed: int) -> list[str]:
+    """The first stage: carl's default configuration on bundled EmoBank, at ``seed``, then ``--set``."""
+    return [
+        f"objective.name={STAGE_OBJECTIVE}",
+        f"model.encoder={settings.encoder}",
+        f"train.seed={seed}",
+        *settings.overrides,
+    ]
+
+
+def cell_overrides(cell: FinetuneCell, settings: FinetuneSettings, files: TaskFiles, encoder: str) -> list[str]:
+    """The trainer's overrides of a trained cell: method, budget, data, selection, then ``--set``."""
+    task, b = cell.task, budget(cell.task.name, cell.regime)
+    overrides = [
+        f"objective.name={OBJECTIVES[cell.method][task.kind]}",
+        f"model.encoder={encoder}",
+        f"train.seed={cell.seed}",
+        f"train.batch_size={BATCH_SIZE}",
+        f"train.max_steps={b.steps}",
+        f"train.eval_every={b.eval_every}",
+        f"train.checkpoint_every={b.eval_every}",
+        f"data.max_length={task.max_length}",
+        f"train.select_metric={'va_pearson_mean' if task.kind == 'va' else 'class_macro_f1'}",
+    ]
+    if cell.regime in QUEUE_SIZES:
+        overrides.append(f"objective.mcl.queue_size={QUEUE_SIZES[cell.regime]}")
+    if files.train is not None:
+        overrides += [
+            f"data.path={files.train}",
+            f"data.dev_path={files.dev}",
+            "data.label_column=label",
+            f"data.label_mapping={files.label_mapping}",
+        ]
+        if task.kind == "multi":
+            overrides.append("data.multi_label=true")
+    return [*overrides, *settings.overrides]
+
+
+def cell_spec(cell: FinetuneCell, settings: FinetuneSettings) -> dict:
+    """Everything a cell's numbers depend on (independent of where OUT lies); a cached cell must match."""
+    spec = {
+        "protocol": "finetune",
+        "task": cell.task.name,
+        "regime": cell.regime,
+        "method": cell.method,
+        "seed": cell.seed,
+        "encoder": settings.encoder,
+        "dev_cap": DEV_CAP,
+    }
+    if cell.trained:  # the data files as paths under OUT, so that the spec does not depend on where OUT lies
+        files = task_files(cell.task, cell.regime, cell.seed, Path("OUT"))
+        spec["overrides"] = cell_overrides(cell, settings, files, settings.encoder)
+    if cell.method == "carl-stage":
+        spec["stage"] = stage_overrides(settings, cell.seed)
+    return spec
+
+
+# --------------------------------------------------------------------------- running
+
+
+def train(overrides: list[str], run_dir: Path, show_progress: bool) -> dict:
+    """Train (or resume) into ``run_dir``; the training summary with the dev selection and calibration."""
+    cfg = load_config(None, overrides)
+    started = time.time()
+    trainer = CarlTrainer(cfg, run_dir, show_progress=show_progress)
+    trainer.train()
+    trainer.close()
+    del trainer
+    summary = training_summary(read_metrics(run_dir), time.time() - started)
+    card = json.loads((run_dir / "model" / "carl" / "carl.json").read_text(encoding="utf-8"))
+    summary["selection"] = card.get("selection")
+    summary["calibration"] = card.get("calibration")
+    summary["best_step"] = (card.get("selection") or {}).get("best_step")
+    summary["config"] = cfg.to_dict()
+    return summary
+
+
+def ensure_stage(settings: FinetuneSettings, seed: int, out: Path, show_progress: bool, log) -> Path:
+    """The first stage's model folder at ``seed`` (trained once, cached as ``cells/stage-...json``)."""
+    name = stage_name(seed)
+    spec = {"protocol": "finetune-stage", "seed": seed, "overrides": stage_overrides(settings, seed)}
+    run_dir = out / "runs" / name
+    if load_cached(out / "cells" / f"{name}.json", spec) is None:
+        log(f"[finetune] {name}: training the first stage ({STAGE_OBJECTIVE} on bundled EmoBank)")
+        record = {"name": name, "spec": spec, "spec_hash": spec_hash(spec)}
+        record["training"] = train(stage_overrides(settings, seed), run_dir, show_progress)
+        save_cell(out, name, record)
+    return run_dir / "model"
+
+
+def run_cell(
+    cell: FinetuneCell, settings: FinetuneSettings, out: Path, *, show_progress: bool = True, log=print
+) -> dict:
+    """Compute one cell (prepare data, train if needed, score on test) and cache it; returns the record."""
+    spec = cell_spec(cell, settings)
+    started = time.time()
+    record: dict = {
+        "name": cell.name,
+        "task": cell.task.name,
+        "regime": cell.regime,
+        "method": cell.method,
+        "seed": cell.seed,
+        "spec": spec,
+        "spec_hash": spec_hash(spec),
+    }
+    files = prepare_task_files(cell.task, REGIMES[cell.regime], cell.regime, cell.seed, out)
+    if cell.trained:
+        encoder = settings.encoder
+        if cell.method == "carl-stage":
+            encoder = str(ensure_stage(settings, cell.seed, out, show_progress, log))
+        run_dir = out / "runs" / cell.name
+        record["training"] = train(cell_overrides(cell, settings, files, encoder), run_dir, show_progress)
+        record["run_dir"] = str(run_dir)
+        record["metrics"] = score_model(cell.task, run_dir / "model", files, batch_size=settings.batch_size)
+    elif cell.method == "probe":
+        record["metrics"] = score_probe(
+            cell.task, settings.encoder, files, seed=cell.seed, batch_size=settings.batch_size
+        )
+    else:
+        record["metrics"] = score_setfit(cell.task, settings.encoder, files, seed=cell.seed)
+    record["wall_seconds"] = time.time() - started
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    save_cell(out, cell.name, record)
+    gc.collect()
+    log(f"[finetune] {cell.name}: done in {record['wall_seconds']:.0f} s; {headline(record)}")
+    return record
+
+
+def headline(record: dict) -> str:
+    """One line: the cell's main metrics, best step of steps, median step seconds."""
+    m = record.get("metrics", {})
+    keys = (
+        ("valence_pearson", "arousal_pearson") if record["task"] == "emobank" else ("macro_f1", "accuracy", "ece_after")
+    )
+    parts = [f"{k} {m[k]:.4f}" for k in keys if isinstance(m.get(k), float)]
+    t = record.get("training")
+    if t:
+        parts.append(f"best step {t['best_step']} of {t['steps']}")
+        if t.get("median_step_seconds") is not None:
+            parts.append(f"{t['median_step_seconds']:.3f} s/step")
+    return ", ".join(parts)
+
+
+def check_inputs(settings: FinetuneSettings) -> None:
+    """Fail before any training when a method cannot run here."""
+    if "setfit" in settings.methods and any(TASKS[t].kind != "va" for t in settings.tasks):
+        require_setfit()
+
+
+def run_finetune(
+    out: str | Path,
+    settings: FinetuneSettings | None = None,
+    *,
+    show_progress: bool = True,
+    command: str | None = None,
+    log=print,
+) -> dict:
+    """Run (or resume) every cell; ``results.json`` and ``report.md`` are rewritten after each cell.
+    Returns what ``results.json`` holds."""
+    settings = settings or FinetuneSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_inputs(settings)
+    started = time.time()
+    planned, skipped = plan_cells(settings)
+    cells: dict[str, dict] = {}
+    computed: list[str] = []
+    for n, cell in enumerate(planned, 1):
+        cached = load_cached(out / "cells" / f"{cell.name}.json", cell_spec(cell, settings))
+        if cached is not None:
+            log(f"[finetune] {n}/{len(planned)} {cell.name}: cached")
+            cells[cell.name] = cached
+            continue
+        log(f"[finetune] {n}/{len(planned)} {cell.name}: computing")
+        cells[cell.name] = run_cell(cell, settings, out, show_progress=show_progress, log=log)
+        computed.append(cell.name)
+        write_results(out, settings, planned, skipped, cells, computed, started, command)
+    results = write_results(out, settings, planned, skipped, cells, computed, started, command)
+    log(f"[finetune] wrote {out / 'results.json'} and {out / 'report.md'}")
+    return results
+
+
+def write_results(out: Path, settings, planned, skipped, cells, computed, started, command) -> dict:
+    """``results.json`` and ``report.md`` of the cells finished so far; returns the results."""
+    from carl.evaluation.finetune_report import write_report
+
+    stages = {}
+    if "carl-stage" in settings.methods:  # the first stages this grid's carl-stage cells start from
+        for seed in settings.seeds:
+            path = out / "cells" / f"{stage_name(seed)}.json"
+            if path.is_file():
+                stages[stage_name(seed)] = json.loads(path.read_text(encoding="utf-8"))
+    results = {
+        "protocol": "finetune",
+        "command": command or "carl benchmark " + " ".join(sys.argv[1:]),
+        "settings": settings.to_dict(),
+        "methods": {m: METHODS[m] for m in settings.methods},
+        "budget": {
+            "batch_size": BATCH_SIZE,
+            "regimes": {r: dataclasses.asdict(b) for r, b in BUDGETS.items()},
+            "tasks": {f"{t}-{r}": dataclasses.asdict(b) for (t, r), b in TASK_BUDGETS.items()},
+            "mcl_queue_size": QUEUE_SIZES,
+            "dev_cap": DEV_CAP,
+        },
+        "planned": [c.name for c in planned],
+        "stages": stages,
+        "skipped": skipped,
+        "cells": cells,
+        "computed_this_run": computed,
+        "runtime": {
+            "this_invocation_seconds": time.time() - started,
+            "all_cells_seconds": float(sum(c.get("wall_seconds", 0.0) for c in cells.values())),
+            "stage_seconds": float(sum(s["training"]["wall_seconds"] for s in stages.values())),
+        },
+        "environment": environment_info(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_text_atomic(out / "results.json", dump_json(results))
+    write_report(results, out)
+    return results

@@ -1,0 +1,221 @@
+"""The fine-tuning protocol's report: per task x regime, every method's test metrics over seeds.
+
+:func:`write_report` writes ``OUT/report.md`` from ``results.json`` (:mod:`carl.evaluation.finetune`),
+also for a partial grid (n < 3 seeds is shown, and the cells still missing are listed). Relative
+change is the paper's headline form, ``100 (m - m_ref) / m_ref`` of the task's headline metric
+(macro-F1; EmoBank: mean of the valence and arousal r) against plain fine-tuning (``ft``) and the
+frozen ``probe``. :func:`update_readme` writes a compact table between the README markers
+``<!-- finetune-results:start -->`` and ``<!-- finetune-results:end -->``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from carl.atomic import write_text_atomic
+from carl.evaluation.finetune_data import TASKS
+from carl.evaluation.report import aggregate, replace_between_markers
+
+README_START = "<!-- finetune-results:start -->"
+README_END = "<!-- finetune-results:end -->"
+# (metric key, column header) per task kind; the first is the headline metric
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "single": [
+        ("macro_f1", "macro-F1"),
+        ("accuracy", "accuracy"),
+        ("ece_before", "ECE T=1"),
+        ("ece_after", "ECE dev T"),
+    ],
+    "multi": [
+        ("macro_f1", "macro-F1 (dev thresholds)"),
+        ("macro_f1_at_0.5", "macro-F1 at 0.5"),
+        ("ece_after", "ECE dev T"),
+    ],
+    "va": [("va_pearson_mean", "mean r"), ("valence_pearson", "valence r"), ("arousal_pearson", "arousal r")],
+}
+REFERENCES = ("ft", "probe")
+
+
+def _value(cell: dict, key: str) -> float | None:
+    value = cell.get("metrics", {}).get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def groups(results: dict) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """``{(task, regime): {method: [cells, by seed]}}`` in plan order (stage cells left out)."""
+    order = {name: i for i, name in enumerate(results.get("planned", []))}
+    table: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for cell in sorted(results["cells"].values(), key=lambda c: order.get(c["name"], len(order))):
+        if "task" not in cell:
+            continue
+        table.setdefault((cell["task"], cell["regime"]), {}).setdefault(cell["method"], []).append(cell)
+    for methods in table.values():
+        for cells in methods.values():
+            cells.sort(key=lambda c: c["seed"])
+    return table
+
+
+def summary(cells: list[dict], key: str) -> dict | None:
+    """Mean, std and n over seeds of one metric (None when no cell has it)."""
+    return aggregate([v for v in (_value(c, key) for c in cells) if v is not None])
+
+
+def step_seconds(cells: list[dict]) -> float | None:
+    """Mean over seeds of each cell's median optimizer-step seconds (None for untrained methods)."""
+    values = [
+        c["training"]["median_step_seconds"] for c in cells if (c.get("training") or {}).get("median_step_seconds")
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def relative_change(value: dict | None, reference: dict | None) -> float | None:
+    """``100 (mean - mean_ref) / |mean_ref|`` in percent."""
+    if not value or not reference or reference["mean"] == 0:
+        return None
+    return 100.0 * (value["mean"] - reference["mean"]) / abs(reference["mean"])
+
+
+def _fmt(agg: dict | None) -> str:
+    return "–" if agg is None else f"{agg['mean']:.4f} ± {agg['std']:.4f} ({agg['n']})"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.1f}%"
+
+
+def group_table(task: str, methods: dict[str, list[dict]]) -> list[str]:
+    """Markdown rows of one task x regime: metrics, change of the headline against ft and probe, step time."""
+    columns = COLUMNS[TASKS[task].kind]
+    headline = columns[0][0]
+    refs = {ref: summary(methods[ref], headline) if ref in methods else None for ref in REFERENCES}
+    head = ["method", *(h for _, h in columns), "vs ft", "vs probe", "s/step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, cells in methods.items():
+        mine = summary(cells, headline)
+        changes = [_pct(relative_change(mine, refs[r])) if r != method else "" for r in REFERENCES]
+        seconds = step_seconds(cells)
+        row = [
+            method,
+            *(_fmt(summary(cells, key)) for key, _ in columns),
+            *changes,
+            "–" if seconds is None else f"{seconds:.3f}",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def headline_sentence(task: str, methods: dict[str, list[dict]]) -> str | None:
+    """carl's relative change of the headline metric against ft and the probe, in words."""
+    columns = COLUMNS[TASKS[task].kind]
+    key, header = columns[0]
+    carl = summary(methods.get("carl", []), key)
+    if carl is None:
+        return None
+    parts = []
+    for ref in REFERENCES:
+        ref_value = summary(methods.get(ref, []), key)
+        change = relative_change(carl, ref_value)
+        if change is not None and ref_value is not None:
+            parts.append(f"{change:+.1f}% against {ref} ({ref_value['mean']:.4f}, n={ref_value['n']})")
+    if not parts:
+        return None
+    sentence = f"carl {header} {carl['mean']:.4f} (n={carl['n']}): " + "; ".join(parts) + "."
+    return sentence + spread_note(carl, summary(methods.get("ft", []), key))
+
+
+def spread_note(carl: dict, ft: dict | None) -> str:
+    """Whether carl - ft exceeds both seed standard deviations (needs two seeds of each)."""
+    if ft is None or min(carl["n"], ft["n"]) < 2:
+        return ""
+    gap = carl["mean"] - ft["mean"]
+    verdict = "more than" if abs(gap) > max(carl["std"], ft["std"]) else "not more than"
+    return f" The difference to ft, {gap:+.4f}, is {verdict} both seed spreads ({carl['std']:.4f}, {ft['std']:.4f})."
+
+
+def step_cost_lines(table: dict[tuple[str, str], dict[str, list[dict]]]) -> list[str]:
+    """Median step seconds per method and task x regime, and the carl/ft ratio."""
+    trained = ["ft", "mcl", "carl", "carl-stage"]
+    head = ["task", "regime", *trained, "carl/ft"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (task, regime), methods in table.items():
+        seconds = {m: step_seconds(methods[m]) if m in methods else None for m in trained}
+        ratio = seconds["carl"] / seconds["ft"] if seconds["carl"] and seconds["ft"] else None
+        cells = ["–" if s is None else f"{s:.3f}" for s in seconds.values()]
+        lines.append("| " + " | ".join([task, regime, *cells, "–" if ratio is None else f"{ratio:.2f}x"]) + " |")
+    return lines
+
+
+def report_text(results: dict) -> str:
+    """The whole ``report.md``."""
+    settings, b = results["settings"], results["budget"]
+    env = results.get("environment", {})
+    regimes = ", ".join(f"{r}: {v['steps']} steps, dev every {v['eval_every']}" for r, v in b["regimes"].items())
+    queue = ", ".join(f"{size} in {regime}" for regime, size in b["mcl_queue_size"].items()) or "carl's default"
+    special = ", ".join(f"{k}: {v['steps']} steps, dev every {v['eval_every']}" for k, v in b["tasks"].items())
+    lines = [
+        "# Fine-tuning protocol",
+        "",
+        f"`{results['command']}`: encoder `{settings['encoder']}`, seeds {list(settings['seeds'])}, "
+        f"--set {', '.join(f'`{o}`' for o in settings['overrides']) or 'none'}; "
+        f"{env.get('cpu_count', '?')}-core {env.get('processor', '?')} machine, "
+        f"{results['runtime']['all_cells_seconds'] / 3600:.2f} h of cells"
+        + (
+            f" and {results['runtime']['stage_seconds'] / 3600:.2f} h of first stages."
+            if results.get("stages")
+            else "."
+        ),
+        "",
+        f"Budget, the same for every method: batch {b['batch_size']}; {regimes}; {special}; carl's default "
+        f"learning rates; MCL queue: {queue}. The step best on dev "
+        f"(macro-F1; EmoBank: mean VA r) is exported; dev is capped at {b['dev_cap']} texts (a fixed "
+        "stratified sample), test is the full split. Cells: mean ± std (n seeds); k8/k64: seed s is subset s.",
+        "",
+    ]
+    table = groups(results)
+    for (task, regime), methods in table.items():
+        lines += [f"## {TASKS[task].title}, {regime}", "", *group_table(task, methods), ""]
+        sentence = headline_sentence(task, methods)
+        if sentence:
+            lines += [sentence, ""]
+    lines += ["## Step cost (median seconds per optimizer step)", "", *step_cost_lines(table), ""]
+    for name, stage in results.get("stages", {}).items():
+        t = stage["training"]
+        lines.append(
+            f"First stage `{name}` (carl on bundled EmoBank, shared by the carl-stage cells of its seed): "
+            f"{t['steps']} steps, best step {t['best_step']}, {t['wall_seconds']:.0f} s."
+        )
+    if results.get("stages"):
+        lines.append("")
+    missing = [name for name in results.get("planned", []) if name not in results["cells"]]
+    lines += ["## Missing cells", "", ", ".join(missing) if missing else "none: the grid is complete", ""]
+    if results.get("skipped"):
+        lines += ["## Skipped", ""] + [f"- {s['cell']}: {s['reason']}" for s in results["skipped"]] + [""]
+    return "\n".join(lines)
+
+
+def write_report(results: dict, out: str | Path) -> Path:
+    """Write ``OUT/report.md``; returns its path."""
+    path = Path(out) / "report.md"
+    write_text_atomic(path, report_text(results))
+    return path
+
+
+def readme_section(results: dict, report_path: str) -> str:
+    """One compact table (headline metric per task x regime and method) with its command."""
+    table = groups(results)
+    methods = list(results["settings"]["methods"])
+    head = ["task", "regime", "metric", *methods]
+    lines = [README_START, "", f"`{results['command']}` (mean ± std over n seeds):", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (task, regime), cells in table.items():
+        key, header = COLUMNS[TASKS[task].kind][0]
+        values = [_fmt(summary(cells.get(m, []), key)) for m in methods]
+        lines.append("| " + " | ".join([task, regime, header, *values]) + " |")
+    lines += ["", f"Every metric, the budget and the step costs: `{report_path}`.", "", README_END]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, results: dict, report_path: str) -> bool:
+    """Replace the text between the finetune markers; False (nothing written) without markers."""
+    return replace_between_markers(readme, README_START, README_END, readme_section(results, report_path))
