@@ -221,11 +221,22 @@ def test_emobank_cells_score_the_va_head_and_the_ridge_probe(tmp_path, tiny_enco
     assert config["train"]["select_metric"] == "va_pearson_mean"
 
 
-def test_setfit_without_its_helper_is_a_clear_error(tmp_path, tiny_encoder, synthetic_tasks, monkeypatch):
+def test_a_setfit_cell_trains_the_shared_budget_and_is_reused(tmp_path, tiny_encoder, synthetic_tasks):
+    settings = tiny_settings(tiny_encoder, methods=("setfit",))
+    results, _ = _run(tmp_path / "ft", settings)
+    metrics = results["cells"]["ekman-full-setfit-s1"]["metrics"]
+    assert metrics["steps"] == 4 and 0 <= metrics["macro_f1"] <= 1 and metrics["train_seconds"] > 0
+    assert (tmp_path / "ft" / "runs" / "ekman-full-setfit-s1" / "setfit.json").is_file()
+    (tmp_path / "ft" / "cells" / "ekman-full-setfit-s1.json").unlink()  # re-scored from the saved fit
+    again, _ = _run(tmp_path / "ft", settings)
+    assert again["cells"]["ekman-full-setfit-s1"]["metrics"]["macro_f1"] == metrics["macro_f1"]
+
+
+def test_setfit_without_its_package_is_a_clear_error(tmp_path, tiny_encoder, synthetic_tasks, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "carl.evaluation.setfit_peer", None)  # import fails
-    with pytest.raises(RuntimeError, match="setfit_peer.py"):
+    with pytest.raises(RuntimeError, match="needs the setfit package"):
         _run(tmp_path / "ft", tiny_settings(tiny_encoder, methods=("setfit",)))
     assert not (tmp_path / "ft" / "cells").exists()
 

@@ -83,6 +83,17 @@ def budget(task: str, regime: str) -> Budget:
     return TASK_BUDGETS.get((task, regime), BUDGETS[regime])
 
 
+def cell_steps(cell: FinetuneCell, settings: FinetuneSettings) -> int:
+    """Optimizer steps of a cell: its budget, or the last ``--set train.max_steps=N`` (SetFit gets
+    the same number as the methods carl's trainer runs)."""
+    steps = budget(cell.task.name, cell.regime).steps
+    for override in settings.overrides:
+        key, _, value = override.partition("=")
+        if key.strip() == "train.max_steps" and int(value) > 0:
+            steps = int(value)
+    return steps
+
+
 @dataclass
 class FinetuneSettings:
     """What the fine-tuning grid runs; recorded in ``results.json``."""
@@ -283,7 +294,14 @@ def run_cell(
             cell.task, settings.encoder, files, seed=cell.seed, batch_size=settings.batch_size
         )
     else:
-        record["metrics"] = score_setfit(cell.task, settings.encoder, files, seed=cell.seed)
+        record["metrics"] = score_setfit(
+            cell.task,
+            settings.encoder,
+            files,
+            seed=cell.seed,
+            max_steps=cell_steps(cell, settings),
+            out_dir=out / "runs" / cell.name,
+        )
     record["wall_seconds"] = time.time() - started
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save_cell(out, cell.name, record)

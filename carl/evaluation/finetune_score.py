@@ -136,47 +136,50 @@ def _multilabel_probe(x: list[np.ndarray], train_y, dev_y, test_y, seed: int) ->
 
 
 def require_setfit():
-    """``fit_setfit`` of ``carl.evaluation.setfit_peer``, or a :class:`FinetuneError` saying what is missing.
-
-    The call this protocol makes::
-
-        predict_proba = fit_setfit(encoder, texts, labels, classes=classes, multi_label=False, seed=seed)
-        probs = predict_proba(test_texts)   # [N, C] float, columns in ``classes`` order
-
-    ``encoder``: the backbone name or folder; ``texts``/``labels``: the cell's training rows (one
-    class name per text, or a list of names when ``multi_label``); SetFit's documented default recipe.
-    """
+    """``fit_setfit`` of :mod:`carl.evaluation.setfit_peer`, or a :class:`FinetuneError` when the
+    ``setfit`` package (``pip install carl[peers]``) is missing."""
     try:
         from carl.evaluation.setfit_peer import fit_setfit
     except ImportError as err:
-        raise FinetuneError(
-            "method 'setfit' needs carl/evaluation/setfit_peer.py (fit_setfit), which is not in this tree "
-            f"({err}); leave setfit out of --methods"
-        ) from None
+        raise FinetuneError(f"method 'setfit' needs the setfit package ({err}): pip install 'carl[peers]'") from None
     return fit_setfit
 
 
-def score_setfit(task: FinetuneTask, encoder_name: str, files: TaskFiles, *, seed: int) -> dict:
-    """Test metrics of SetFit trained on the cell's train rows (multi-label: thresholds tuned on dev)."""
+def score_setfit(
+    task: FinetuneTask, encoder_name: str, files: TaskFiles, *, seed: int, max_steps: int, out_dir: Path
+) -> dict:
+    """Test metrics of SetFit trained for ``max_steps`` on the cell's train rows, saved in ``out_dir``
+    (a rerun loads it); multi-label decisions at the thresholds SetFit's fit tuned on dev."""
     fit_setfit = require_setfit()
     assert files.train is not None and files.dev is not None and files.test is not None
     train = read_split(files.train, task)
     dev, test = read_split(files.dev, task, train.classes), read_split(files.test, task, train.classes)
     assert train.targets is not None and dev.targets is not None and test.targets is not None
     multi = task.kind == "multi"
-    labels = [
-        [train.classes[c] for c in np.flatnonzero(row)] if multi else train.classes[int(row)] for row in train.targets
-    ]
-    predict_proba = fit_setfit(encoder_name, train.texts, labels, classes=train.classes, multi_label=multi, seed=seed)
-    test_p = np.asarray(predict_proba(test.texts), dtype=np.float64)
+    result = fit_setfit(
+        encoder_name,
+        train.texts,
+        train.targets,
+        dev.texts,
+        dev.targets,
+        classes=train.classes,
+        multi_label=multi,
+        max_steps=max_steps,
+        seed=seed,
+        out_dir=out_dir,
+        show_progress=False,
+    )
+    test_p = np.asarray(result.predict_proba(test.texts), dtype=np.float64)
+    cost = {"steps": result.steps, "train_seconds": result.train_seconds}
     if not multi:
         return {
             **classification_metrics(test_p.argmax(1), test.targets, len(train.classes)),
             "ece_before": expected_calibration_error(test_p, test.targets),
+            **cost,
         }
-    thresholds = tune_thresholds(np.asarray(predict_proba(dev.texts)), dev.targets)
     return {
-        "macro_f1": macro_f1_at_thresholds(test_p, test.targets, thresholds),
+        "macro_f1": macro_f1_at_thresholds(test_p, test.targets, result.thresholds),
         "macro_f1_at_0.5": macro_f1_at_thresholds(test_p, test.targets, 0.5),
         "ece_before": expected_calibration_error(test_p, test.targets),
+        **cost,
     }
