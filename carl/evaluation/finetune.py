@@ -229,6 +229,8 @@ def cell_spec(cell: FinetuneCell, settings: FinetuneSettings) -> dict:
         spec["overrides"] = cell_overrides(cell, settings, files, settings.encoder)
     if cell.method == "carl-stage":
         spec["stage"] = stage_overrides(settings, cell.seed)
+    if cell.method == "setfit":
+        spec["steps"] = cell_steps(cell, settings)
     return spec
 
 
