@@ -4,7 +4,8 @@
 only runs the network, so streaming, micro-batching and the service are the same on every
 backend. The graphs that ``carl export-onnx`` writes live in the model folder::
 
-    <model>/onnx/model.onnx           float32 ONNX (embedding [B, H], va [B, 2] for a carl model)
+    <model>/onnx/model.onnx           float32 ONNX: embedding [B, H], and the folder's heads:
+                                      va [B, 2] (standardised), class_logits [B, C] (uncalibrated)
     <model>/onnx/model_int8.onnx      int8 weights, onnxruntime.quantization
     <model>/openvino/model.xml        OpenVINO IR of the float graph
     <model>/openvino/model_int8.xml   int8 weights and activations (NNCF, calibrated)
@@ -23,7 +24,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from carl.model.folder import CARL_SUBDIR, WEIGHTS, WEIGHTS_INDEX, ModelFolderError, read_json_object
+from carl.model.folder import (
+    CARL_SUBDIR,
+    WEIGHTS,
+    WEIGHTS_INDEX,
+    ModelFolderError,
+    has_classifier,
+    has_va_head,
+    read_json_object,
+)
 
 BACKENDS = ("torch", "onnx", "openvino")
 QUANTIZE = (None, "int8")
@@ -34,14 +43,23 @@ SOURCE_KEY = "carl_source_sha256"  # ONNX metadata_props key / OpenVINO rt_info 
 
 
 class Session(Protocol):
-    """``run(input_ids [B, T], attention_mask [B, T], with_va) -> (embedding [B, H], va [B, 2] | None)``,
-    float32 arrays; ids and mask are int64 CPU tensors."""
+    """``run(input_ids [B, T], attention_mask [B, T], heads) -> {"embedding": [B, H], head: ...}``:
+    float32 arrays, one per name in ``heads`` (``va`` [B, 2], ``class_logits`` [B, C]); ids and
+    mask are int64 CPU tensors."""
 
     name: str
 
     def run(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_va: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]: ...
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, heads: tuple[str, ...]
+    ) -> dict[str, np.ndarray]: ...
+
+
+def graph_heads(info: dict) -> tuple[str, ...]:
+    """The outputs after ``embedding`` of a graph of the folder whose ``carl.json`` is ``info``
+    (``{}`` for a plain encoder): ``va`` for a VA head, ``class_logits`` for a classifier."""
+    if not info:
+        return ()
+    return (("va",) if has_va_head(info) else ()) + (("class_logits",) if has_classifier(info) else ())
 
 
 def graph_path(folder: Path, backend: str, quantize: str | None) -> Path:
@@ -109,14 +127,11 @@ class TorchSession:
         self.model, self.device = model, device
 
     @torch.inference_mode()
-    def run(self, input_ids, attention_mask, with_va):
+    def run(self, input_ids, attention_mask, heads):
         out = self.model(
-            input_ids.to(self.device, non_blocking=True),
-            attention_mask.to(self.device, non_blocking=True),
-            heads=("va",) if with_va else (),
+            input_ids.to(self.device, non_blocking=True), attention_mask.to(self.device, non_blocking=True), heads=heads
         )
-        va = out.va.float().cpu().numpy() if with_va else None
-        return out.embedding.float().cpu().numpy(), va
+        return {name: getattr(out, name).float().cpu().numpy() for name in ("embedding", *heads)}
 
 
 class OnnxSession:
@@ -137,10 +152,10 @@ class OnnxSession:
     def source(self) -> str | None:
         return self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
 
-    def run(self, input_ids, attention_mask, with_va):
-        names = self.outputs if with_va else self.outputs[:1]
+    def run(self, input_ids, attention_mask, heads):
+        names = ["embedding", *heads]
         out = self.session.run(names, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
-        return out[0], (out[1] if with_va else None)
+        return dict(zip(names, out))
 
 
 class OpenVinoSession:
@@ -165,17 +180,18 @@ class OpenVinoSession:
     def source(self) -> str | None:
         return self.model.get_rt_info([SOURCE_KEY]).astype(str) if self.model.has_rt_info([SOURCE_KEY]) else None
 
-    def run(self, input_ids, attention_mask, with_va):
+    def run(self, input_ids, attention_mask, heads):
         out = self.request.infer({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
         values = {name: out[port] for port, name in zip(self.compiled.outputs, self.outputs)}
         # the request reuses its output buffers: copy before the next batch overwrites them
-        return np.array(values["embedding"]), (np.array(values["va"]) if with_va else None)
+        return {name: np.array(values[name]) for name in ("embedding", *heads)}
 
 
 def open_session(
-    folder: Path, backend: str, quantize: str | None, num_threads: int | None, has_heads: bool
+    folder: Path, backend: str, quantize: str | None, num_threads: int | None, heads: tuple[str, ...]
 ) -> OnnxSession | OpenVinoSession:
-    """The exported ``backend`` graph of ``folder``, checked against the folder's weights."""
+    """The exported ``backend`` graph of ``folder``, checked against the folder's weights and
+    required to carry ``heads`` (:func:`graph_heads`)."""
     path = graph_path(folder, backend, quantize)
     if not path.is_file():
         raise ModelFolderError(path, f"missing: export the {backend} graphs first (carl export-onnx {folder})")
@@ -187,6 +203,10 @@ def open_session(
             f"exported from other weights (recorded source {str(recorded)[:12]}, "
             f"this folder {actual[:12]}): export again (carl export-onnx {folder})",
         )
-    if has_heads and "va" not in session.outputs:
-        raise ModelFolderError(path, "has no 'va' output although the folder has a VA head: export again")
+    for head in heads:
+        if head not in session.outputs:
+            raise ModelFolderError(
+                path,
+                f"has no {head!r} output although the folder has that head: export again (carl export-onnx {folder})",
+            )
     return session
