@@ -10,6 +10,11 @@ backend. The graphs that ``carl export-onnx`` writes live in the model folder::
     <model>/openvino/model.xml        OpenVINO IR of the float graph
     <model>/openvino/model_int8.xml   int8 weights and activations (NNCF, calibrated)
 
+The onnx and openvino sessions pad every batch up to a few shapes (:func:`bucket_shape`): both
+runtimes keep per-shape state (OpenVINO compiles and caches kernels and buffers for each new input
+shape, several MB each), so a service that sees every batch size and length would grow without
+bound; with buckets the set of shapes, and the memory, stays small.
+
 Each graph records the SHA-256 of the folder's weight files it was exported from
 (:func:`source_digest`); loading refuses a graph whose record does not match the folder.
 """
@@ -40,6 +45,27 @@ RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 # fastest first, as benchmarks/encode_speed.py measured on 2 CPU threads (docs/results.md)
 SPEED_ORDER = (("openvino", "int8"), ("onnx", "int8"), ("openvino", None), ("onnx", None), ("torch", None))
 SOURCE_KEY = "carl_source_sha256"  # ONNX metadata_props key / OpenVINO rt_info key
+
+
+SHAPE_STEP = 8  # batch sizes and lengths round up to a power of two up to this, then to a multiple of it
+
+
+def bucket(n: int, step: int = SHAPE_STEP) -> int:
+    """``n`` rounded up to a power of two when ``n <= step``, else to a multiple of ``step``."""
+    return 1 << (n - 1).bit_length() if n <= step else -(-n // step) * step
+
+
+def bucket_shape(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, T]`` ids and mask padded to ``[bucket(B), bucket(T)]`` as numpy arrays: new columns are
+    masked padding, new rows one unmasked pad token each (no row is fully masked; callers keep
+    the first B rows)."""
+    (b, t), (rows, cols) = input_ids.shape, (bucket(input_ids.shape[0]), bucket(input_ids.shape[1]))
+    ids = np.full((rows, cols), pad_token_id, dtype=np.int64)
+    mask = np.zeros((rows, cols), dtype=np.int64)
+    ids[:b, :t], mask[:b, :t], mask[b:, 0] = input_ids.numpy(), attention_mask.numpy(), 1
+    return ids, mask
 
 
 class Session(Protocol):
@@ -137,7 +163,7 @@ class TorchSession:
 class OnnxSession:
     """An onnxruntime ``InferenceSession`` on the CPU over an exported graph."""
 
-    def __init__(self, path: Path, num_threads: int | None):
+    def __init__(self, path: Path, num_threads: int | None, pad_token_id: int):
         try:
             import onnxruntime as ort
         except ImportError as err:
@@ -148,20 +174,22 @@ class OnnxSession:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.name = f"onnx ({path.name})"
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.pad_token_id = pad_token_id
 
     def source(self) -> str | None:
         return self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
 
     def run(self, input_ids, attention_mask, heads):
         names = ["embedding", *heads]
-        out = self.session.run(names, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
-        return dict(zip(names, out))
+        ids, mask = bucket_shape(input_ids, attention_mask, self.pad_token_id)
+        out = self.session.run(names, {"input_ids": ids, "attention_mask": mask})
+        return {name: value[: len(input_ids)] for name, value in zip(names, out)}
 
 
 class OpenVinoSession:
     """An OpenVINO model compiled for the CPU (latency hint, float32 where not int8, ``num_threads`` threads)."""
 
-    def __init__(self, path: Path, num_threads: int | None):
+    def __init__(self, path: Path, num_threads: int | None, pad_token_id: int):
         try:
             import openvino as ov
         except ImportError as err:
@@ -176,26 +204,28 @@ class OpenVinoSession:
         self.request = self.compiled.create_infer_request()
         self.name = f"openvino ({path.name})"
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self.pad_token_id = pad_token_id
 
     def source(self) -> str | None:
         return self.model.get_rt_info([SOURCE_KEY]).astype(str) if self.model.has_rt_info([SOURCE_KEY]) else None
 
     def run(self, input_ids, attention_mask, heads):
-        out = self.request.infer({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+        ids, mask = bucket_shape(input_ids, attention_mask, self.pad_token_id)
+        out = self.request.infer({"input_ids": ids, "attention_mask": mask})
         values = {name: out[port] for port, name in zip(self.compiled.outputs, self.outputs)}
         # the request reuses its output buffers: copy before the next batch overwrites them
-        return {name: np.array(values[name]) for name in ("embedding", *heads)}
+        return {name: np.array(values[name][: len(input_ids)]) for name in ("embedding", *heads)}
 
 
 def open_session(
-    folder: Path, backend: str, quantize: str | None, num_threads: int | None, heads: tuple[str, ...]
+    folder: Path, backend: str, quantize: str | None, num_threads: int | None, heads: tuple[str, ...], pad_token_id: int
 ) -> OnnxSession | OpenVinoSession:
     """The exported ``backend`` graph of ``folder``, checked against the folder's weights and
     required to carry ``heads`` (:func:`graph_heads`)."""
     path = graph_path(folder, backend, quantize)
     if not path.is_file():
         raise ModelFolderError(path, f"missing: export the {backend} graphs first (carl export-onnx {folder})")
-    session = OnnxSession(path, num_threads) if backend == "onnx" else OpenVinoSession(path, num_threads)
+    session = (OnnxSession if backend == "onnx" else OpenVinoSession)(path, num_threads, pad_token_id)
     recorded, actual = session.source(), source_digest(folder)
     if recorded != actual:
         raise ModelFolderError(

@@ -202,7 +202,8 @@ class AffectEncoder:
         va = bool(info) and has_va_head(info)
         session = None
         if backend != "torch":
-            session = open_session(folder, backend, quantize, num_threads, graph_heads(info))
+            pad = tokenizer.pad_token_id or 0
+            session = open_session(folder, backend, quantize, num_threads, graph_heads(info), pad)
         return cls(
             model,
             tokenizer,
