@@ -10,10 +10,10 @@ backend. The graphs that ``carl export-onnx`` writes live in the model folder::
     <model>/openvino/model.xml        OpenVINO IR of the float graph
     <model>/openvino/model_int8.xml   int8 weights and activations (NNCF, calibrated)
 
-The onnx and openvino sessions pad every batch up to a few shapes (:func:`bucket_shape`): both
-runtimes keep per-shape state (OpenVINO compiles and caches kernels and buffers for each new input
-shape, several MB each), so a service that sees every batch size and length would grow without
-bound; with buckets the set of shapes, and the memory, stays small.
+Every session pads each batch up to one of a few shapes (:func:`bucket_shape`): the runtimes keep
+per-shape state (OpenVINO compiles and caches kernels and buffers for each new input shape, several
+MB each; torch's oneDNN caches primitives), so a service that sees every batch size and length
+would grow without bound; with buckets the set of shapes, and the memory, stays small.
 
 Each graph records the SHA-256 of the folder's weight files it was exported from
 (:func:`source_digest`); loading refuses a graph whose record does not match the folder.
@@ -149,15 +149,16 @@ class TorchSession:
 
     name = "torch"
 
-    def __init__(self, model, device: torch.device):
-        self.model, self.device = model, device
+    def __init__(self, model, device: torch.device, pad_token_id: int):
+        self.model, self.device, self.pad_token_id = model, device, pad_token_id
 
     @torch.inference_mode()
     def run(self, input_ids, attention_mask, heads):
-        out = self.model(
-            input_ids.to(self.device, non_blocking=True), attention_mask.to(self.device, non_blocking=True), heads=heads
+        ids, mask = (
+            torch.from_numpy(a).to(self.device) for a in bucket_shape(input_ids, attention_mask, self.pad_token_id)
         )
-        return {name: getattr(out, name).float().cpu().numpy() for name in ("embedding", *heads)}
+        out = self.model(ids, mask, heads=heads)
+        return {name: getattr(out, name)[: len(input_ids)].float().cpu().numpy() for name in ("embedding", *heads)}
 
 
 class OnnxSession:

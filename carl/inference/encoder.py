@@ -144,7 +144,7 @@ class AffectEncoder:
         self.model = model.eval().to(self.device)
         if self.dtype != torch.float32:
             self.model.to(self.dtype)
-        self.session = session or TorchSession(self.model, self.device)
+        self.session = session or TorchSession(self.model, self.device, tokenizer.pad_token_id or 0)
         self.tokenizer = tokenizer
         self.scale = scale
         self.has_heads = has_heads
