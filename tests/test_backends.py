@@ -227,3 +227,20 @@ def test_serve_default_is_the_fastest_backend_within_the_guard(exported, tmp_pat
 def test_export_refuses_an_installed_alias(capsys):
     assert main(["export-onnx", "minilm-l6"]) == 2  # the alias names an installed package's folder
     assert "minilm-l6: not a writable model folder of yours" in capsys.readouterr().err
+
+
+def test_batches_are_padded_to_a_few_shapes():
+    import torch
+
+    from carl.inference.backends import bucket, bucket_shape
+
+    assert [bucket(n) for n in (1, 2, 3, 5, 8, 9, 16, 17, 64, 65)] == [1, 2, 4, 8, 8, 16, 16, 24, 64, 72]
+    assert len({bucket(n) for n in range(1, 257)}) == 35  # every length up to 256: 35 shapes, not 256
+    ids, mask = torch.tensor([[101, 7, 102], [101, 102, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    padded_ids, padded_mask = bucket_shape(ids, mask, pad_token_id=0)
+    assert padded_ids.shape == padded_mask.shape == (2, 4)
+    np.testing.assert_array_equal(padded_ids[:, :3], ids.numpy())
+    np.testing.assert_array_equal(padded_mask, [[1, 1, 1, 0], [1, 1, 0, 0]])
+    padded_ids, padded_mask = bucket_shape(ids[:1].repeat(3, 1), mask[:1].repeat(3, 1), pad_token_id=5)
+    assert padded_ids.shape == (4, 4) and padded_ids[3].tolist() == [5, 5, 5, 5]
+    assert padded_mask[3].tolist() == [1, 0, 0, 0]  # an added row is never fully masked

@@ -4,10 +4,16 @@
 only runs the network, so streaming, micro-batching and the service are the same on every
 backend. The graphs that ``carl export-onnx`` writes live in the model folder::
 
-    <model>/onnx/model.onnx           float32 ONNX (embedding [B, H], va [B, 2] for a carl model)
+    <model>/onnx/model.onnx           float32 ONNX: embedding [B, H], and the folder's heads:
+                                      va [B, 2] (standardised), class_logits [B, C] (uncalibrated)
     <model>/onnx/model_int8.onnx      int8 weights, onnxruntime.quantization
     <model>/openvino/model.xml        OpenVINO IR of the float graph
     <model>/openvino/model_int8.xml   int8 weights and activations (NNCF, calibrated)
+
+Every session pads each batch up to one of a few shapes (:func:`bucket_shape`): the runtimes keep
+per-shape state (OpenVINO compiles and caches kernels and buffers for each new input shape, several
+MB each; torch's oneDNN caches primitives), so a service that sees every batch size and length
+would grow without bound; with buckets the set of shapes, and the memory, stays small.
 
 Each graph records the SHA-256 of the folder's weight files it was exported from
 (:func:`source_digest`); loading refuses a graph whose record does not match the folder.
@@ -23,7 +29,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from carl.model.folder import CARL_SUBDIR, WEIGHTS, WEIGHTS_INDEX, ModelFolderError, read_json_object
+from carl.model.folder import (
+    CARL_SUBDIR,
+    WEIGHTS,
+    WEIGHTS_INDEX,
+    ModelFolderError,
+    has_classifier,
+    has_va_head,
+    read_json_object,
+)
 
 BACKENDS = ("torch", "onnx", "openvino")
 QUANTIZE = (None, "int8")
@@ -33,15 +47,45 @@ SPEED_ORDER = (("openvino", "int8"), ("onnx", "int8"), ("openvino", None), ("onn
 SOURCE_KEY = "carl_source_sha256"  # ONNX metadata_props key / OpenVINO rt_info key
 
 
+SHAPE_STEP = 8  # batch sizes and lengths round up to a power of two up to this, then to a multiple of it
+
+
+def bucket(n: int, step: int = SHAPE_STEP) -> int:
+    """``n`` rounded up to a power of two when ``n <= step``, else to a multiple of ``step``."""
+    return 1 << (n - 1).bit_length() if n <= step else -(-n // step) * step
+
+
+def bucket_shape(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, T]`` ids and mask padded to ``[bucket(B), bucket(T)]`` as numpy arrays: new columns are
+    masked padding, new rows one unmasked pad token each (no row is fully masked; callers keep
+    the first B rows)."""
+    (b, t), (rows, cols) = input_ids.shape, (bucket(input_ids.shape[0]), bucket(input_ids.shape[1]))
+    ids = np.full((rows, cols), pad_token_id, dtype=np.int64)
+    mask = np.zeros((rows, cols), dtype=np.int64)
+    ids[:b, :t], mask[:b, :t], mask[b:, 0] = input_ids.numpy(), attention_mask.numpy(), 1
+    return ids, mask
+
+
 class Session(Protocol):
-    """``run(input_ids [B, T], attention_mask [B, T], with_va) -> (embedding [B, H], va [B, 2] | None)``,
-    float32 arrays; ids and mask are int64 CPU tensors."""
+    """``run(input_ids [B, T], attention_mask [B, T], heads) -> {"embedding": [B, H], head: ...}``:
+    float32 arrays, one per name in ``heads`` (``va`` [B, 2], ``class_logits`` [B, C]); ids and
+    mask are int64 CPU tensors."""
 
     name: str
 
     def run(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_va: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]: ...
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, heads: tuple[str, ...]
+    ) -> dict[str, np.ndarray]: ...
+
+
+def graph_heads(info: dict) -> tuple[str, ...]:
+    """The outputs after ``embedding`` of a graph of the folder whose ``carl.json`` is ``info``
+    (``{}`` for a plain encoder): ``va`` for a VA head, ``class_logits`` for a classifier."""
+    if not info:
+        return ()
+    return (("va",) if has_va_head(info) else ()) + (("class_logits",) if has_classifier(info) else ())
 
 
 def graph_path(folder: Path, backend: str, quantize: str | None) -> Path:
@@ -105,24 +149,22 @@ class TorchSession:
 
     name = "torch"
 
-    def __init__(self, model, device: torch.device):
-        self.model, self.device = model, device
+    def __init__(self, model, device: torch.device, pad_token_id: int):
+        self.model, self.device, self.pad_token_id = model, device, pad_token_id
 
     @torch.inference_mode()
-    def run(self, input_ids, attention_mask, with_va):
-        out = self.model(
-            input_ids.to(self.device, non_blocking=True),
-            attention_mask.to(self.device, non_blocking=True),
-            heads=("va",) if with_va else (),
+    def run(self, input_ids, attention_mask, heads):
+        ids, mask = (
+            torch.from_numpy(a).to(self.device) for a in bucket_shape(input_ids, attention_mask, self.pad_token_id)
         )
-        va = out.va.float().cpu().numpy() if with_va else None
-        return out.embedding.float().cpu().numpy(), va
+        out = self.model(ids, mask, heads=heads)
+        return {name: getattr(out, name)[: len(input_ids)].float().cpu().numpy() for name in ("embedding", *heads)}
 
 
 class OnnxSession:
     """An onnxruntime ``InferenceSession`` on the CPU over an exported graph."""
 
-    def __init__(self, path: Path, num_threads: int | None):
+    def __init__(self, path: Path, num_threads: int | None, pad_token_id: int):
         try:
             import onnxruntime as ort
         except ImportError as err:
@@ -133,20 +175,22 @@ class OnnxSession:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.name = f"onnx ({path.name})"
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.pad_token_id = pad_token_id
 
     def source(self) -> str | None:
         return self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
 
-    def run(self, input_ids, attention_mask, with_va):
-        names = self.outputs if with_va else self.outputs[:1]
-        out = self.session.run(names, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
-        return out[0], (out[1] if with_va else None)
+    def run(self, input_ids, attention_mask, heads):
+        names = ["embedding", *heads]
+        ids, mask = bucket_shape(input_ids, attention_mask, self.pad_token_id)
+        out = self.session.run(names, {"input_ids": ids, "attention_mask": mask})
+        return {name: value[: len(input_ids)] for name, value in zip(names, out)}
 
 
 class OpenVinoSession:
     """An OpenVINO model compiled for the CPU (latency hint, float32 where not int8, ``num_threads`` threads)."""
 
-    def __init__(self, path: Path, num_threads: int | None):
+    def __init__(self, path: Path, num_threads: int | None, pad_token_id: int):
         try:
             import openvino as ov
         except ImportError as err:
@@ -161,25 +205,28 @@ class OpenVinoSession:
         self.request = self.compiled.create_infer_request()
         self.name = f"openvino ({path.name})"
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self.pad_token_id = pad_token_id
 
     def source(self) -> str | None:
         return self.model.get_rt_info([SOURCE_KEY]).astype(str) if self.model.has_rt_info([SOURCE_KEY]) else None
 
-    def run(self, input_ids, attention_mask, with_va):
-        out = self.request.infer({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+    def run(self, input_ids, attention_mask, heads):
+        ids, mask = bucket_shape(input_ids, attention_mask, self.pad_token_id)
+        out = self.request.infer({"input_ids": ids, "attention_mask": mask})
         values = {name: out[port] for port, name in zip(self.compiled.outputs, self.outputs)}
         # the request reuses its output buffers: copy before the next batch overwrites them
-        return np.array(values["embedding"]), (np.array(values["va"]) if with_va else None)
+        return {name: np.array(values[name][: len(input_ids)]) for name in ("embedding", *heads)}
 
 
 def open_session(
-    folder: Path, backend: str, quantize: str | None, num_threads: int | None, has_heads: bool
+    folder: Path, backend: str, quantize: str | None, num_threads: int | None, heads: tuple[str, ...], pad_token_id: int
 ) -> OnnxSession | OpenVinoSession:
-    """The exported ``backend`` graph of ``folder``, checked against the folder's weights."""
+    """The exported ``backend`` graph of ``folder``, checked against the folder's weights and
+    required to carry ``heads`` (:func:`graph_heads`)."""
     path = graph_path(folder, backend, quantize)
     if not path.is_file():
         raise ModelFolderError(path, f"missing: export the {backend} graphs first (carl export-onnx {folder})")
-    session = OnnxSession(path, num_threads) if backend == "onnx" else OpenVinoSession(path, num_threads)
+    session = (OnnxSession if backend == "onnx" else OpenVinoSession)(path, num_threads, pad_token_id)
     recorded, actual = session.source(), source_digest(folder)
     if recorded != actual:
         raise ModelFolderError(
@@ -187,6 +234,10 @@ def open_session(
             f"exported from other weights (recorded source {str(recorded)[:12]}, "
             f"this folder {actual[:12]}): export again (carl export-onnx {folder})",
         )
-    if has_heads and "va" not in session.outputs:
-        raise ModelFolderError(path, "has no 'va' output although the folder has a VA head: export again")
+    for head in heads:
+        if head not in session.outputs:
+            raise ModelFolderError(
+                path,
+                f"has no {head!r} output although the folder has that head: export again (carl export-onnx {folder})",
+            )
     return session

@@ -21,7 +21,7 @@ from transformers import BatchEncoding
 
 from carl.data.batching import length_sorted_batches
 from carl.data.scales import Scale
-from carl.inference.backends import Session, TorchSession, check_choice, open_session
+from carl.inference.backends import Session, TorchSession, check_choice, graph_heads, open_session
 from carl.inference.classify import Classification, Classifier
 from carl.model.carl_model import CarlModel
 from carl.model.encoder import load_backbone, resolve_encoder
@@ -144,7 +144,7 @@ class AffectEncoder:
         self.model = model.eval().to(self.device)
         if self.dtype != torch.float32:
             self.model.to(self.dtype)
-        self.session = session or TorchSession(self.model, self.device)
+        self.session = session or TorchSession(self.model, self.device, tokenizer.pad_token_id or 0)
         self.tokenizer = tokenizer
         self.scale = scale
         self.has_heads = has_heads
@@ -202,7 +202,8 @@ class AffectEncoder:
         va = bool(info) and has_va_head(info)
         session = None
         if backend != "torch":
-            session = open_session(folder, backend, quantize, num_threads, has_heads=va)
+            pad = tokenizer.pad_token_id or 0
+            session = open_session(folder, backend, quantize, num_threads, graph_heads(info), pad)
         return cls(
             model,
             tokenizer,
@@ -275,11 +276,12 @@ class AffectEncoder:
         va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
         total = (len(texts) + batch_size - 1) // max(batch_size, 1)
         batches = self.padded_batches(texts, batch_size)
+        heads = ("va",) if with_va else ()
         for rows, ids, mask in tqdm(batches, total=total, desc="batches", disable=not show_progress):
-            emb, z = self.session.run(ids, mask, with_va)
-            embeddings[rows] = emb
+            out = self.session.run(ids, mask, heads)
+            embeddings[rows] = out["embedding"]
             if va is not None:
-                va[rows] = z
+                va[rows] = out["va"]
         return embeddings, va
 
     def _infer_sharded(
@@ -357,12 +359,11 @@ class AffectEncoder:
         values = Scale(*self.scale).denormalise(unit)
         return Prediction(values[:, 0], values[:, 1])
 
-    @torch.inference_mode()
     def class_logits(
         self, texts: str | Sequence[str], *, batch_size: int = 64, with_va: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Class logits [N, C] float32 (uncalibrated) and, with ``with_va``, standardised VA [N, 2]
-        from the same pass, in input order (this process; no sharding)."""
+        from the same pass on this encoder's backend, in input order (this process; no sharding)."""
         texts = as_texts(texts)
         classifier = self.require_classifier("classify")
         if with_va:
@@ -371,10 +372,10 @@ class AffectEncoder:
         va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
         heads = ("class_logits", "va") if with_va else ("class_logits",)
         for rows, ids, mask in self.padded_batches(texts, batch_size):
-            out = self.model(ids.to(self.device), mask.to(self.device), heads=heads)
-            logits[rows] = out.class_logits.float().cpu().numpy()
+            out = self.session.run(ids, mask, heads)
+            logits[rows] = out["class_logits"]
             if va is not None:
-                va[rows] = out.va.float().cpu().numpy()
+                va[rows] = out["va"]
         return logits, va
 
     def classify(self, texts: str | Sequence[str], *, batch_size: int = 64) -> Classification:

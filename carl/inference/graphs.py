@@ -6,9 +6,12 @@ then measures each backend against torch float32 on the parity set (EmoBank test
 
 - embeddings: max abs difference, min and mean cosine, the worst sentence;
 - VA head (carl models): max abs difference of the standardised VA, valence/arousal Pearson r;
+- classifier (a model trained with a classification objective): max abs difference of the
+  calibrated class probabilities and the share of sentences given the same label(s) as torch;
 - the EmoBank ridge probe (valence/arousal r) on the backend's own embeddings.
 
-The quality guard: mean cosine >= 0.99 and every r within 0.005 of torch float32. The int8
+The quality guard: mean cosine >= 0.99, every r within 0.005 of torch float32 and, for a
+classifier, the same label(s) as torch on at least 99% of the parity set. The int8
 ONNX graph is quantised both dynamically and statically (calibrated on sentences of the
 model's training data, as its ``carl.json`` describes them); the candidate with the higher
 worst-sentence cosine is kept and the report says which. Written as ``parity.json`` and
@@ -33,6 +36,7 @@ from carl.inference.encoder import AffectEncoder
 
 MIN_MEAN_COSINE = 0.99
 MAX_R_DROP = 0.005
+MIN_LABEL_AGREEMENT = 0.99
 CALIBRATION_BATCH = 32
 
 
@@ -78,25 +82,37 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def measure(
-    encoder: AffectEncoder, texts: list[str], labels: np.ndarray, reference: tuple | None, probe_limit: int
-) -> tuple[dict, tuple]:
-    """Parity of ``encoder`` on ``texts`` against ``reference`` (torch's (embedding, va), or None
-    for torch itself), its VA-head r against ``labels`` [N, 2] and its EmoBank probe r."""
+    encoder: AffectEncoder, texts: list[str], labels: np.ndarray, reference: dict | None, probe_limit: int
+) -> tuple[dict, dict]:
+    """Parity of ``encoder`` on ``texts`` against ``reference`` (torch's outputs, or None for torch
+    itself), its VA-head r against ``labels`` [N, 2] and its EmoBank probe r. Returns the report
+    row and this backend's outputs: ``embedding`` [N, H], ``va`` [N, 2] or None and, for a
+    classifier, ``probabilities`` [N, C] and ``labels`` (as ``AffectEncoder.classify`` gives them)."""
     from carl.evaluation.va_probe import evaluate_emobank
 
     emb, va = encoder.infer(texts, with_va=encoder.has_heads)
+    outputs: dict = {"embedding": emb, "va": va}
+    if encoder.classifier is not None:
+        classified = encoder.classify(texts)
+        outputs.update(probabilities=classified.probabilities, labels=classified.labels)
     row: dict = {"backend": encoder.backend}
     if reference is not None:
-        cosine = (_unit(emb) * _unit(reference[0])).sum(axis=1)
+        cosine = (_unit(emb) * _unit(reference["embedding"])).sum(axis=1)
         worst = int(np.argmin(cosine))
         row.update(
-            max_abs_diff=float(np.abs(emb - reference[0]).max()),
+            max_abs_diff=float(np.abs(emb - reference["embedding"]).max()),
             min_cosine=float(cosine.min()),
             mean_cosine=float(cosine.mean()),
             worst_sentence=texts[worst],
         )
         if va is not None:
-            row["va_max_abs_diff"] = float(np.abs(va - reference[1]).max())
+            row["va_max_abs_diff"] = float(np.abs(va - reference["va"]).max())
+        if "probabilities" in outputs:
+            same = [a == b for a, b in zip(outputs["labels"], reference["labels"])]
+            row.update(
+                probability_max_abs_diff=float(np.abs(outputs["probabilities"] - reference["probabilities"]).max()),
+                label_agreement=float(np.mean(same)),
+            )
     if va is not None:
         prediction = encoder.to_scale(va)
         row.update(
@@ -105,17 +121,22 @@ def measure(
         )
     probe = evaluate_emobank(encoder, show_progress=False, limit=probe_limit).metrics
     row.update(probe_valence_r=probe["valence_pearson"], probe_arousal_r=probe["arousal_pearson"])
-    return row, (emb, va)
+    return row, outputs
 
 
 def guard(row: dict, torch_row: dict) -> bool:
-    """The quality guard: mean cosine >= 0.99 and each r within 0.005 of torch float32."""
+    """The quality guard: mean cosine >= 0.99, each r within 0.005 of torch float32 and, for a
+    classifier, the same label(s) as torch on at least 99% of the parity set."""
     drops = [
         abs(row[k] - torch_row[k])
         for k in ("probe_valence_r", "probe_arousal_r", "head_valence_r", "head_arousal_r")
         if k in torch_row
     ]
-    return row.get("mean_cosine", 1.0) >= MIN_MEAN_COSINE and all(d <= MAX_R_DROP for d in drops)
+    return (
+        row.get("mean_cosine", 1.0) >= MIN_MEAN_COSINE
+        and row.get("label_agreement", 1.0) >= MIN_LABEL_AGREEMENT
+        and all(d <= MAX_R_DROP for d in drops)
+    )
 
 
 def export_graphs(
@@ -168,7 +189,7 @@ def export_graphs(
     for method in INT8_METHODS:  # both candidates, the better kept; from the plain graph, whose types are known
         quantize_onnx(plain, int8_onnx, method=method, source=source, calibration=batches)
         emb, _ = load("onnx", "int8").infer(texts)
-        cosine = (_unit(emb) * _unit(reference[0])).sum(axis=1)
+        cosine = (_unit(emb) * _unit(reference["embedding"])).sum(axis=1)
         candidates[method] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
         log(f"int8 onnx, {method}: min cosine {cosine.min():.4f}, mean {cosine.mean():.5f}")
     int8_method = max(INT8_METHODS, key=lambda m: candidates[m]["min_cosine"])
@@ -197,7 +218,11 @@ def export_graphs(
         "calibration": {"source": calibration_source, "sentences": len(calibration)},
         "int8_onnx": {"method": int8_method, "per_channel": True, "candidates": candidates},
         "int8_openvino": "NNCF, ModelType.TRANSFORMER, mixed preset" if ("openvino", "int8") in pairs else None,
-        "guard": {"min_mean_cosine": MIN_MEAN_COSINE, "max_r_drop": MAX_R_DROP},
+        "guard": {
+            "min_mean_cosine": MIN_MEAN_COSINE,
+            "max_r_drop": MAX_R_DROP,
+            "min_label_agreement": MIN_LABEL_AGREEMENT,
+        },
         "missing": [
             f"{b}{'-' + q if q else ''}" for b, q in (("openvino", None), ("openvino", "int8")) if (b, q) not in pairs
         ],
@@ -215,15 +240,16 @@ def parity_markdown(report: dict) -> str:
         f"# Backend parity: {report['model']}",
         "",
         f"Against torch float32 on {report['parity_set']}; {report['probe']}. Quality guard: mean cosine "
-        f">= {MIN_MEAN_COSINE}, every r within {MAX_R_DROP} of torch. int8 ONNX: "
+        f">= {MIN_MEAN_COSINE}, every r within {MAX_R_DROP} of torch, a classifier's labels the same as "
+        f"torch's on >= {MIN_LABEL_AGREEMENT:.0%} of sentences. int8 ONNX: "
         f"{report['int8_onnx']['method']} (per channel; candidates "
         + ", ".join(f"{m} min cosine {c['min_cosine']:.4f}" for m, c in report["int8_onnx"]["candidates"].items())
         + f"), calibrated on {report['calibration']['sentences']} sentences of "
         f"{report['calibration']['source']}.",
         "",
         "| backend | max abs diff | min cosine | mean cosine | probe V r | probe A r | head V r | head A r "
-        "| guard | worst sentence |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| class p max abs diff | same labels | guard | worst sentence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(row: dict, key: str, fmt: str) -> str:
@@ -236,7 +262,8 @@ def parity_markdown(report: dict) -> str:
             f"| {row['backend']} | {cell(row, 'max_abs_diff', '.2e')} | {cell(row, 'min_cosine', '.4f')} "
             f"| {cell(row, 'mean_cosine', '.5f')} | {cell(row, 'probe_valence_r', '.4f')} "
             f"| {cell(row, 'probe_arousal_r', '.4f')} | {cell(row, 'head_valence_r', '.4f')} "
-            f"| {cell(row, 'head_arousal_r', '.4f')} | {'pass' if row['passes_guard'] else 'FAIL'} "
+            f"| {cell(row, 'head_arousal_r', '.4f')} | {cell(row, 'probability_max_abs_diff', '.2e')} "
+            f"| {cell(row, 'label_agreement', '.2%')} | {'pass' if row['passes_guard'] else 'FAIL'} "
             f"| {worst.replace('|', '/')} |"
         )
     if report["missing"]:

@@ -1,8 +1,11 @@
-"""Export the encoder (backbone + pooling, and the VA head when present) to ONNX, float32 and int8.
+"""Export the encoder (backbone + pooling, and the VA and classification heads when present) to ONNX,
+float32 and int8.
 
 The graph takes ``input_ids`` and ``attention_mask`` (int64 [batch, tokens], both axes dynamic)
-and returns ``embedding`` [batch, H] and, for a carl model, ``va`` [batch, 2] standardised as
-the regression head gives it (``AffectEncoder.to_scale`` maps it to the declared scale). It is
+and returns ``embedding`` [batch, H], for a carl model ``va`` [batch, 2] standardised as the
+regression head gives it (``AffectEncoder.to_scale`` maps it to the declared scale), and for a
+classifier ``class_logits`` [batch, C], uncalibrated (``Classifier.classify`` applies the
+folder's temperature and thresholds, the same code as on torch). It is
 traced with torch's TorchScript-based exporter and records the SHA-256 of the weights it came
 from (``carl_source_sha256`` in its metadata). :func:`optimize_onnx` fuses it for onnxruntime
 (``onnxruntime.transformers.optimizer``: skip + layer norm, bias + GELU; fused operators that
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 from carl.atomic import temporary_beside
-from carl.inference.backends import SOURCE_KEY
+from carl.inference.backends import SOURCE_KEY, graph_heads
 
 if TYPE_CHECKING:
     from carl.inference.encoder import AffectEncoder
@@ -37,16 +40,16 @@ INT8_METHODS = ("dynamic", "static")
 
 
 class _EmbeddingGraph(nn.Module):
-    """``(input_ids, attention_mask) -> embedding[, va]`` for tracing."""
+    """``(input_ids, attention_mask) -> (embedding[, va][, class_logits])`` for tracing."""
 
     def __init__(self, encoder: AffectEncoder):
         super().__init__()
         self.model = encoder.model
-        self.heads = ("va",) if encoder.has_heads else ()
+        self.heads = graph_heads(encoder.info)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         out = self.model(input_ids, attention_mask, heads=self.heads)
-        return (out.embedding, out.va) if self.heads else out.embedding
+        return (out.embedding, *(getattr(out, name) for name in self.heads))
 
 
 def _onnx():
@@ -88,7 +91,7 @@ def export_onnx(encoder: AffectEncoder, path: str | Path, *, source: str, opset:
     graph = _EmbeddingGraph(encoder).eval()
     sample = encoder.tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
     args = (sample["input_ids"], sample["attention_mask"])
-    outputs = ["embedding", "va"] if encoder.has_heads else ["embedding"]
+    outputs = ["embedding", *graph_heads(encoder.info)]
     axes = {
         "input_ids": {0: "batch", 1: "tokens"},
         "attention_mask": {0: "batch", 1: "tokens"},
