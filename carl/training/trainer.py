@@ -9,7 +9,9 @@ resolved weight; it never decodes the objective's name. One optimizer step (obje
   3. clip, AdamW step, LR schedule, EMA update of the key encoder, enqueue the gathered keys.
 A classification term (``classify``) adds CE/BCE on the clean pass, so PTD's saliency comes from
 the total clean loss; before export the classifier's temperature (and multi-label thresholds) are
-fitted on dev (``carl/training/calibrate.py``).
+fitted on dev (``carl/training/calibrate.py``). A preservation term (``preserve``) adds, on the clean
+pass, a pull toward the starting encoder: its embeddings of the training sentences (one inference
+pass per run, cached: ``carl/training/teacher.py``) or its weights (L2-SP).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from carl.objectives import (
     MultiLabelClassificationLoss,
     ObjectiveOutput,
     PerturbedTokenDetection,
+    PreservationLoss,
     SimCSELoss,
     SingleLabelClassificationLoss,
     VARegressionLoss,
@@ -64,6 +67,7 @@ from carl.training.selection import (
     save_best,
     verify_best,
 )
+from carl.training.teacher import TEACHER_FILE, source_weights, teacher_embeddings, teacher_key
 
 # the query-encoder heads each term trains; every term but ``ptd`` reads the clean query pass
 TERM_HEADS: dict[str, tuple[str, ...]] = {
@@ -72,6 +76,7 @@ TERM_HEADS: dict[str, tuple[str, ...]] = {
     "simcse": (),
     "ptd": ("token_logits",),
     "classify": ("class_logits",),
+    "preserve": (),  # the sentence embedding, which every clean pass computes
 }
 PERTURBED_PASS_TERMS = ("ptd",)
 # query-pass views of each sentence a term needs (SimCSE: two dropout views)
@@ -104,6 +109,7 @@ class CarlTrainer:
             "mse": self._mse_term,
             "simcse": self._simcse_term,
             "classify": self._classify_term,
+            "preserve": self._preserve_term,
         }
         self.clean_terms = {name: clean_pass[name] for name in self.terms if name not in PERTURBED_PASS_TERMS}
         self.views = max(VIEWS.get(name, 1) for name in self.terms)
@@ -246,6 +252,12 @@ class CarlTrainer:
             return VARegressionLoss()
         if term.loss == "simcse":
             return SimCSELoss(temperature=o.simcse.temperature)
+        if term.loss == "preserve":
+            # L2-SP's reference: the encoder source's weights, never a (possibly trained) checkpoint
+            start = (
+                source_weights(self.cfg.model.encoder, self.accelerator.device) if o.preserve.kind == "l2sp" else None
+            )
+            return PreservationLoss(o.preserve.kind, start=start)
         return PerturbedTokenDetection(
             ratio=o.ptd.ratio,
             sentence_fraction=o.ptd.sentence_fraction,
@@ -371,6 +383,15 @@ class CarlTrainer:
     def _classify_term(self, batch, out, labels) -> ObjectiveOutput:
         return self.losses["classify"](out.class_logits, batch["targets"])
 
+    def _preserve_term(self, batch, out, labels) -> ObjectiveOutput:
+        """Pull toward the starting encoder: this batch's embeddings [B, H] (the first view) against
+        the cached teacher rows of its sentences, or (l2sp) the backbone weights against their start."""
+        loss = self.losses["preserve"]
+        if loss.kind == "l2sp":
+            return loss(parameters=self.accelerator.unwrap_model(self.model).backbone.named_parameters())
+        index = batch["index"]
+        return loss(out.embedding[: index.shape[0]], self.teacher[index])
+
     def _simcse_term(self, batch, out, labels) -> ObjectiveOutput:
         first, second = out.embedding.chunk(2)  # [B, H] each: the two dropout views
         return self.losses["simcse"](first, second)
@@ -401,6 +422,16 @@ class CarlTrainer:
         self._check_max_length()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.fingerprint = run_fingerprint(self.train_data, cfg.model.encoder)
+        if "preserve" in self.terms and cfg.objective.preserve.kind != "l2sp":
+            self.teacher = teacher_embeddings(  # [N, H] on every process
+                self.accelerator,
+                self.out / TEACHER_FILE,
+                teacher_key(self.fingerprint, cfg.data.max_length, cfg.model.pooling),
+                cfg.model.encoder,
+                self.loader.dataset.input_ids,
+                self.accelerator.unwrap_model(self.model).backbone.config.hidden_size,
+                cfg.model.pooling,
+            )
         resumed = self._resume()
         self._start_run_folder(resumed=resumed)
         bar = tqdm(
