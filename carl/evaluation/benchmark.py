@@ -326,6 +326,7 @@ def run_cell(
         "spec": spec,
         "spec_hash": _spec_hash(spec),
     }
+    model_path = settings.encoder  # frozen; unused by lexicons
     if cell.method.seeded:
         run_dir = out / "runs" / cell.name
         train_started = time.time()
@@ -333,7 +334,7 @@ def run_cell(
         record["training"] = training_summary(read_metrics(run_dir), time.time() - train_started)
         record["run_dir"] = str(run_dir)
     elif cell.method.kind == "frozen":
-        model_path, record["config"] = settings.encoder, None
+        record["config"] = None
     eval_started = time.time()
     record["results"] = evaluate_cell(cell, model_path, data, settings, show_progress)
     if cell.method.kind != "lexicon":
