@@ -92,7 +92,7 @@ QUICK_SEEDS: tuple[int, ...] = (1,)
 DEFAULT_TRAIN_OVERRIDES: tuple[str, ...] = ("train.epochs=1",)
 # every trained cell of the quick variant stops after this many optimizer steps
 QUICK_TRAIN_OVERRIDES: tuple[str, ...] = ("train.max_steps=40",)
-LOSS_KEYS = ("loss", "mcl", "mse", "ptd", "simcse")
+LOSS_KEYS = ("loss", "mcl", "mse", "ptd", "simcse", "preserve")
 
 
 def quick_task_settings(**changes) -> TaskSettings:

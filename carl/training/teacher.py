@@ -3,7 +3,7 @@ sentences (distill, relational) and its weights (l2sp), both read from the encod
 
 The embeddings cost one inference pass per run and are cached in the run folder as
 ``preserve_teacher.safetensors``: ``embeddings`` [N, H] float32, and in the file's metadata the
-JSON key they were computed under (training-data and encoder digests of
+seconds the pass took and the JSON key it was computed under (training-data and encoder digests of
 :mod:`carl.training.fingerprint`, ``data.max_length``, ``model.pooling``). A run, or its
 resumption, reuses the cache when the key matches and recomputes it otherwise. Under several
 processes each computes every ``world``-th sentence, a sum over processes assembles the matrix
@@ -62,10 +62,12 @@ def read_teacher(path: Path, key: dict, shape: tuple[int, int]) -> torch.Tensor 
     return embeddings
 
 
-def write_teacher(path: Path, embeddings: torch.Tensor, key: dict) -> None:
-    """Write the cache whole or not at all (a temporary beside it, then a rename)."""
+def write_teacher(path: Path, embeddings: torch.Tensor, key: dict, seconds: float) -> None:
+    """Write the cache whole or not at all (a temporary beside it, then a rename); the metadata
+    holds the key and the seconds the pass took."""
     tmp = temporary_beside(path, folder=False)
-    save_file({"embeddings": embeddings.detach().cpu().contiguous()}, str(tmp), {"key": json.dumps(key)})
+    metadata = {"key": json.dumps(key), "seconds": f"{seconds:.3f}"}
+    save_file({"embeddings": embeddings.detach().cpu().contiguous()}, str(tmp), metadata)
     os.replace(tmp, path)
 
 
@@ -110,10 +112,11 @@ def teacher_embeddings(
     embeddings[mine] = encode_rows(backbone, [rows[i] for i in mine], tokenizer.pad_token_id, pooling, acc.device)
     embeddings = reduce(embeddings, reduction="sum")  # each row is non-zero on one process only
     del backbone
+    seconds = time.perf_counter() - started
     if acc.is_main_process:
-        write_teacher(path, embeddings, key)
+        write_teacher(path, embeddings, key, seconds)
     acc.print(
-        f"preserve: teacher embeddings of {len(rows)} sentences computed in {time.perf_counter() - started:.1f} s "
+        f"preserve: teacher embeddings of {len(rows)} sentences computed in {seconds:.1f} s "
         f"({acc.num_processes} process(es)), cached in {path}"
     )
     acc.wait_for_everyone()
