@@ -33,7 +33,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 1 2 3; --quick: 1)")
     parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
-    parser.add_argument("--tasks", nargs="+", help="bundled tasks (default: emobank sst2 mr sst5 goemotions)")
+    parser.add_argument("--tasks", nargs="+", help="bundled tasks (default: emobank sst2 mr sst5 goemotions sickr)")
     parser.add_argument("--encoder", default="minilm-l6", help="backbone for every method (default minilm-l6)")
     parser.add_argument(
         "--set",
