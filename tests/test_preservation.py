@@ -56,6 +56,10 @@ def test_l2sp_is_the_squared_distance_to_the_start():
     start = {"a": torch.zeros(3), "b": torch.ones(2, 2)}
     moved = [("a", torch.tensor([1.0, 2.0, 0.0])), ("b", torch.full((2, 2), 2.0))]
     torch.testing.assert_close(l2sp_penalty(moved, start), torch.tensor(1.0 + 4.0 + 4.0))
+    weights = [(name, w.clone().requires_grad_()) for name, w in moved]
+    l2sp_penalty(weights, start).backward()  # the gradient is 2 (w - w0)
+    for (name, w), (_, before) in zip(weights, moved):
+        torch.testing.assert_close(w.grad, 2 * (before - start[name]))
     out = PreservationLoss("l2sp", start=start)(parameters=moved)
     torch.testing.assert_close(out.diagnostics["preserve_distance"], torch.tensor(3.0))
     with pytest.raises(ValueError, match="l2sp"):
