@@ -12,7 +12,9 @@ valence r (ridge, alpha on dev), GoEmotions Ekman macro-F1 (logistic regression,
 SICK-R (cosine Spearman x 100, no training); plus the frozen encoder as the reference. Finished
 points are cached in OUT/cells/ and an interrupted point resumes its training, so rerunning the
 same command, or a larger grid into the same OUT, computes only what is missing. Every
-invocation rewrites OUT/results.json, OUT/report.md and OUT/front.png (affect against SICK-R).
+invocation rewrites OUT/results.json, OUT/report.md and OUT/front.png (affect against SICK-R);
+``--report-only`` does only that, from the points in OUT/cells (e.g. after invocations of parts
+of the grid ran at once).
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default="minilm-l6")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/preserve_sweep"))
+    parser.add_argument("--report-only", action="store_true", help="compute nothing: rewrite the report from OUT/cells")
     args = parser.parse_args(argv)
     out = args.out
     settings = BenchmarkSettings(methods=("frozen",), encoder=args.encoder, tasks=TaskSettings(tasks=TASKS))
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         cached, missing = load_cached(out / "cells" / f"{cell.name}.json", cell_spec(cell, settings))
         if cached is not None and not missing:
             cells[cell.name] = cached
+            continue
+        if args.report_only:
             continue
         print(f"[preserve_sweep] {cell.name}: computing", flush=True)
         if cached is not None:
