@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_results(out: Path, args, cells: dict[str, dict], todo: list[Cell], started: float) -> None:
     rows = summarise(cells, todo)
-    command = "python benchmarks/preserve_sweep.py " + " ".join(sys.argv[1:])
+    # the command that computes these points (a --report-only rewrite shows it without the flag)
+    command = "python benchmarks/preserve_sweep.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")
     env = environment_info()
     missing = [c.name for c in todo if c.name not in cells]
     points = {
