@@ -7,7 +7,7 @@
 Each cell runs ``carl train`` (through torchrun when N > 1) on the first sentences of EmoBank
 for ``--steps`` optimizer steps with the same backbone and per-process batch, reads the per-step
 times from metrics.jsonl (the first ``--warmup`` steps dropped) and reports samples per second and
-each objective's step time relative to mse at the same process count (with ``--repeats R`` the
+each objective's step time relative to ``--baseline`` (default mse) at the same process count (with ``--repeats R`` the
 cells run R times interleaved; the ratio is taken within each repeat and its median, minimum and
 maximum reported, because this machine's speed drifts between runs). Torch threads per process
 are ``cores // N`` so that 1 and N processes use the same cores. An objective may carry its own
@@ -97,9 +97,9 @@ def run_cell(variant: str, processes: int, args, workdir: Path) -> dict:
     }
 
 
-def summarise(cells: list[dict]) -> list[dict]:
+def summarise(cells: list[dict], baseline: str = "mse") -> list[dict]:
     """One row per (objective, processes): median over repeats of the step time, and the ratio to
-    mse taken within each repeat (median, min, max), so machine drift between repeats cancels."""
+    ``baseline`` taken within each repeat (median, min, max), so machine drift between repeats cancels."""
     rows: dict[tuple[str, int], dict] = {}
     for c in cells:
         row = rows.setdefault((c["objective"], c["processes"]), {**c, "steps": [], "ratios": []})
@@ -108,7 +108,7 @@ def summarise(cells: list[dict]) -> list[dict]:
             (
                 b
                 for b in cells
-                if b["objective"] == "mse" and b["processes"] == c["processes"] and b["repeat"] == c["repeat"]
+                if b["objective"] == baseline and b["processes"] == c["processes"] and b["repeat"] == c["repeat"]
             ),
             None,
         )
@@ -120,12 +120,13 @@ def summarise(cells: list[dict]) -> list[dict]:
     return list(rows.values())
 
 
-def report(cells: list[dict], command: str, env: dict) -> str:
+def report(cells: list[dict], command: str, env: dict, baseline: str = "mse") -> str:
     lines = [
-        "| objective | processes | threads each | median step (s) | samples/s | step time / mse (median; min-max over repeats) |",
+        f"| objective | processes | threads each | median step (s) | samples/s | step time / {baseline} (median; "
+        "min-max over repeats) |",
         "|---|---|---|---|---|---|",
     ]
-    for r in summarise(cells):
+    for r in summarise(cells, baseline):
         ratio = (
             f"{statistics.median(r['ratios']):.2f}; {min(r['ratios']):.2f}-{max(r['ratios']):.2f}"
             if r["ratios"]
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=1, help="run every cell this many times, interleaved (default 1)"
     )
+    parser.add_argument("--baseline", default="mse", help="the objective (variant) step times are divided by")
     parser.add_argument("--out", default="benchmarks/results/train_speed")
     args = parser.parse_args(argv)
     cells = []
@@ -174,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"cells": cells, "command": command, "environment": env}, indent=2))
-    (out / "report.md").write_text(report(cells, command, env))
-    print(report(cells, command, env))
+    (out / "report.md").write_text(report(cells, command, env, args.baseline))
+    print(report(cells, command, env, args.baseline))
     return 0
 
 

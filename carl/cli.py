@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser(
         "evaluate",
-        help="ridge probe of frozen embeddings on EmoBank (VA Pearson r)",
-        description="Ridge probe of frozen embeddings on EmoBank. Under torchrun or accelerate launch the "
+        help="ridge probe of frozen embeddings on EmoBank (VA Pearson r), and SICK-R",
+        description="Ridge probe of frozen embeddings on EmoBank, and SICK-R (cosine Spearman x100, no "
+        "training: is the encoder's general semantics kept?). Under torchrun or accelerate launch the "
         "texts are sharded over the processes and the embeddings gathered (each once); the main "
         "process prints and writes.",
     )
@@ -282,11 +283,19 @@ def _evaluate(args) -> int:
 
 
 def _evaluate_here(args, main_process: bool) -> int:
+    from carl.data.similarity import load_sick
+    from carl.evaluation.features import embed_table
+    from carl.evaluation.tasks import relatedness_metrics
     from carl.evaluation.va_probe import evaluate_emobank
 
     encoder = _load_encoder(args)
-    result = evaluate_emobank(
-        encoder, batch_size=args.batch_size, show_progress=not args.no_progress and main_process, limit=args.limit
+    progress = not args.no_progress and main_process
+    result = evaluate_emobank(encoder, batch_size=args.batch_size, show_progress=progress, limit=args.limit)
+    pairs = load_sick()
+    if args.limit:
+        pairs = pairs.subset(range(min(args.limit, len(pairs))))
+    sick = relatedness_metrics(
+        embed_table(encoder, [pairs.texts], batch_size=args.batch_size, show_progress=progress), pairs
     )
     if not main_process:
         return 0
@@ -299,16 +308,22 @@ def _evaluate_here(args, main_process: bool) -> int:
             f"| {name} | {m[name + '_pearson']:.4f} | {m[name + '_spearman']:.4f} | "
             f"{m[name + '_mse']:.5f} | {result.alphas[name]:g} |"
         )
+    print(
+        f"\nSICK-R test ({len(pairs)} pairs), cosine of the two embeddings vs relatedness (no training): "
+        f"Spearman rho x100 {sick['spearman']:.2f}, Pearson r x100 {sick['pearson']:.2f}"
+    )
     from carl.model.encoder import resolve_encoder
     from carl.model.export import record_metrics
 
     reference = args.backend == "torch"  # the model card holds the torch model's own figures
-    if reference and record_metrics(resolve_encoder(args.model), {f"emobank_test_{k}": v for k, v in m.items()}):
+    card = {f"emobank_test_{k}": v for k, v in m.items()} | {f"sickr_test_{k}": v for k, v in sick.items()}
+    if reference and record_metrics(resolve_encoder(args.model), card):
         print(f"metrics recorded in the model card of {resolve_encoder(args.model)}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(
-            json.dumps({"model": args.model, "metrics": m, "alphas": result.alphas}, indent=2), encoding="utf-8"
+            json.dumps({"model": args.model, "metrics": m, "alphas": result.alphas, "sickr": sick}, indent=2),
+            encoding="utf-8",
         )
     return 0
 

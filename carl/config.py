@@ -25,6 +25,7 @@ SALIENCY_SOURCES = ("total", "affect")
 PTD_SCHEDULES = ("constant", "warmup", "decay")
 RESUME_MISMATCH = ("error", "warn")
 CLASS_WEIGHTS = ("none", "balanced")
+PRESERVE_KINDS = ("distill", "relational", "l2sp")
 
 
 class ConfigError(ValueError):
@@ -35,7 +36,7 @@ class ConfigError(ValueError):
 class Term:
     """One component ``weight * L`` of an objective's total loss.
 
-    ``loss`` names the loss (``carl/objectives``: classify, mcl, mse, ptd, simcse); ``weight_key`` is the
+    ``loss`` names the loss (``carl/objectives``: classify, mcl, mse, preserve, ptd, simcse); ``weight_key`` is the
     ``ObjectiveConfig`` key holding its weight (empty: the fixed ``weight``); ``targets`` says what
     the loss contrasts against (mcl: ``soft`` VA-distance targets, ``hard`` binned VA classes, or
     ``rank``: Rank-N-Contrast, the keys at least as far in VA as the positive are its negatives).
@@ -48,30 +49,39 @@ class Term:
     weight: float = 1.0
 
 
+# keeps the trained encoder near its starting point (objective.preserve.kind); 0 (default): absent
+PRESERVE = Term("preserve", "preserve_weight")
 # every objective as its terms; adding an objective is one row here (plus its loss file)
 OBJECTIVE_TERMS: dict[str, tuple[Term, ...]] = {
-    "carl": (Term("mcl", "mcl_weight", "soft"), Term("mse", "mse_weight"), Term("ptd", "ptd_weight")),
-    "mcl": (Term("mcl", "mcl_weight", "soft"), Term("mse", "mse_weight")),
-    "supcon-hard": (Term("mcl", "mcl_weight", "hard"), Term("mse", "mse_weight")),
-    "mse": (Term("mse", "mse_weight"),),
-    "simcse": (Term("simcse"),),
+    "carl": (Term("mcl", "mcl_weight", "soft"), Term("mse", "mse_weight"), Term("ptd", "ptd_weight"), PRESERVE),
+    "mcl": (Term("mcl", "mcl_weight", "soft"), Term("mse", "mse_weight"), PRESERVE),
+    "supcon-hard": (Term("mcl", "mcl_weight", "hard"), Term("mse", "mse_weight"), PRESERVE),
+    "mse": (Term("mse", "mse_weight"), PRESERVE),
+    "simcse": (Term("simcse"), PRESERVE),
     # emotion classes (CE or BCE by data.multi_label); VA regression only with objective.va_weight > 0
-    "classify": (Term("classify", "classify_weight"), Term("mse", "va_weight")),
-    "mcl-classify": (Term("classify", "classify_weight"), Term("mcl", "mcl_weight", "soft"), Term("mse", "va_weight")),
+    "classify": (Term("classify", "classify_weight"), Term("mse", "va_weight"), PRESERVE),
+    "mcl-classify": (
+        Term("classify", "classify_weight"),
+        Term("mcl", "mcl_weight", "soft"),
+        Term("mse", "va_weight"),
+        PRESERVE,
+    ),
     "carl-classify": (
         Term("classify", "classify_weight"),
         Term("mcl", "mcl_weight", "soft"),
         Term("ptd", "ptd_weight"),
         Term("mse", "va_weight"),
+        PRESERVE,
     ),
     # Rank-N-Contrast instead of soft targets (docs/method.md, "Variants under study")
-    "mcl-rank": (Term("mcl", "mcl_weight", "rank"), Term("mse", "mse_weight")),
-    "carl-rank": (Term("mcl", "mcl_weight", "rank"), Term("mse", "mse_weight"), Term("ptd", "ptd_weight")),
+    "mcl-rank": (Term("mcl", "mcl_weight", "rank"), Term("mse", "mse_weight"), PRESERVE),
+    "carl-rank": (Term("mcl", "mcl_weight", "rank"), Term("mse", "mse_weight"), Term("ptd", "ptd_weight"), PRESERVE),
     "carl-rank-classify": (
         Term("classify", "classify_weight"),
         Term("mcl", "mcl_weight", "rank"),
         Term("ptd", "ptd_weight"),
         Term("mse", "va_weight"),
+        PRESERVE,
     ),
 }
 OBJECTIVES = tuple(OBJECTIVE_TERMS)
@@ -174,6 +184,13 @@ class PTDConfig:
 
 
 @dataclass
+class PreserveConfig:
+    """The preservation term (weight ``objective.preserve_weight``; see carl/objectives/preservation.py)."""
+
+    kind: str = "distill"  # distill | relational (toward the frozen encoder's embeddings) | l2sp (weights)
+
+
+@dataclass
 class ObjectiveConfig:
     """Which objective (one of ``OBJECTIVE_TERMS``) and the weights of its total loss ``sum_i w_i L_i``."""
 
@@ -183,12 +200,14 @@ class ObjectiveConfig:
     mse_weight: float = 1.0
     classify_weight: float = 1.0  # the classification term of classify, mcl-classify, carl-classify
     va_weight: float = 0.0  # the classification objectives' VA regression term (0: no VA head)
+    preserve_weight: float = 0.0  # the preservation term of every objective (0: absent)
     class_weights: str = "none"  # none | balanced (CE: N / (C n_c); BCE: positives weigh (N - n_c) / n_c)
     ptd_schedule: str = "constant"  # constant | warmup (0 -> ptd_weight) | decay (ptd_weight -> 0)
     ptd_schedule_fraction: float = 0.5  # the share of training over which warmup/decay is linear
     mcl: MCLConfig = field(default_factory=MCLConfig)
     ptd: PTDConfig = field(default_factory=PTDConfig)
     simcse: SimCSEConfig = field(default_factory=SimCSEConfig)
+    preserve: PreserveConfig = field(default_factory=PreserveConfig)
 
     def terms(self) -> dict[str, Term]:
         """The objective's terms by loss name, weights resolved to numbers; zero-weight terms dropped."""
@@ -197,8 +216,10 @@ class ObjectiveConfig:
             weight = getattr(self, term.weight_key) if term.weight_key else term.weight
             if weight > 0:
                 terms[term.loss] = dataclasses.replace(term, weight=weight)
-        if not terms:
-            keys = ", ".join(f"objective.{t.weight_key}" for t in OBJECTIVE_TERMS[self.name] if t.weight_key)
+        if not set(terms) - {PRESERVE.loss}:  # preservation alone would train nothing new
+            keys = ", ".join(
+                f"objective.{t.weight_key}" for t in OBJECTIVE_TERMS[self.name] if t.weight_key and t != PRESERVE
+            )
             raise ConfigError(f"objective {self.name!r} has no term with a positive weight: raise {keys}")
         return terms
 
@@ -258,6 +279,7 @@ class CarlConfig:
             ("objective.class_weights", self.objective.class_weights, CLASS_WEIGHTS),
             ("objective.ptd.saliency_source", self.objective.ptd.saliency_source, SALIENCY_SOURCES),
             ("objective.ptd_schedule", self.objective.ptd_schedule, PTD_SCHEDULES),
+            ("objective.preserve.kind", self.objective.preserve.kind, PRESERVE_KINDS),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
@@ -296,6 +318,7 @@ class CarlConfig:
             "objective.mse_weight",
             "objective.classify_weight",
             "objective.va_weight",
+            "objective.preserve_weight",
             "train.max_steps",
             "train.weight_decay",
             "train.warmup_ratio",

@@ -1,7 +1,8 @@
 """Run under ``torchrun --nproc_per_node 2``: train briefly, then compare per-rank state.
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT_JSON RUN_DIR KEY=VALUE...
-Rank 0 writes whether the queues, queue labels and momentum encoders are identical on all ranks,
+Rank 0 writes whether the queues, queue labels, momentum encoders (and teacher embeddings, with a
+preservation term) are identical on all ranks,
 which sentences each rank's loader yields in one epoch, and each rank's last step and model selection
 state.
 """
@@ -29,6 +30,8 @@ def main() -> None:
         "key_encoder": torch.cat([p.detach().flatten() for p in core.key_encoder.parameters()]),
         "query_encoder": torch.cat([p.detach().flatten() for p in core.backbone.parameters()]),
     }
+    if hasattr(trainer, "teacher"):  # the preservation term's teacher embeddings [N, H]
+        local["teacher"] = trainer.teacher.detach().clone()
     report = {"world_size": dist.get_world_size(), "filled": int(core.queue.filled)}
     trainer.sampler.set_epoch(0)  # one epoch of this rank's batches, as the loop draws them
     batches = [b["index"].tolist() for b in trainer.loader]

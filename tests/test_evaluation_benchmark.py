@@ -4,6 +4,7 @@ the ``carl benchmark`` arguments. (SimCSE, a trainer objective: tests/test_simcs
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,46 @@ def test_cli_arguments_give_the_presets():
     assert full.tasks.limit == 0 and full.tasks.user_corpora == {"facebookposts": "/x.csv"}
     with pytest.raises(ValueError, match="unknown method"):
         BenchmarkSettings(methods=("carl", "bert"))
+
+
+def test_cells_cached_before_a_new_task_are_completed_not_retrained(tmp_path, tiny_encoder, tiny_overrides, counted):
+    """A cell cached without ``sickr`` gets only that task evaluated on its saved model and merged;
+    without its model folder it is retrained; any other difference is still refused."""
+    pytest.importorskip("vaderSentiment")
+    old_tasks = tuple(t for t in TaskSettings().tasks if t != "sickr")
+    make = lambda tasks, **changes: BenchmarkSettings(  # noqa: E731
+        methods=("frozen", "mse", "vader"),
+        seeds=(1, 2),
+        encoder=tiny_encoder,
+        overrides=(*tiny_overrides, "train.max_steps=3"),
+        tasks=TaskSettings(**{**TINY_TASKS, "tasks": tasks, **changes}),
+    )
+    out = tmp_path / "bench"
+    before, _ = _run(out, make(old_tasks))
+    assert counted.trained == ["mse", "mse"] and "sickr" not in before["cells"]["mse-s1"]["results"]["tasks"]
+
+    counted.trained.clear()
+    shutil.rmtree(out / "runs" / "mse-s2" / "model")  # as after a fresh clone: runs/ is not committed
+    after, logs = _run(out, make(TaskSettings().tasks))
+    assert counted.trained == ["mse"]  # mse-s2 alone, which had lost its model
+    assert sorted(after["computed_this_run"]) == ["frozen", "mse-s1", "mse-s2", "vader"]
+    for name in ("frozen", "mse-s1", "mse-s2"):
+        cell = after["cells"][name]
+        assert -100 <= cell["results"]["tasks"]["sickr"]["metrics"]["spearman"] <= 100
+        for task in old_tasks:  # the cached numbers are kept as they were
+            assert (
+                cell["results"]["tasks"][task]["metrics"] == before["cells"][name]["results"]["tasks"][task]["metrics"]
+            )
+        assert cell["spec"]["tasks"]["tasks"] == list(TaskSettings().tasks)
+    assert [c["model"] for c in after["cells"]["mse-s1"]["completions"]] == ["saved model"]
+    assert [c["model"] for c in after["cells"]["mse-s2"]["completions"]] == ["retrained"]
+    assert "sickr" not in after["cells"]["vader"]["results"]["tasks"]  # a polarity score has no sentence meaning
+    assert any("cached without sickr" in line for line in logs)
+
+    counted.trained.clear()
+    again, _ = _run(out, make(TaskSettings().tasks))  # complete now: plain cache hits
+    assert counted.trained == [] and again["computed_this_run"] == []
+    with pytest.raises(BenchmarkMismatch, match="new --out"):  # fewer tasks than cached: refused
+        _run(out, make(old_tasks))
+    with pytest.raises(BenchmarkMismatch, match="new --out"):  # another task setting: refused
+        _run(out, make(TaskSettings().tasks, limit=30))

@@ -15,8 +15,16 @@ from carl.data.classification import (
     load_user_classification,
     read_labelled_lines,
 )
+from carl.data.similarity import SentencePairs, load_sick
+from carl.evaluation.features import FeatureTable
 from carl.evaluation.probe import EncoderNotFrozen, parameter_fingerprint
-from carl.evaluation.tasks import TaskSettings, evaluate_encoder, load_task_data, missing_user_corpora
+from carl.evaluation.tasks import (
+    TaskSettings,
+    evaluate_encoder,
+    load_task_data,
+    missing_user_corpora,
+    relatedness_metrics,
+)
 from carl.evaluation.va_probe import evaluate_va
 from carl.inference import AffectEncoder
 
@@ -72,6 +80,38 @@ def test_malformed_lines_and_user_labels(tmp_path):
         load_user_classification(csv, classes=("ang", "neu"))
 
 
+def test_sick_test_split_and_its_errors(tmp_path):
+    sick = load_sick()
+    assert len(sick) == 4927 and (sick.scores.min(), sick.scores.max()) == (1.0, 5.0)
+    assert sick.first[0] == "There is no boy playing outdoors and there is no man smiling"
+    header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+    bad = tmp_path / "sick.txt"
+    bad.write_text(header + "1\ta dog\ta cat\t3.5\tNEUTRAL\n2\ta man\ta woman\tmany\tNEUTRAL\n", encoding="utf-8")
+    with pytest.raises(DataError, match="sick.txt, line 3, field 'relatedness_score'"):
+        load_sick(bad)
+    bad.write_text(header + "1\ta dog\t \t3.5\tNEUTRAL\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2, field 'sentence_B': empty sentence"):
+        load_sick(bad)
+    bad.write_text("id\tsentence_A\n", encoding="utf-8")
+    with pytest.raises(DataError, match="missing column"):
+        load_sick(bad)
+
+
+def test_relatedness_is_spearman_x100_of_the_cosines():
+    scores = np.array([1.0, 4.5, 2.0, 5.0, 3.2, 1.7])
+    pairs = SentencePairs([f"a{i}" for i in range(6)], [f"b{i}" for i in range(6)], scores, "synthetic")
+    angle = (5 - scores) / 4 * np.pi / 2  # related pairs point the same way: cosine rises with the score
+    first = np.tile([[2.0, 0.0]], (6, 1))
+    second = np.stack([np.cos(angle), np.sin(angle)], 1) * 3
+    table = FeatureTable(pairs.texts, np.concatenate([first, second]))
+    metrics = relatedness_metrics(table, pairs)
+    assert metrics["spearman"] == pytest.approx(100.0)
+    reversed_angle = np.pi / 2 - angle  # unrelated pairs point the same way
+    second = np.stack([np.cos(reversed_angle), np.sin(reversed_angle)], 1)
+    reversed_table = FeatureTable(pairs.texts, np.concatenate([first, second]))
+    assert relatedness_metrics(reversed_table, pairs)["spearman"] == pytest.approx(-100.0)
+
+
 def test_missing_user_corpora_say_how_to_obtain(tmp_path):
     with pytest.raises(DataError, match="sail.usc.edu"):
         load_task_data(TaskSettings(tasks=(), user_corpora={"iemocap": str(tmp_path / "absent.csv")}))
@@ -108,7 +148,10 @@ def tiny_results(tiny_encoder):
 
 def test_every_task_reports_its_metrics(tiny_results):
     tasks = tiny_results["tasks"]
-    assert set(tasks) == {"emobank", "sst2", "mr", "sst5", "goemotions"}
+    assert set(tasks) == {"emobank", "sst2", "mr", "sst5", "goemotions", "sickr"}
+    sickr = tasks["sickr"]
+    assert sickr["n"] == {"test": 40} and sickr["protocol"] == "cosine, no training"
+    assert all(-100 <= sickr["metrics"][k] <= 100 for k in ("spearman", "pearson"))
     assert {"valence_pearson", "valence_spearman", "valence_mse", "arousal_pearson"} <= set(tasks["emobank"]["metrics"])
     assert len(tasks["emobank"]["test_predictions"]) == 40
     for name in ("sst2", "mr", "sst5", "goemotions"):
@@ -122,7 +165,8 @@ def test_every_task_reports_its_metrics(tiny_results):
     assert "alignment_va" in geometry["emobank_test"] and "alignment_label" in geometry["sst2_test"]
     assert np.asarray(tiny_results["emobank_test_2d"]).shape == (40, 2)
     # shared sentences are embedded once (SST-2 is a subset of SST-5 only in the full sets)
-    assert tiny_results["texts_embedded"] <= sum(sum(t["n"].values()) for t in tasks.values())
+    texts = sum(sum(t["n"].values()) for t in tasks.values()) + tasks["sickr"]["n"]["test"]  # 2 per SICK pair
+    assert tiny_results["texts_embedded"] <= texts
 
 
 def mutating_encoder(path: str) -> AffectEncoder:

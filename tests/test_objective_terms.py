@@ -35,6 +35,9 @@ def test_each_objective_resolves_to_its_weighted_terms():
         labelled = ["data.label_column=label"] if "classify" in losses else []  # a classifier needs labels
         terms = load_config(None, [f"objective.name={name}", *labelled]).objective.terms()
         assert set(terms) == losses and all(t.weight == 1.0 for t in terms.values())
+        # every objective trains its encoder, so every one may add the preservation term
+        kept = load_config(None, [f"objective.name={name}", "objective.preserve_weight=2", *labelled]).objective
+        assert set(kept.terms()) == losses | {"preserve"} and kept.terms()["preserve"].weight == 2.0
     assert load_config(None, ["objective.name=supcon-hard"]).objective.terms()["mcl"].targets == "hard"
     assert load_config(None, ["objective.name=carl-rank"]).objective.terms()["mcl"].targets == "rank"
 

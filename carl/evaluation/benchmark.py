@@ -7,8 +7,11 @@ A *cell* is one method with one seed (``carl-s1``), or a seedless reference (``f
 ``vader``, ``textblob``). Each cell trains into ``OUT/runs/<cell>`` (carl's trainer, whose
 ``objective.name`` picks the method's terms, SimCSE included), is probed on every task with :func:`carl.evaluation.tasks.evaluate_encoder`
 and is written to ``OUT/cells/<cell>.json`` once finished. A rerun of the same command skips
-finished cells and resumes an interrupted training from its last checkpoint. A cell cached
-under other settings is refused (train into a new ``--out``).
+finished cells and resumes an interrupted training from its last checkpoint. A cell's spec is
+its training spec (what its model depends on) plus its task settings: a cached cell that matches
+but ran fewer tasks (a task added to the defaults since, such as ``sickr``) is completed by
+evaluating only the missing tasks on its model (``OUT/runs/<cell>/model``, retrained when absent)
+and merged; a cell cached under any other settings is refused (train into a new ``--out``).
 
 When all cells are done, ``OUT/results.json`` (every number, seed, configuration, software
 versions, hardware, runtimes; the per-point arrays behind the plots stay in the cell files) and
@@ -28,6 +31,7 @@ from pathlib import Path
 from carl.atomic import write_text_atomic
 from carl.config import load_config
 from carl.evaluation.cells import (
+    BenchmarkMismatch,
     dump_json,
     load_cached,
     read_metrics,
@@ -225,14 +229,39 @@ def plan_cells(settings: BenchmarkSettings) -> list[Cell]:
     return cells
 
 
-def cell_spec(cell: Cell, settings: BenchmarkSettings) -> dict:
-    """Everything a cell's numbers depend on; a cached cell must match it."""
-    spec = {"method": cell.method.name, "kind": cell.method.kind, "seed": cell.seed, "tasks": settings.tasks.to_dict()}
+def training_spec(cell: Cell, settings: BenchmarkSettings) -> dict:
+    """What a cell's model depends on (method, seed, encoder or training overrides)."""
+    spec: dict = {"method": cell.method.name, "kind": cell.method.kind, "seed": cell.seed}
     if cell.method.kind == "frozen":
         spec["encoder"] = settings.encoder
     if cell.method.seeded:
         spec["overrides"] = list(cell.overrides)
     return spec
+
+
+def cell_spec(cell: Cell, settings: BenchmarkSettings) -> dict:
+    """Everything a cell's numbers depend on: its training spec plus what is evaluated (``tasks``)."""
+    return {**training_spec(cell, settings), "tasks": settings.tasks.to_dict()}
+
+
+def cached_cell(path: Path, spec: dict) -> tuple[dict | None, tuple[str, ...]]:
+    """The finished cell at ``path`` (None when absent) and the tasks of ``spec`` it lacks.
+
+    A cell whose training spec and task settings match ``spec`` but which ran a subset of its
+    tasks (cached before a task joined the defaults) comes back with the missing task names;
+    any other difference raises :class:`~carl.evaluation.cells.BenchmarkMismatch`.
+    """
+    try:
+        return load_cached(path, spec), ()
+    except BenchmarkMismatch:
+        cell = json.loads(path.read_text(encoding="utf-8"))
+        saved = cell.get("spec") or {}
+        saved_tasks, tasks = dict(saved.get("tasks") or {}), dict(spec["tasks"])
+        done, wanted = tuple(saved_tasks.pop("tasks", ())), tuple(tasks.pop("tasks"))
+        same_model = {k: v for k, v in saved.items() if k != "tasks"} == {k: v for k, v in spec.items() if k != "tasks"}
+        if same_model and saved_tasks == tasks and set(done) <= set(wanted):
+            return cell, tuple(t for t in wanted if t not in done)
+        raise
 
 
 def train_cell(cell: Cell, run_dir: Path, show_progress: bool) -> tuple[str, dict]:
@@ -248,8 +277,6 @@ def run_cell(
     cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_progress: bool = True, log=print
 ) -> dict:
     """Compute one cell (train if needed, evaluate) and cache it; returns the cell record."""
-    from carl.inference import AffectEncoder
-
     spec = cell_spec(cell, settings)
     started = time.time()
     record: dict = {
@@ -260,33 +287,79 @@ def run_cell(
         "spec": spec,
         "spec_hash": spec_hash(spec),
     }
-    if cell.method.kind == "lexicon":
-        from carl.evaluation.lexicon import evaluate_lexicon
-
-        record["results"] = evaluate_lexicon(cell.method.name, data, settings.tasks)
-    else:
-        config = None
-        if cell.method.seeded:
-            run_dir = out / "runs" / cell.name
-            train_started = time.time()
-            model_path, config = train_cell(cell, run_dir, show_progress)
-            record["training"] = training_summary(read_metrics(run_dir), time.time() - train_started)
-            record["run_dir"] = str(run_dir)
-        else:
-            model_path = settings.encoder
-        record["config"] = config
-        eval_started = time.time()
-        encoder = AffectEncoder.load(model_path)
-        record["results"] = evaluate_encoder(
-            encoder, settings.tasks, data=data, batch_size=settings.batch_size, show_progress=show_progress
-        )
+    model_path = settings.encoder  # frozen; unused by lexicons
+    if cell.method.seeded:
+        run_dir = out / "runs" / cell.name
+        train_started = time.time()
+        model_path, record["config"] = train_cell(cell, run_dir, show_progress)
+        record["training"] = training_summary(read_metrics(run_dir), time.time() - train_started)
+        record["run_dir"] = str(run_dir)
+    elif cell.method.kind == "frozen":
+        record["config"] = None
+    eval_started = time.time()
+    record["results"] = evaluate_cell(cell, model_path, data, settings, show_progress)
+    if cell.method.kind != "lexicon":
         record["eval_seconds"] = time.time() - eval_started
-        del encoder
     record["wall_seconds"] = time.time() - started
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save_cell(out, cell.name, record)
     gc.collect()
     log(f"[benchmark] {cell.name}: done in {record['wall_seconds']:.0f} s; {headline(record)}")
+    return record
+
+
+def evaluate_cell(cell: Cell, model_path: str, data, settings: BenchmarkSettings, show_progress: bool) -> dict:
+    """Every task of ``data`` on the cell's model (a lexicon cell: its polarity tasks)."""
+    if cell.method.kind == "lexicon":
+        from carl.evaluation.lexicon import evaluate_lexicon
+
+        return evaluate_lexicon(cell.method.name, data, settings.tasks)
+    from carl.inference import AffectEncoder
+
+    encoder = AffectEncoder.load(model_path)
+    return evaluate_encoder(
+        encoder, settings.tasks, data=data, batch_size=settings.batch_size, show_progress=show_progress
+    )
+
+
+def complete_cell(
+    cell: Cell,
+    record: dict,
+    missing: tuple[str, ...],
+    settings: BenchmarkSettings,
+    out: Path,
+    data,
+    *,
+    show_progress: bool = True,
+    log=print,
+) -> dict:
+    """Evaluate only the ``missing`` tasks on a cached cell's model and merge them into its record.
+
+    A trained cell's model is ``OUT/runs/<cell>/model``; when that folder is gone (runs/ is not
+    committed) the cell is retrained (the same overrides and seed) and the record says so.
+    """
+    started = time.time()
+    how = "reference"
+    model_path = settings.encoder
+    if cell.method.seeded:
+        run_dir = out / "runs" / cell.name
+        how = "saved model" if (run_dir / "model").is_dir() else "retrained"
+        if how == "retrained":
+            train_cell(cell, run_dir, show_progress)
+        model_path = str(run_dir / "model")
+    subset = {name: task for name, task in data.items() if name in missing}
+    added = evaluate_cell(cell, model_path, subset, settings, show_progress)["tasks"] if subset else {}
+    record["results"]["tasks"].update(added)
+    spec = cell_spec(cell, settings)
+    record["spec"], record["spec_hash"] = spec, spec_hash(spec)
+    seconds = time.time() - started
+    record.setdefault("completions", []).append(
+        {"tasks": list(missing), "model": how, "seconds": seconds, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    )
+    record["wall_seconds"] = record.get("wall_seconds", 0.0) + seconds
+    save_cell(out, cell.name, record)
+    gc.collect()
+    log(f"[benchmark] {cell.name}: added {', '.join(missing)} ({how}) in {seconds:.0f} s; {headline(record)}")
     return record
 
 
@@ -301,6 +374,7 @@ def headline(record: dict) -> str:
         ("mr", "accuracy"),
         ("sst5", "accuracy"),
         ("goemotions", "macro_f1"),
+        ("sickr", "spearman"),
     ):
         value = tasks.get(task, {}).get("metrics", {}).get(key)
         if value is not None:
@@ -344,7 +418,14 @@ def run_benchmark(
     data = load_task_data(settings.tasks)
     cells, computed = {}, []
     for cell in plan_cells(settings):
-        cached = load_cached(out / "cells" / f"{cell.name}.json", cell_spec(cell, settings))
+        cached, missing = cached_cell(out / "cells" / f"{cell.name}.json", cell_spec(cell, settings))
+        if cached is not None and missing:
+            log(f"[benchmark] {cell.name}: cached without {', '.join(missing)}: evaluating those")
+            cells[cell.name] = complete_cell(
+                cell, cached, missing, settings, out, data, show_progress=show_progress, log=log
+            )
+            computed.append(cell.name)
+            continue
         if cached is not None:
             log(f"[benchmark] {cell.name}: cached")
             cells[cell.name] = cached

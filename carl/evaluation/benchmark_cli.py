@@ -50,7 +50,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
         nargs="+",
-        help="bundled tasks (probe default: emobank sst2 mr sst5 goemotions; finetune: ekman goemotions28 sst5 emobank)",
+        help="bundled tasks (probe default: emobank sst2 mr sst5 goemotions sickr; finetune: ekman goemotions28 sst5 emobank)",
     )
     parser.add_argument("--regimes", nargs="+", help="finetune: training-data regimes (default full k64 k8)")
     parser.add_argument("--encoder", default="minilm-l6", help="backbone for every method (default minilm-l6)")

@@ -19,7 +19,7 @@ import numpy as np
 
 from carl.atomic import write_text_atomic
 
-LOSS_KEYS = ("loss", "classify", "mcl", "mse", "ptd", "simcse")
+LOSS_KEYS = ("loss", "classify", "mcl", "mse", "ptd", "simcse", "preserve")
 
 
 class BenchmarkMismatch(ValueError):

@@ -16,7 +16,14 @@ from matplotlib.figure import Figure
 from carl.evaluation.report import method_cells
 
 SCATTER_METHODS = ("frozen", "mse", "carl")
-LOSS_COLOURS = {"loss": "black", "mcl": "tab:blue", "mse": "tab:orange", "ptd": "tab:green", "simcse": "tab:purple"}
+LOSS_COLOURS = {
+    "loss": "black",
+    "mcl": "tab:blue",
+    "mse": "tab:orange",
+    "ptd": "tab:green",
+    "simcse": "tab:purple",
+    "preserve": "tab:brown",
+}
 
 
 def _figure(rows: int, cols: int, width: float = 4.2, height: float = 3.6) -> Figure:

@@ -49,6 +49,14 @@ TABLES: dict[str, tuple[str, list[tuple[str, str, str, int]]]] = {
             ("sst5", "macro_f1", "SST-5 macro-F1", 1),
         ],
     ),
+    "semantics": (
+        "General semantics: SICK-R test, Spearman rho x 100 of the two sentences' embedding cosine against "
+        "their relatedness (no training; does affect tuning keep the encoder's meaning?)",
+        [
+            ("sickr", "spearman", "SICK-R rho x100", 1),
+            ("sickr", "pearson", "SICK-R r x100", 1),
+        ],
+    ),
     "geometry": (
         "Geometry (Wang and Isola, 2020), L2-normalised embeddings; lower is better",
         [
@@ -152,7 +160,7 @@ def markdown_table(summary: dict, columns: list[tuple[str, str, str, int]], seed
         cells = []
         for source, metric, _, _ in columns:
             key = f"{source}/{metric}"
-            digits = 5 if metric.endswith("mse") else 4
+            digits = 5 if metric.endswith("mse") else 2 if source == "sickr" else 4
             text = _fmt(row.get(key), digits)
             agg = row.get(key)
             if agg is not None and key in best and math.isclose(agg["mean"], best[key], rel_tol=0, abs_tol=1e-12):
@@ -320,6 +328,7 @@ README_COLUMNS: list[tuple[str, str, str, int]] = [
     ("mr", "accuracy", "MR acc", 1),
     ("sst5", "macro_f1", "SST-5 macro-F1", 1),
     ("goemotions", "macro_f1", "GoEmotions macro-F1", 1),
+    ("sickr", "spearman", "SICK-R rho x100", 1),
     ("geometry:emobank_test", "uniformity", "uniformity", -1),
 ]
 

@@ -7,6 +7,7 @@
 | ``mr`` | MR, 10,662 snippets | 10-fold stratified CV (``cv_folds``), seed 1111, C on an inner fold | logistic regression | accuracy, macro-F1 |
 | ``sst5`` | SST-5 (stsa.fine), official split | C on dev | logistic regression | accuracy, macro-F1 |
 | ``goemotions`` | GoEmotions -> Ekman 6 + neutral, single-label | C on dev (macro-F1) | logistic regression | accuracy, macro-F1, per-class F1 |
+| ``sickr`` | SICK test, 4,927 pairs | none (no training) | cosine of the two embeddings | Spearman rho x 100, Pearson r x 100 |
 | user corpora | IEMOCAP, Facebook posts, EmoTales, any VA file | 10-fold CV (``cv_folds``) | ridge / logistic | as above |
 
 Geometry (alignment and uniformity, :mod:`carl.evaluation.geometry`) is measured on EmoBank
@@ -38,19 +39,22 @@ from carl.data.classification import (
 from carl.data.emobank import load_emobank
 from carl.data.errors import DataError
 from carl.data.readers import AffectDataset, load_table, read_records
+from carl.data.similarity import SentencePairs, load_sick
 from carl.data.user_corpora import USER_CORPORA, _corpus_key, load_user_corpus
 from carl.evaluation.features import Features, FeatureTable, embed_table
 from carl.evaluation.geometry import VA_PAIR_DISTANCE, geometry_metrics, sample_rows
+from carl.evaluation.metrics import pearson, spearman
 from carl.evaluation.probe import CV_SEED, cv_logistic_probe, frozen_check, logistic_probe
 from carl.evaluation.va_probe import probe_va_cv, probe_va_splits
 
-BUNDLED_TASKS: tuple[str, ...] = ("emobank", "sst2", "mr", "sst5", "goemotions")
+BUNDLED_TASKS: tuple[str, ...] = ("emobank", "sst2", "mr", "sst5", "goemotions", "sickr")
 TASK_TITLES = {
     "emobank": "EmoBank VA regression (test)",
     "sst2": "SST-2 polarity (test)",
     "mr": "MR polarity (cross-validation)",
     "sst5": "SST-5 fine-grained sentiment (test)",
     "goemotions": "GoEmotions Ekman + neutral (test)",
+    "sickr": "SICK-R semantic relatedness (test, cosine, no training)",
 }
 
 
@@ -96,14 +100,16 @@ class TaskData:
     """One task's data: ``splits`` holds train/dev/test, or ``all`` for cross-validation."""
 
     name: str
-    kind: str  # "va" | "classification"
-    splits: dict[str, AffectDataset | ClassificationDataset]
+    kind: str  # "va" | "classification" | "similarity"
+    splits: dict[str, AffectDataset | ClassificationDataset | SentencePairs]
     title: str
     select_by: str = "accuracy"
     folds: int = 10
 
     @property
     def protocol(self) -> str:
+        if self.kind == "similarity":
+            return "cosine, no training"
         return f"{self.folds}-fold CV" if "all" in self.splits else "official split"
 
     def texts(self) -> list[list[str]]:
@@ -155,6 +161,8 @@ def load_task_data(settings: TaskSettings) -> dict[str, TaskData]:
                 for sp in ("train", "dev", "test")
             }
             out[name] = TaskData(name, "classification", splits, TASK_TITLES[name], select_by="macro_f1")
+        elif name == "sickr":
+            out[name] = TaskData(name, "similarity", {"test": _cap(load_sick(), s.limit, s.seed)}, TASK_TITLES[name])
     for corpus, path in s.user_corpora.items():
         title = USER_CORPORA[corpus].title
         out[corpus] = TaskData(corpus, "va", {"all": load_user_corpus(corpus, path)}, f"{title} VA", folds=s.cv_folds)
@@ -200,7 +208,9 @@ def run_task(task: TaskData, features: Features, settings: TaskSettings, *, keep
     """Probe one task on ``features``; returns metrics, chosen regularisation, sizes, protocol."""
     started = time.perf_counter()
     out: dict = {"kind": task.kind, "title": task.title, "protocol": task.protocol, "n": task.sizes()}
-    if task.kind == "va":
+    if task.kind == "similarity":
+        out["metrics"] = relatedness_metrics(features, task.splits["test"])
+    elif task.kind == "va":
         if "all" in task.splits:
             result = probe_va_cv(
                 features, task.splits["all"], k=task.folds, seed=settings.seed, inner_folds=settings.inner_folds
@@ -246,6 +256,14 @@ def run_task(task: TaskData, features: Features, settings: TaskSettings, *, keep
         )
     out["seconds"] = time.perf_counter() - started
     return out
+
+
+def relatedness_metrics(features: Features, pairs: SentencePairs) -> dict[str, float]:
+    """Spearman rho and Pearson r (both x 100) of the pairs' embedding cosines [N] against their scores [N]."""
+    first, second = features(pairs.first), features(pairs.second)  # [N, D] each
+    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
+    cosine = (first * second).sum(1) / np.clip(norms, 1e-12, None)
+    return {"spearman": 100 * spearman(cosine, pairs.scores), "pearson": 100 * pearson(cosine, pairs.scores)}
 
 
 def geometry_sets(data: dict[str, TaskData], settings: TaskSettings) -> dict[str, dict]:

@@ -12,6 +12,7 @@ from carl.objectives.momentum_contrastive import (
     soft_label_targets,
 )
 from carl.objectives.perturbed_token_detection import PerturbedTokenDetection
+from carl.objectives.preservation import PreservationLoss
 from carl.objectives.simcse import SimCSELoss, simcse_loss
 from carl.objectives.va_regression import VARegressionLoss
 
@@ -20,6 +21,7 @@ __all__ = [
     "MultiLabelClassificationLoss",
     "ObjectiveOutput",
     "PerturbedTokenDetection",
+    "PreservationLoss",
     "SimCSELoss",
     "SingleLabelClassificationLoss",
     "VARegressionLoss",

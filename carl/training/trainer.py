@@ -13,6 +13,8 @@ fitted on dev (``carl/training/calibrate.py``). The variants under study (``obje
 switches, ``objective.ptd_schedule``, ``train.dropout``; docs/method.md) change steps 1-2: a
 saliency of the affect terms alone or perturbed keys in the contrast take the saliency before the
 clean backward; an ``embedding`` replacement shifts word embeddings instead of replacing tokens.
+A preservation term (``preserve``) adds, on the clean pass, a pull toward the starting encoder: its embeddings of the training sentences (one inference
+pass per run, cached: ``carl/training/teacher.py``) or its weights (L2-SP).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from carl.objectives import (
     MultiLabelClassificationLoss,
     ObjectiveOutput,
     PerturbedTokenDetection,
+    PreservationLoss,
     SimCSELoss,
     SingleLabelClassificationLoss,
     VARegressionLoss,
@@ -71,6 +74,7 @@ from carl.training.selection import (
     selection_metric,
     verify_best,
 )
+from carl.training.teacher import TEACHER_FILE, source_weights, teacher_embeddings, teacher_key
 
 # the query-encoder heads each term trains; every term but ``ptd`` reads the clean query pass
 TERM_HEADS: dict[str, tuple[str, ...]] = {
@@ -79,6 +83,7 @@ TERM_HEADS: dict[str, tuple[str, ...]] = {
     "simcse": (),
     "ptd": ("token_logits",),
     "classify": ("class_logits",),
+    "preserve": (),  # the sentence embedding, which every clean pass computes
 }
 PERTURBED_PASS_TERMS = ("ptd",)
 # the terms whose loss is the affect loss: PTD's saliency_source = affect, the embedding perturbation
@@ -126,6 +131,7 @@ class CarlTrainer:
             "mse": self._mse_term,
             "simcse": self._simcse_term,
             "classify": self._classify_term,
+            "preserve": self._preserve_term,
         }
         self.clean_terms = {name: clean_pass[name] for name in self.terms if name not in PERTURBED_PASS_TERMS}
         self.views = max(VIEWS.get(name, 1) for name in self.terms)
@@ -262,6 +268,12 @@ class CarlTrainer:
             return VARegressionLoss()
         if term.loss == "simcse":
             return SimCSELoss(temperature=o.simcse.temperature)
+        if term.loss == "preserve":
+            # L2-SP's reference: the encoder source's weights, never a (possibly trained) checkpoint
+            start = (
+                source_weights(self.cfg.model.encoder, self.accelerator.device) if o.preserve.kind == "l2sp" else None
+            )
+            return PreservationLoss(o.preserve.kind, start=start)
         return PerturbedTokenDetection(
             ratio=o.ptd.ratio,
             sentence_fraction=o.ptd.sentence_fraction,
@@ -479,6 +491,15 @@ class CarlTrainer:
     def _classify_term(self, batch, out, labels) -> ObjectiveOutput:
         return self.losses["classify"](out.class_logits, batch["targets"])
 
+    def _preserve_term(self, batch, out, labels) -> ObjectiveOutput:
+        """Pull toward the starting encoder: this batch's embeddings [B, H] (the first view) against
+        the cached teacher rows of its sentences, or (l2sp) the backbone weights against their start."""
+        loss = self.losses["preserve"]
+        if loss.kind == "l2sp":
+            return loss(parameters=self.accelerator.unwrap_model(self.model).backbone.named_parameters())
+        index = batch["index"]
+        return loss(out.embedding[: index.shape[0]], self.teacher[index])
+
     def _simcse_term(self, batch, out, labels) -> ObjectiveOutput:
         first, second = out.embedding.chunk(2)  # [B, H] each: the two dropout views
         return self.losses["simcse"](first, second)
@@ -509,6 +530,16 @@ class CarlTrainer:
         self._check_max_length()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.fingerprint = run_fingerprint(self.train_data, cfg.model.encoder)
+        if "preserve" in self.terms and cfg.objective.preserve.kind != "l2sp":
+            self.teacher = teacher_embeddings(  # [N, H] on every process
+                self.accelerator,
+                self.out / TEACHER_FILE,
+                teacher_key(self.fingerprint, cfg.data.max_length, cfg.model.pooling),
+                cfg.model.encoder,
+                self.loader.dataset.input_ids,
+                self.accelerator.unwrap_model(self.model).backbone.config.hidden_size,
+                cfg.model.pooling,
+            )
         resumed = self._resume()
         self._start_run_folder(resumed=resumed)
         bar = tqdm(
