@@ -77,7 +77,11 @@ def relative_change(value: dict | None, reference: dict | None) -> float | None:
 
 
 def _fmt(agg: dict | None) -> str:
-    return "–" if agg is None else f"{agg['mean']:.4f} ± {agg['std']:.4f} ({agg['n']})"
+    if agg is None:
+        return "–"
+    if agg["n"] == 1:  # one seed has no spread to show
+        return f"{agg['mean']:.4f} (1)"
+    return f"{agg['mean']:.4f} ± {agg['std']:.4f} ({agg['n']})"
 
 
 def _pct(value: float | None) -> str:
