@@ -136,6 +136,9 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
 
     cell = json.loads((out / "cells" / "ekman-full-ft-s1.json").read_text())
     assert cell["training"]["steps"] == 4 and cell["training"]["best_step"] in (2, 4)
+    run = out / "runs" / "ekman-full-ft-s1"  # a finished run keeps its model, not its checkpoints
+    assert (run / "model").is_dir() and not (run / "checkpoints").exists() and not (run / "selection").exists()
+    assert not (out / "runs" / "stage-carl-s1" / "checkpoints").exists()
     assert cell["training"]["median_step_seconds"] > 0 and cell["wall_seconds"] > 0
     assert cell["training"]["config"]["data"]["max_length"] == 64  # the pinned budget, --set on top
     assert {"macro_f1", "accuracy", "ece_before", "ece_after", "temperature"} <= set(cell["metrics"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -254,6 +255,13 @@ def train(overrides: list[str], run_dir: Path, show_progress: bool) -> dict:
     return summary
 
 
+def prune_run(run_dir: Path) -> None:
+    """Drop a finished run's checkpoints and selection copies (~0.8 GB for MiniLM); its exported
+    ``model/`` (the selected step) and ``metrics.jsonl`` stay."""
+    for folder in ("checkpoints", "selection"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+
+
 def ensure_stage(settings: FinetuneSettings, seed: int, out: Path, show_progress: bool, log) -> Path:
     """The first stage's model folder at ``seed`` (trained once, cached as ``cells/stage-...json``)."""
     name = stage_name(seed)
@@ -264,6 +272,7 @@ def ensure_stage(settings: FinetuneSettings, seed: int, out: Path, show_progress
         record = {"name": name, "spec": spec, "spec_hash": spec_hash(spec)}
         record["training"] = train(stage_overrides(settings, seed), run_dir, show_progress)
         save_cell(out, name, record)
+        prune_run(run_dir)
     return run_dir / "model"
 
 
@@ -307,6 +316,8 @@ def run_cell(
     record["wall_seconds"] = time.time() - started
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save_cell(out, cell.name, record)
+    if cell.trained:
+        prune_run(out / "runs" / cell.name)
     gc.collect()
     log(f"[finetune] {cell.name}: done in {record['wall_seconds']:.0f} s; {headline(record)}")
     return record
