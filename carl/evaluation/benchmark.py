@@ -31,9 +31,9 @@ from pathlib import Path
 from carl.atomic import write_text_atomic
 from carl.config import load_config
 from carl.evaluation.cells import (
-    BenchmarkMismatch,
     dump_json,
-    load_cached,
+    mismatch,
+    read_cell,
     read_metrics,
     save_cell,
     spec_hash,
@@ -251,17 +251,16 @@ def cached_cell(path: Path, spec: dict) -> tuple[dict | None, tuple[str, ...]]:
     tasks (cached before a task joined the defaults) comes back with the missing task names;
     any other difference raises :class:`~carl.evaluation.cells.BenchmarkMismatch`.
     """
-    try:
-        return load_cached(path, spec), ()
-    except BenchmarkMismatch:
-        cell = json.loads(path.read_text(encoding="utf-8"))
-        saved = cell.get("spec") or {}
-        saved_tasks, tasks = dict(saved.get("tasks") or {}), dict(spec["tasks"])
-        done, wanted = tuple(saved_tasks.pop("tasks", ())), tuple(tasks.pop("tasks"))
-        same_model = {k: v for k, v in saved.items() if k != "tasks"} == {k: v for k, v in spec.items() if k != "tasks"}
-        if same_model and saved_tasks == tasks and set(done) <= set(wanted):
-            return cell, tuple(t for t in wanted if t not in done)
-        raise
+    cell = read_cell(path)
+    if cell is None or cell.get("spec_hash") == spec_hash(spec):
+        return cell, ()
+    saved = cell.get("spec") or {}
+    saved_tasks, tasks = dict(saved.get("tasks") or {}), dict(spec["tasks"])
+    done, wanted = tuple(saved_tasks.pop("tasks", ())), tuple(tasks.pop("tasks"))
+    same_model = {k: v for k, v in saved.items() if k != "tasks"} == {k: v for k, v in spec.items() if k != "tasks"}
+    if same_model and saved_tasks == tasks and set(done) <= set(wanted):
+        return cell, tuple(t for t in wanted if t not in done)
+    raise mismatch(path, cell, spec)
 
 
 def train_cell(cell: Cell, run_dir: Path, show_progress: bool) -> tuple[str, dict]:

@@ -73,16 +73,24 @@ def dump_json(value, *, compact: bool = False) -> str:
     return json.dumps(_rounded(value), indent=1, default=_json_default)
 
 
+def read_cell(path: Path) -> dict | None:
+    """The cell record at ``path``; None when absent."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def mismatch(path: Path, cell: dict, spec: dict) -> BenchmarkMismatch:
+    """The error for a cached ``cell`` computed under another spec than ``spec``."""
+    return BenchmarkMismatch(
+        f"{path} was computed under other settings (spec {cell.get('spec')}, now {spec}); "
+        f"benchmark into a new --out, or delete that cell file to recompute it"
+    )
+
+
 def load_cached(path: Path, spec: dict) -> dict | None:
     """The finished cell at ``path`` when its spec matches; None when absent."""
-    if not path.is_file():
-        return None
-    cell = json.loads(path.read_text(encoding="utf-8"))
-    if cell.get("spec_hash") != spec_hash(spec):
-        raise BenchmarkMismatch(
-            f"{path} was computed under other settings (spec {cell.get('spec')}, now {spec}); "
-            f"benchmark into a new --out, or delete that cell file to recompute it"
-        )
+    cell = read_cell(path)
+    if cell is not None and cell.get("spec_hash") != spec_hash(spec):
+        raise mismatch(path, cell, spec)
     return cell
 
 

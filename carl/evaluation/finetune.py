@@ -88,11 +88,7 @@ def cell_steps(cell: FinetuneCell, settings: FinetuneSettings) -> int:
     """Optimizer steps of a cell: its budget, or the last ``--set train.max_steps=N`` (SetFit gets
     the same number as the methods carl's trainer runs)."""
     steps = budget(cell.task.name, cell.regime).steps
-    for override in settings.overrides:
-        key, _, value = override.partition("=")
-        if key.strip() == "train.max_steps" and int(value) > 0:
-            steps = int(value)
-    return steps
+    return load_config(None, [f"train.max_steps={steps}", *settings.overrides]).train.max_steps or steps
 
 
 @dataclass

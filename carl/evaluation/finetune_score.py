@@ -127,12 +127,19 @@ def _multilabel_probe(x: list[np.ndarray], train_y, dev_y, test_y, seed: int) ->
         model = OneVsRestClassifier(LogisticRegression(max_iter=1000, random_state=seed))
         model.fit(scaler.transform(x[0]), (train_y > 0.5).astype(int))
     dev_p, test_p = (model.predict_proba(scaler.transform(v)) for v in x[1:])
-    thresholds = tune_thresholds(dev_p, dev_y)
-    return {
-        "macro_f1": macro_f1_at_thresholds(test_p, test_y, thresholds),
-        "macro_f1_at_0.5": macro_f1_at_thresholds(test_p, test_y, 0.5),
-        "ece_before": expected_calibration_error(test_p, test_y),
-    }
+    return probability_scores(test_p, test_y, tune_thresholds(dev_p, dev_y))
+
+
+def probability_scores(test_p: np.ndarray, test_y: np.ndarray, thresholds=None) -> dict:
+    """Test metrics of probabilities [N, C] against classes [N] (argmax) or multi-hot targets [N, C]
+    (at ``thresholds`` and at 0.5), with their ECE."""
+    scores = {"ece_before": expected_calibration_error(test_p, test_y)}
+    if test_y.ndim == 2:
+        scores["macro_f1"] = macro_f1_at_thresholds(test_p, test_y, thresholds)
+        scores["macro_f1_at_0.5"] = macro_f1_at_thresholds(test_p, test_y, 0.5)
+    else:
+        scores.update(classification_metrics(test_p.argmax(1), test_y, test_p.shape[1]))
+    return scores
 
 
 def require_setfit():
@@ -170,16 +177,8 @@ def score_setfit(
         show_progress=False,
     )
     test_p = np.asarray(result.predict_proba(test.texts), dtype=np.float64)
-    cost = {"steps": result.steps, "train_seconds": result.train_seconds}
-    if not multi:
-        return {
-            **classification_metrics(test_p.argmax(1), test.targets, len(train.classes)),
-            "ece_before": expected_calibration_error(test_p, test.targets),
-            **cost,
-        }
     return {
-        "macro_f1": macro_f1_at_thresholds(test_p, test.targets, result.thresholds),
-        "macro_f1_at_0.5": macro_f1_at_thresholds(test_p, test.targets, 0.5),
-        "ece_before": expected_calibration_error(test_p, test.targets),
-        **cost,
+        **probability_scores(test_p, test.targets, result.thresholds),
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
     }
