@@ -157,6 +157,17 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
     _, logs = _run(out, settings)
     assert counted == [] and sum("cached" in line for line in logs) == 3
 
+    # --report-only: a larger grid trains nothing and reports its other cells missing
+    results = run_finetune(
+        out,
+        tiny_settings(tiny_encoder, methods=("ft", "mcl", "probe")),
+        show_progress=False,
+        report_only=True,
+        log=lambda line: None,
+    )
+    assert counted == [] and set(results["cells"]) == {"ekman-full-ft-s1", "ekman-full-probe-s1"}
+    assert "ekman-full-mcl-s1" in results["planned"] and "ekman-full-mcl-s1" in (out / "report.md").read_text()
+
     # other settings: refused, naming the way out
     with pytest.raises(BenchmarkMismatch, match="new --out"):
         _run(out, tiny_settings(tiny_encoder, methods=("ft",), extra=("train.learning_rate=5e-4",)))
@@ -299,3 +310,4 @@ def test_cli_builds_finetune_settings_and_refuses_probe_options():
     with pytest.raises(ValueError, match="--quick: only for --protocol probe"):
         finetune_settings_from_args(parser.parse_args(["benchmark", "--protocol", "finetune", "--quick"]))
     assert main(["benchmark", "--regimes", "k8"]) == 2  # the probe protocol has no regimes
+    assert main(["benchmark", "--report-only"]) == 2

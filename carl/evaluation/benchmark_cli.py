@@ -26,6 +26,7 @@ k8 (150 steps); k64/k8 for single-label tasks only; EmoBank full: 504 steps. Def
 benchmarks/results/finetune. See docs/evaluation.md, "Fine-tuning protocol".
 """
 PROBE_ONLY = ("quick", "corpus", "va_file")
+FINETUNE_ONLY = ("regimes", "report_only")
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +84,12 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the main table into this README between its benchmark-results markers "
         "(finetune: its finetune-results markers)",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="finetune: train nothing; rewrite results.json and report.md from the cached cells "
+        "(the others are listed as missing)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -132,14 +139,19 @@ def run_from_args(args: argparse.Namespace) -> int:
 
         out = args.out or "benchmarks/results/finetune"
         results = run_finetune(
-            out, finetune_settings_from_args(args), show_progress=not args.no_progress, command=command
+            out,
+            finetune_settings_from_args(args),
+            show_progress=not args.no_progress,
+            command=command,
+            report_only=args.report_only,
         )
     else:
         from carl.evaluation.benchmark import run_benchmark
         from carl.evaluation.report import README_END, README_START, update_readme
 
-        if args.regimes:
-            raise ValueError("--regimes: only for --protocol finetune")
+        given = [f"--{name.replace('_', '-')}" for name in FINETUNE_ONLY if getattr(args, name)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for --protocol finetune")
         out = args.out or "benchmarks/results/main"
         results = run_benchmark(out, settings_from_args(args), show_progress=not args.no_progress, command=command)
     if args.readme:

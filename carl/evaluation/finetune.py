@@ -346,10 +346,12 @@ def run_finetune(
     *,
     show_progress: bool = True,
     command: str | None = None,
+    report_only: bool = False,
     log=print,
 ) -> dict:
     """Run (or resume) every cell; ``results.json`` and ``report.md`` are rewritten after each cell.
-    Returns what ``results.json`` holds."""
+    ``report_only``: train nothing, write them from the cached cells (the others are reported
+    missing). Returns what ``results.json`` holds."""
     settings = settings or FinetuneSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,6 +365,9 @@ def run_finetune(
         if cached is not None:
             log(f"[finetune] {n}/{len(planned)} {cell.name}: cached")
             cells[cell.name] = cached
+            continue
+        if report_only:
+            log(f"[finetune] {n}/{len(planned)} {cell.name}: not computed (--report-only)")
             continue
         log(f"[finetune] {n}/{len(planned)} {cell.name}: computing")
         cells[cell.name] = run_cell(cell, settings, out, show_progress=show_progress, log=log)
