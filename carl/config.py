@@ -75,6 +75,12 @@ OBJECTIVE_TERMS: dict[str, tuple[Term, ...]] = {
     ),
     # Rank-N-Contrast instead of soft targets (docs/method.md, "Variants under study")
     "mcl-rank": (Term("mcl", "mcl_weight", "rank"), Term("mse", "mse_weight"), PRESERVE),
+    "mcl-rank-classify": (
+        Term("classify", "classify_weight"),
+        Term("mcl", "mcl_weight", "rank"),
+        Term("mse", "va_weight"),
+        PRESERVE,
+    ),
     "carl-rank": (Term("mcl", "mcl_weight", "rank"), Term("mse", "mse_weight"), Term("ptd", "ptd_weight"), PRESERVE),
     "carl-rank-classify": (
         Term("classify", "classify_weight"),

@@ -173,6 +173,18 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
         _run(out, tiny_settings(tiny_encoder, methods=("ft",), extra=("train.learning_rate=5e-4",)))
 
 
+def test_variant_cells_train_their_switches_and_report_the_study(tmp_path, tiny_encoder, synthetic_tasks, counted):
+    out = tmp_path / "ft"
+    settings = tiny_settings(
+        tiny_encoder, methods=("ft", "carl", "ft-dropout", "mcl-rank"), extra=("objective.mcl.queue_size=32",)
+    )
+    results, _ = _run(out, settings)
+    assert counted == ["classify", "carl-classify", "classify", "mcl-rank-classify"]
+    config = results["cells"]["ekman-full-ft-dropout-s1"]["training"]["config"]
+    assert config["train"]["dropout"] is True and results["methods"]["mcl-rank"].startswith("task head")
+    assert "Variant study: dev only" in (out / "report.md").read_text()
+
+
 def test_a_killed_cell_resumes_from_its_checkpoint(tmp_path, tiny_encoder, run_cli):
     """``carl benchmark --protocol finetune`` SIGKILLed after step 3 (checkpoint at 2) continues on rerun and
     ends with the numbers of an uninterrupted run."""

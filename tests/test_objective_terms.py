@@ -27,6 +27,7 @@ def test_each_objective_resolves_to_its_weighted_terms():
         "mcl-classify": {"classify", "mcl"},
         "carl-classify": {"classify", "mcl", "ptd"},
         "mcl-rank": {"mcl", "mse"},
+        "mcl-rank-classify": {"classify", "mcl"},
         "carl-rank": {"mcl", "mse", "ptd"},
         "carl-rank-classify": {"classify", "mcl", "ptd"},
     }

@@ -21,7 +21,9 @@ train), the given --encoder and seed, then any --set overrides. See docs/evaluat
 --protocol finetune: every method fine-tunes encoder + task head (carl's trainer, dev selection,
 calibration on dev) and is scored on test. Cells are task x regime x method x seed.
 Tasks: ekman (GoEmotions Ekman + neutral), goemotions28 (multi-label), sst5, emobank (VA).
-Methods: ft, mcl, carl, carl-stage, setfit, probe. Regimes: full (1000 steps), k64 (300 steps),
+Methods: ft, mcl, carl, carl-stage, setfit, probe; by name, the variants under study (ft-dropout,
+carl-dropout, carl-affect-saliency, carl-embedding, carl-embedding-consistency, carl-negative,
+mcl-rank, carl-rank, carl-ptd-warmup, carl-ptd-decay). Regimes: full (1000 steps), k64 (300 steps),
 k8 (150 steps); k64/k8 for single-label tasks only; EmoBank full: 504 steps. Default --out
 benchmarks/results/finetune. See docs/evaluation.md, "Fine-tuning protocol".
 """

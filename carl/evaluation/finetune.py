@@ -49,12 +49,59 @@ METHODS: dict[str, str] = {
     "probe": "the frozen encoder, linear model on the same training rows",
 }
 # each trained method's objective by task kind (single, multi: a classifier; va: EmoBank regression)
+FT = {"single": "classify", "multi": "classify", "va": "mse"}
+CARL = {"single": "carl-classify", "multi": "carl-classify", "va": "carl"}
 OBJECTIVES: dict[str, dict[str, str]] = {
-    "ft": {"single": "classify", "multi": "classify", "va": "mse"},
+    "ft": FT,
     "mcl": {"single": "mcl-classify", "multi": "mcl-classify", "va": "mcl"},
-    "carl": {"single": "carl-classify", "multi": "carl-classify", "va": "carl"},
-    "carl-stage": {"single": "classify", "multi": "classify", "va": "mse"},
+    "carl": CARL,
+    "carl-stage": FT,
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method of the variant study (issue 16; docs/method.md, "Variants under study"): objectives
+    by task kind plus config switches, trained like the method it varies."""
+
+    description: str
+    objectives: dict[str, str]
+    switches: tuple[str, ...] = ()
+
+
+# run by name (--methods), not by default
+VARIANTS: dict[str, Variant] = {
+    "ft-dropout": Variant(
+        "ft with the backbone's dropout on (the usual fine-tuning recipe)", FT, ("train.dropout=true",)
+    ),
+    "carl-dropout": Variant("carl with the backbone's dropout on", CARL, ("train.dropout=true",)),
+    "carl-affect-saliency": Variant(
+        "carl, saliency from the gradient of the task loss alone", CARL, ("objective.ptd.saliency_source=affect",)
+    ),
+    "carl-embedding": Variant(
+        "carl, salient words' embeddings shifted adversarially", CARL, ("objective.ptd.replacement=embedding",)
+    ),
+    "carl-embedding-consistency": Variant(
+        "carl-embedding plus consistency between the clean and shifted predictions",
+        CARL,
+        ("objective.ptd.replacement=embedding", "objective.ptd.consistency_weight=1"),
+    ),
+    "carl-negative": Variant(
+        "carl, perturbed sentences' keys also in the contrast as negatives", CARL, ("objective.ptd.as_negative=true",)
+    ),
+    "mcl-rank": Variant(
+        "task head + Rank-N-Contrast on VA",
+        {"single": "mcl-rank-classify", "multi": "mcl-rank-classify", "va": "mcl-rank"},
+    ),
+    "carl-rank": Variant(
+        "carl with Rank-N-Contrast instead of soft targets",
+        {"single": "carl-rank-classify", "multi": "carl-rank-classify", "va": "carl-rank"},
+    ),
+    "carl-ptd-warmup": Variant("carl, PTD weight rising over the first half", CARL, ("objective.ptd_schedule=warmup",)),
+    "carl-ptd-decay": Variant("carl, PTD weight falling over the last half", CARL, ("objective.ptd_schedule=decay",)),
+}
+OBJECTIVES.update({name: v.objectives for name, v in VARIANTS.items()})
+ALL_METHODS: dict[str, str] = {**METHODS, **{name: v.description for name, v in VARIANTS.items()}}
 # the methods that do not run on a task kind, with the reason the report states
 SKIPPED: dict[tuple[str, str], str] = {
     ("setfit", "va"): "SetFit trains a classifier; EmoBank is VA regression",
@@ -108,7 +155,7 @@ class FinetuneSettings:
         self.regimes, self.seeds, self.overrides = tuple(self.regimes), tuple(self.seeds), tuple(self.overrides)
         for what, given, known in (
             ("task", self.tasks, TASKS),
-            ("method", self.methods, METHODS),
+            ("method", self.methods, ALL_METHODS),
             ("regime", self.regimes, REGIMES),
         ):
             unknown = [x for x in given if x not in known]
@@ -196,6 +243,8 @@ def cell_overrides(cell: FinetuneCell, settings: FinetuneSettings, files: TaskFi
         f"data.max_length={task.max_length}",
         f"train.select_metric={'va_pearson_mean' if task.kind == 'va' else 'class_macro_f1'}",
     ]
+    if cell.method in VARIANTS:
+        overrides += VARIANTS[cell.method].switches
     if cell.regime in QUEUE_SIZES:
         overrides.append(f"objective.mcl.queue_size={QUEUE_SIZES[cell.regime]}")
     if files.train is not None:
@@ -392,7 +441,7 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
         "protocol": "finetune",
         "command": command or "carl benchmark " + " ".join(sys.argv[1:]),
         "settings": settings.to_dict(),
-        "methods": {m: METHODS[m] for m in settings.methods},
+        "methods": {m: ALL_METHODS[m] for m in settings.methods},
         "budget": {
             "batch_size": BATCH_SIZE,
             "regimes": {r: dataclasses.asdict(b) for r, b in BUDGETS.items()},

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from carl.atomic import write_text_atomic
+from carl.evaluation import variant_study
 from carl.evaluation.finetune_data import TASKS
 from carl.evaluation.report import aggregate, replace_between_markers
 
@@ -182,6 +183,11 @@ def report_text(results: dict) -> str:
         sentence = headline_sentence(task, methods)
         if sentence:
             lines += [sentence, ""]
+    from carl.evaluation.finetune import VARIANTS
+
+    variants = [m for m in results["settings"]["methods"] if m in VARIANTS]
+    if variants:
+        lines += variant_study.report_lines(table, variants)
     lines += ["## Step cost (median seconds per optimizer step)", "", *step_cost_lines(table), ""]
     for name, stage in results.get("stages", {}).items():
         t = stage["training"]
