@@ -1,8 +1,9 @@
-"""Run under ``torchrun --nproc_per_node N``: sharded ``AffectEncoder.infer`` vs one process.
+"""Run under ``torchrun --nproc_per_node N``: sharded ``AffectEncoder.infer`` (and ``class_logits``
+of a model with a classifier) vs one process.
 
 Usage: python -m torch.distributed.run --nproc_per_node N tests/distributed_infer_worker.py MODEL N_TEXTS OUT_DIR
-Every rank writes OUT_DIR/rank<r>.npz with the gathered embeddings and VA predictions and
-the texts it embedded itself.
+Every rank writes OUT_DIR/rank<r>.npz with the gathered embeddings and VA predictions (and class
+logits) and the texts it embedded itself.
 """
 
 from __future__ import annotations
@@ -23,15 +24,18 @@ def main() -> None:
     texts, _ = synthetic_affect_corpus(n, seed=5)
     encoder = AffectEncoder.load(model)
     local_texts = []
-    run_local = encoder._infer_local
+    run_local = encoder._outputs_local
 
-    def counting(share, **kwargs):  # records the share this rank embedded itself
+    def counting(share, heads, **kwargs):  # records the share this rank embedded itself
         local_texts.extend(share)
-        return run_local(share, **kwargs)
+        return run_local(share, heads, **kwargs)
 
-    encoder._infer_local = counting
+    encoder._outputs_local = counting
     embeddings, va = encoder.infer(texts, batch_size=3, with_va=True)
-    np.savez(out / f"rank{dist.get_rank()}.npz", embeddings=embeddings, va=va, local=np.array(local_texts, dtype=str))
+    arrays = dict(embeddings=embeddings, va=va)
+    if encoder.classifier is not None:
+        arrays["logits"], arrays["logits_va"] = encoder.class_logits(texts, batch_size=3, with_va=True)
+    np.savez(out / f"rank{dist.get_rank()}.npz", local=np.array(local_texts, dtype=str), **arrays)
     dist.destroy_process_group()
 
 

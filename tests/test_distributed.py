@@ -270,6 +270,27 @@ def test_sharded_inference_gathers_every_text_once_in_order(tiny_encoder, synthe
         np.testing.assert_allclose(got["va"], va, atol=1e-5)
 
 
+def test_sharded_class_logits_match_one_process(emotion_model, tmp_path):
+    """``class_logits`` (and so ``classify`` and ``predict --classes``) is sharded like ``infer``: 2 ranks
+    each run half the texts, and both end with the one-process logits and VA in input order."""
+    import numpy as np
+
+    from carl.inference import AffectEncoder
+    from carl.testing import synthetic_affect_corpus
+
+    cmd = _torchrun(str(WORKER.with_name("distributed_infer_worker.py")), str(emotion_model), "9", str(tmp_path))
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    texts, _ = synthetic_affect_corpus(9, seed=5)
+    logits, va = AffectEncoder.load(str(emotion_model)).class_logits(texts, batch_size=3, with_va=True)
+    shares = [list(np.load(tmp_path / f"rank{rank}.npz")["local"]) for rank in range(2)]
+    assert shares[0] == texts[:5] * 2 and shares[1] == texts[5:] * 2  # infer, then class_logits: each share once
+    for rank in range(2):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        np.testing.assert_allclose(got["logits"], logits, atol=1e-5)
+        np.testing.assert_allclose(got["logits_va"], va, atol=1e-5)
+
+
 def test_carl_evaluate_under_torchrun_prints_once_and_matches_one_process(tiny_encoder, tmp_path):
     """``carl evaluate`` on 2 gloo processes: one table, one JSON, the 1-process numbers."""
     common = ["-m", "carl.cli", "evaluate", tiny_encoder, "--limit", "40", "--no-progress", "--batch-size", "8"]

@@ -264,62 +264,68 @@ class AffectEncoder:
         texts = as_texts(texts)
         if with_va:
             self.require_heads("predict")
-        if world_size() > 1:
-            return self._infer_sharded(texts, batch_size=batch_size, with_va=with_va, show_progress=show_progress)
-        return self._infer_local(texts, batch_size=batch_size, with_va=with_va, show_progress=show_progress)
+        out = self._outputs(texts, ("va",) if with_va else (), batch_size=batch_size, show_progress=show_progress)
+        return out["embedding"], out.get("va")
 
-    def _infer_local(
-        self, texts: list[str], *, batch_size: int, with_va: bool, show_progress: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """This process's pass over ``texts``: embeddings [N, H] and VA [N, 2] or None."""
-        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
-        va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
+    def _outputs(
+        self, texts: list[str], heads: tuple[str, ...], *, batch_size: int, show_progress: bool = False
+    ) -> dict[str, np.ndarray]:
+        """``embedding`` [N, H] and each of ``heads`` (``va`` [N, 2], ``class_logits`` [N, C]) from
+        one pass, in input order; sharded over the ranks inside a torch.distributed process group."""
+        if world_size() > 1:
+            return self._outputs_sharded(texts, heads, batch_size=batch_size, show_progress=show_progress)
+        return self._outputs_local(texts, heads, batch_size=batch_size, show_progress=show_progress)
+
+    def _output_widths(self, heads: tuple[str, ...]) -> dict[str, int]:
+        widths = {"embedding": self.dim, "va": 2}
+        if self.classifier is not None:
+            widths["class_logits"] = len(self.classifier.classes)
+        return {name: widths[name] for name in ("embedding", *heads)}
+
+    def _outputs_local(
+        self, texts: list[str], heads: tuple[str, ...], *, batch_size: int, show_progress: bool
+    ) -> dict[str, np.ndarray]:
+        """This process's pass over ``texts``: ``{output: [N, width]}``."""
+        out = {name: np.empty((len(texts), width), np.float32) for name, width in self._output_widths(heads).items()}
         total = (len(texts) + batch_size - 1) // max(batch_size, 1)
         batches = self.padded_batches(texts, batch_size)
-        heads = ("va",) if with_va else ()
         for rows, ids, mask in tqdm(batches, total=total, desc="batches", disable=not show_progress):
-            out = self.session.run(ids, mask, heads)
-            embeddings[rows] = out["embedding"]
-            if va is not None:
-                va[rows] = out["va"]
-        return embeddings, va
+            result = self.session.run(ids, mask, heads)
+            for name, values in out.items():
+                values[rows] = result[name]
+        return out
 
-    def _infer_sharded(
-        self, texts: list[str], *, batch_size: int, with_va: bool, show_progress: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Under a process group: each rank embeds a contiguous share of the N texts, the shares
-        are gathered on every rank and written back by index, each row exactly once.
+    def _outputs_sharded(
+        self, texts: list[str], heads: tuple[str, ...], *, batch_size: int, show_progress: bool
+    ) -> dict[str, np.ndarray]:
+        """Under a process group: each rank runs a contiguous share of the N texts, the shares are
+        gathered on every rank and written back by index, each row exactly once.
 
-        Every rank returns the full [N, H] (and [N, 2]) result, in input order.
+        Every rank returns the full ``{output: [N, width]}``, in input order.
         """
         import torch.distributed as dist
 
         world, rank = dist.get_world_size(), dist.get_rank()
-        shares = np.array_split(np.arange(len(texts)), world)
-        mine = shares[rank]
-        local = (np.empty((0, self.dim), np.float32), np.empty((0, 2), np.float32) if with_va else None)
+        mine = np.array_split(np.arange(len(texts)), world)[rank]
+        widths = self._output_widths(heads)
+        local = {name: np.empty((0, width), np.float32) for name, width in widths.items()}
         if len(mine):
-            local = self._infer_local(
-                [texts[i] for i in mine],
-                batch_size=batch_size,
-                with_va=with_va,
-                show_progress=show_progress and rank == 0,
+            local = self._outputs_local(
+                [texts[i] for i in mine], heads, batch_size=batch_size, show_progress=show_progress and rank == 0
             )
         parts: list = [None] * world
-        dist.all_gather_object(parts, (mine, *local))
-        seen = np.concatenate([rows for rows, _, _ in parts])
+        dist.all_gather_object(parts, (mine, local))
+        seen = np.concatenate([rows for rows, _ in parts])
         if len(seen) != len(texts) or len(np.unique(seen)) != len(texts):
             raise RuntimeError(
                 f"sharded inference covered {len(np.unique(seen))} of {len(texts)} texts "
                 f"with {len(seen)} rows: the ranks disagree on the input"
             )
-        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
-        va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
-        for rows, emb, z in parts:
-            embeddings[rows] = emb
-            if va is not None:
-                va[rows] = z
-        return embeddings, va
+        out = {name: np.empty((len(texts), width), np.float32) for name, width in widths.items()}
+        for rows, values in parts:
+            for name in out:
+                out[name][rows] = values[name]
+        return out
 
     # -- public API -------------------------------------------------------------------------
 
@@ -363,20 +369,13 @@ class AffectEncoder:
         self, texts: str | Sequence[str], *, batch_size: int = 64, with_va: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Class logits [N, C] float32 (uncalibrated) and, with ``with_va``, standardised VA [N, 2]
-        from the same pass on this encoder's backend, in input order (this process; no sharding)."""
+        from the same pass on this encoder's backend, in input order (sharded like :meth:`infer`)."""
         texts = as_texts(texts)
-        classifier = self.require_classifier("classify")
+        self.require_classifier("classify")
         if with_va:
             self.require_heads("predict")
-        logits = np.empty((len(texts), len(classifier.classes)), dtype=np.float32)
-        va = np.empty((len(texts), 2), dtype=np.float32) if with_va else None
-        heads = ("class_logits", "va") if with_va else ("class_logits",)
-        for rows, ids, mask in self.padded_batches(texts, batch_size):
-            out = self.session.run(ids, mask, heads)
-            logits[rows] = out["class_logits"]
-            if va is not None:
-                va[rows] = out["va"]
-        return logits, va
+        out = self._outputs(texts, ("class_logits", "va") if with_va else ("class_logits",), batch_size=batch_size)
+        return out["class_logits"], out.get("va")
 
     def classify(self, texts: str | Sequence[str], *, batch_size: int = 64) -> Classification:
         """Top label(s) and calibrated class probabilities [N, C] (softmax or sigmoid at the stored
