@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 RUN    ?= runs/demo
 
-.PHONY: venv demo test test-fast lint format clean
+.PHONY: venv st-peer-env demo test test-fast lint format clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+## st-peer-env: sentence-transformers with its own ONNX and OpenVINO backends, in a second venv
+## (their optimum pins need an older transformers than carl's; benchmarks/st_peer_constraints.txt)
+ST_PEER := .venv-st-peer
+$(ST_PEER)/.installed: benchmarks/st_peer_constraints.txt
+	$(PYTHON) -m venv $(ST_PEER)
+	$(ST_PEER)/bin/python -m pip install --quiet --upgrade pip
+	$(ST_PEER)/bin/python -m pip install --quiet "$(TORCH)"
+	$(ST_PEER)/bin/python -m pip install --quiet -c benchmarks/st_peer_constraints.txt \
+		sentence-transformers "optimum-intel[openvino]" "optimum-onnx[onnxruntime]" nncf datasets
+	touch $@
+
+st-peer-env: $(ST_PEER)/.installed
 
 ## demo: train CARL on bundled EmoBank with bundled MiniLM, evaluate, print the results table
 demo: venv
