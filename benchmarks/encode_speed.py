@@ -2,17 +2,22 @@
 1 and 2 threads, in one run.
 
     carl export-onnx runs/demo                     # the graphs (and parity.md) the backends load
+    make st-peer-env                               # sentence-transformers' own onnx/openvino backends
     python benchmarks/encode_speed.py --model runs/demo [--n-short 1000] [--n-long 200] [--rounds 3]
 
 Methods: carl ``AffectEncoder.encode`` on torch, onnx, onnx int8, openvino and openvino int8
-(those whose graphs and packages are present), and ``SentenceTransformer.encode`` on the same
-folder with its torch backend and its own onnx backend (``backend="onnx"``, which needs
-optimum-onnx; recorded as unavailable when it cannot be installed). Texts: the first N EmoBank
-sentences (short) and MR sentences joined to about 200 tokens each (long). For each thread count
-every method is loaded with that many threads and each round times every method once per text
-set, in rotating order (a busy neighbour on a shared CPU hurts all alike); the report gives the
-median over rounds, the ratios to sentence-transformers' torch path, and each method's cosine to
-carl torch (unit vectors). Writes results.json and report.md to --out.
+(those whose graphs and packages are present); ``SentenceTransformer.encode`` on the same folder
+with its torch backend, in this process; and sentence-transformers' own backends (torch, onnx,
+onnx-int8, openvino, openvino-int8: ``--st-backends``) in the peer environment ``--st-python``
+(default ``.venv-st-peer/bin/python``; their optimum pins need an older transformers than carl's),
+each one long-lived ``st_peer_worker.py`` process per (backend, threads) that loads once and times
+``encode`` on request; openvino-int8 is calibrated on the 256 sentences carl's int8 export uses.
+Without that environment they are recorded as unavailable, with the reason. Texts: the first N
+EmoBank sentences (short) and MR sentences joined to about 200 tokens each (long). For each thread
+count every method is loaded with that many threads and each round times every method once per
+text set, in rotating order (a busy neighbour on a shared CPU hurts all alike); the report gives
+the median over rounds, the ratios to sentence-transformers' torch path in this process, and each
+method's cosine to carl torch (unit vectors). Writes results.json and report.md to --out.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +39,11 @@ import torch
 
 LONG_TOKENS = 200
 CARL_BACKENDS = (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8"))
+ST_PEER_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+ST_PEER_PYTHON = Path(__file__).resolve().parents[1] / ".venv-st-peer" / "bin" / "python"
+ST_PEER_WORKER = Path(__file__).with_name("st_peer_worker.py")
+CALIBRATION = 256  # sentences, as carl export-onnx's default
+Encode = Callable[[list[str]], tuple[np.ndarray, float]]  # texts -> (embeddings [N, H], seconds)
 
 
 def emobank_sentences(n: int) -> list[str]:
@@ -67,14 +80,140 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def methods_for(folder: str, threads: int, batch_size: int) -> tuple[dict, dict[str, str]]:
-    """``({name: encode(texts) -> [N, H]}, {name: why it is missing})`` with ``threads`` threads."""
+def timed(encode: Callable[[list[str]], object]) -> Encode:
+    """An in-process ``encode`` timed here."""
+
+    def run(texts: list[str]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        out = np.asarray(encode(texts))
+        return out, time.perf_counter() - started
+
+    return run
+
+
+class PeerWorker:
+    """One ``st_peer_worker.py`` process (run by ``python``, the peer environment's) holding
+    sentence-transformers on ``backend`` with ``threads`` threads. ``encode`` sends texts and gets
+    back the embeddings [N, H] and the seconds that ``encode`` took, timed inside the worker.
+    Raises RuntimeError with the worker's reason when the backend cannot be built."""
+
+    def __init__(
+        self,
+        python: str,
+        folder: str,
+        backend: str,
+        threads: int,
+        scratch: Path,
+        batch_size: int,
+        calibration: Path | None = None,
+        worker: Path = ST_PEER_WORKER,
+    ) -> None:
+        self.scratch, self.batch_size = scratch, batch_size
+        scratch.mkdir(parents=True, exist_ok=True)
+        self.log_path = scratch / "worker.log"
+        self.log = self.log_path.open("w")
+        command = [python, str(worker), "--model", folder, "--backend", backend, "--threads", str(threads)]
+        command += ["--scratch", str(scratch / "graphs")]
+        command += ["--calibration", str(calibration)] if calibration else []
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        )
+        try:
+            self.ready = self._receive()
+        except RuntimeError:
+            self.close()
+            raise
+
+    def _receive(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            tail = self.log_path.read_text().strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"st_peer_worker exited with {self.process.returncode}: {tail[0]}")
+        message = json.loads(line)
+        if "error" in message:
+            raise RuntimeError(f"{message['error']} (log: {self.log_path})")
+        return message
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        assert self.process.stdin is not None
+        texts_path, out = self.scratch / "texts.json", self.scratch / "embeddings.npy"
+        texts_path.write_text(json.dumps(texts))
+        request = {"texts": str(texts_path), "batch_size": self.batch_size, "repeat": 1, "embeddings": str(out)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        seconds = self._receive()["seconds"][0]
+        return np.load(out, allow_pickle=False), seconds
+
+    def close(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a worker stuck in a request
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def peer_methods(
+    python: str | None,
+    why_not: str,
+    backends: list[str],
+    folder: str,
+    threads: int,
+    batch_size: int,
+    scratch: Path,
+    calibration: Path | None = None,
+    worker: Path = ST_PEER_WORKER,
+) -> tuple[dict[str, Encode], dict[str, str], list[PeerWorker]]:
+    """sentence-transformers' own ``backends``, one :class:`PeerWorker` each (none when ``python``
+    is None: each is missing for ``why_not``): ``({name: encode}, {name: why missing}, workers)``."""
+    methods: dict[str, Encode] = {}
+    missing, workers = {}, []
+    for backend in backends:
+        name = f"sentence-transformers {backend} (peer env)"
+        if python is None:
+            missing[name] = why_not
+            continue
+        try:
+            peer = PeerWorker(
+                python,
+                folder,
+                backend,
+                threads,
+                scratch / f"{backend}-{threads}t",
+                batch_size,
+                calibration=calibration if backend == "openvino-int8" else None,
+                worker=worker,
+            )
+        except RuntimeError as err:
+            missing[name] = str(err)
+            continue
+        workers.append(peer)
+        methods[name] = peer.encode
+    return methods, missing, workers
+
+
+def methods_for(
+    folder: str, threads: int, batch_size: int, peer: tuple[str | None, str, list[str]], scratch: Path
+) -> tuple[dict[str, Encode], dict[str, str], list[PeerWorker]]:
+    """``({name: encode}, {name: why it is missing}, peer workers to close)`` with ``threads``
+    threads; ``peer`` is (the peer environment's python or None, why it is absent, its backends)."""
     from sentence_transformers import SentenceTransformer
 
     from carl.inference import AffectEncoder
+    from carl.inference.graphs import calibration_texts
 
     torch.set_num_threads(threads)
     methods, missing = {}, {}
+    info: dict = {}
     for backend, quantize in CARL_BACKENDS:
         name = f"carl {backend}{'-int8' if quantize else ''}"
         try:
@@ -82,17 +221,34 @@ def methods_for(folder: str, threads: int, batch_size: int) -> tuple[dict, dict[
         except (RuntimeError, ValueError) as err:  # package or graph absent
             missing[name] = str(err)
             continue
-        methods[name] = lambda texts, e=encoder: e.encode(texts, batch_size=batch_size)
+        info = encoder.info or {}
+        methods[name] = timed(lambda texts, e=encoder: e.encode(texts, batch_size=batch_size))
     st = SentenceTransformer(folder, device="cpu")
-    methods["sentence-transformers torch"] = lambda texts: st.encode(texts, batch_size=batch_size)
-    try:
-        st_onnx = SentenceTransformer(
-            folder, device="cpu", backend="onnx", model_kwargs={"provider": "CPUExecutionProvider"}
-        )
-        methods["sentence-transformers onnx"] = lambda texts: st_onnx.encode(texts, batch_size=batch_size)
-    except Exception as err:  # sentence-transformers raises a bare Exception without optimum
-        missing["sentence-transformers onnx"] = str(err).splitlines()[0]
-    return methods, missing
+    methods["sentence-transformers torch"] = timed(lambda texts: st.encode(texts, batch_size=batch_size))
+    calibration = scratch / "calibration.json"
+    calibration.write_text(json.dumps(calibration_texts(info, CALIBRATION)[0]))
+    peers, peers_missing, workers = peer_methods(*peer, folder, threads, batch_size, scratch, calibration)
+    return {**methods, **peers}, {**missing, **peers_missing}, workers
+
+
+def time_rounds(
+    methods: dict[str, Encode], sets: dict[str, list[str]], rounds: int, batch_size: int, threads: int
+) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], np.ndarray]]:
+    """A warm-up call per method and text set, then ``rounds`` rounds that run every method once
+    per set in rotating order: ``({(method, set): seconds per round}, {(method, set): last embeddings})``."""
+    names = list(methods)
+    for texts in sets.values():  # warm-up: allocators, kernels, graph compilation
+        for name in names:
+            methods[name](texts[:batch_size])
+    times: dict[tuple[str, str], list[float]] = {(name, s): [] for name in names for s in sets}
+    outputs: dict[tuple[str, str], np.ndarray] = {}
+    for r in range(rounds):
+        for set_name, texts in sets.items():
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                outputs[name, set_name], seconds = methods[name](texts)
+                times[name, set_name].append(seconds)
+                print(f"{threads} threads, round {r + 1}, {set_name}: {name} {seconds:.2f} s", flush=True)
+    return times, outputs
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -108,7 +264,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "encode_speed"))
+    parser.add_argument(
+        "--st-python",
+        help="python of the environment with sentence-transformers' onnx/openvino backends "
+        f"(default {ST_PEER_PYTHON.relative_to(ST_PEER_PYTHON.parents[2])} when it exists: make st-peer-env)",
+    )
+    parser.add_argument(
+        "--st-backends",
+        nargs="+",
+        choices=ST_PEER_BACKENDS,
+        default=list(ST_PEER_BACKENDS),
+        help="sentence-transformers backends run in that environment (default: all)",
+    )
     args = parser.parse_args(argv)
+    if args.st_python and not Path(args.st_python).is_file():
+        parser.error(f"--st-python {args.st_python}: no such file")
+    st_python = args.st_python or (str(ST_PEER_PYTHON) if ST_PEER_PYTHON.is_file() else None)
+    st_why_not = f"no {ST_PEER_PYTHON} (make st-peer-env builds it, or pass --st-python)"
 
     from transformers import AutoTokenizer
 
@@ -122,25 +294,18 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in sets.items()
     }
     load_before = os.getloadavg()
-    results, missing = [], {}
+    results, missing, peers = [], {}, []
     for threads in args.threads:
-        methods, missing = methods_for(folder, threads, args.batch_size)
+        with tempfile.TemporaryDirectory(prefix="encode-speed-") as scratch:
+            peer = (st_python, st_why_not, args.st_backends)
+            methods, missing, workers = methods_for(folder, threads, args.batch_size, peer, Path(scratch))
+            try:
+                times, outputs = time_rounds(methods, sets, args.rounds, args.batch_size, threads)
+            finally:
+                for worker in workers:
+                    worker.close()
+        peers += [{"method": f"sentence-transformers {w.ready['backend']} (peer env)", **w.ready} for w in workers]
         names = list(methods)
-        for texts in sets.values():  # warm-up: allocators, kernels, graph compilation
-            for name in names:
-                methods[name](texts[: args.batch_size])
-        times = {(name, s): [] for name in names for s in sets}
-        outputs: dict = {}
-        for r in range(args.rounds):
-            for set_name, texts in sets.items():
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    started = time.perf_counter()
-                    outputs[name, set_name] = np.asarray(methods[name](texts))
-                    times[name, set_name].append(time.perf_counter() - started)
-                    print(
-                        f"{threads} threads, round {r + 1}, {set_name}: {name} {times[name, set_name][-1]:.2f} s",
-                        flush=True,
-                    )
         for set_name, texts in sets.items():
             reference = unit(outputs["carl torch", set_name])
             base = len(texts) / statistics.median(times["sentence-transformers torch", set_name])
@@ -175,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before_after": [load_before[0], load_after[0]],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "missing": missing,
+        "sentence_transformers_peer": peers,
         "results": results,
     }
     out = Path(args.out)
@@ -197,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['min_cosine_vs_carl_torch']:.4f} |"
         for r in results
     ]
+    if peers:
+        versions = ", ".join(f"{k} {v}" for k, v in peers[0]["versions"].items())
+        lines += ["", f"sentence-transformers (peer env) ran in {st_python}: {versions}."]
+        lines += [f"- {p['method']}: {p['graph'] or 'torch weights'}, {p['config']}" for p in peers]
     if missing:
         lines += ["", "Not measured:"] + [f"- {name}: {why}" for name, why in missing.items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")
