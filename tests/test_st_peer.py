@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import encode_speed
+import st_peer
 
 FAKE_WORKER = textwrap.dedent(
     """
@@ -46,7 +47,7 @@ def test_peer_methods_run_each_backend_in_its_worker_and_record_the_ones_that_fa
     worker = tmp_path / "fake_worker.py"
     worker.write_text(FAKE_WORKER)
     calibration = tmp_path / "calibration.json"
-    methods, missing, workers = encode_speed.peer_methods(
+    methods, missing, workers = st_peer.peer_methods(
         sys.executable,
         "unused",
         ["torch", "onnx", "openvino", "openvino-int8"],
@@ -79,7 +80,7 @@ def test_peer_methods_run_each_backend_in_its_worker_and_record_the_ones_that_fa
 
 
 def test_without_the_peer_environment_every_backend_is_missing_with_the_reason(tmp_path):
-    methods, missing, workers = encode_speed.peer_methods(
+    methods, missing, workers = st_peer.peer_methods(
         None, "no .venv-st-peer", ["torch", "onnx-int8"], "/m", 1, 8, tmp_path
     )
     assert methods == {} and workers == []
@@ -107,8 +108,8 @@ def test_rounds_rotate_the_methods_and_keep_the_seconds_each_method_reports():
 
 
 @pytest.mark.skipif(
-    not encode_speed.ST_PEER_PYTHON.is_file(),
-    reason=f"no {encode_speed.ST_PEER_PYTHON}: `make st-peer-env` builds sentence-transformers' onnx/openvino peer",
+    not st_peer.ST_PEER_PYTHON.is_file(),
+    reason=f"no {st_peer.ST_PEER_PYTHON}: `make st-peer-env` builds sentence-transformers' onnx/openvino peer",
 )
 def test_the_real_worker_matches_sentence_transformers_and_writes_only_into_scratch(tmp_path):
     from sentence_transformers import SentenceTransformer
@@ -128,8 +129,8 @@ def test_the_real_worker_matches_sentence_transformers_and_writes_only_into_scra
     calibration.write_text(json.dumps(texts))
     reference = encode_speed.unit(SentenceTransformer(str(folder), device="cpu").encode(texts))
 
-    methods, missing, workers = encode_speed.peer_methods(
-        str(encode_speed.ST_PEER_PYTHON),
+    methods, missing, workers = st_peer.peer_methods(
+        str(st_peer.ST_PEER_PYTHON),
         "unused",
         ["torch", "onnx-int8", "openvino-int8"],
         str(folder),
