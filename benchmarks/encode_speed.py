@@ -8,7 +8,7 @@
 Methods: carl ``AffectEncoder.encode`` on torch, onnx, onnx int8, openvino and openvino int8
 (those whose graphs and packages are present); ``SentenceTransformer.encode`` on the same folder
 with its torch backend, in this process; and sentence-transformers' own backends (torch, onnx,
-onnx-int8, openvino, openvino-int8: ``--st-backends``) in the peer environment ``--st-python``
+onnx-o3, onnx-int8, openvino, openvino-int8: ``--st-backends``) in the peer environment ``--st-python``
 (default ``.venv-st-peer/bin/python``; their optimum pins need an older transformers than carl's),
 each one long-lived ``st_peer_worker.py`` process per (backend, threads) that loads once and
 times ``encode`` on request (``st_peer.py``); openvino-int8 is calibrated on the 256 sentences
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from st_peer import ST_PEER_BACKENDS, ST_PEER_PYTHON, Encode, PeerWorker, peer_methods
+from st_peer import ST_PEER_PYTHON, Encode, PeerWorker, peer_methods
+from st_peer_worker import BACKENDS as ST_PEER_BACKENDS
 
 LONG_TOKENS = 200
 CARL_BACKENDS = (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8"))

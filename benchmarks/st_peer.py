@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-ST_PEER_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 ST_PEER_PYTHON = Path(__file__).resolve().parents[1] / ".venv-st-peer" / "bin" / "python"
 ST_PEER_WORKER = Path(__file__).with_name("st_peer_worker.py")
 Encode = Callable[[list[str]], tuple[np.ndarray, float]]  # texts -> (embeddings [N, H], seconds)

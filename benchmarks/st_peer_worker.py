@@ -8,7 +8,8 @@ cannot live in carl's environment), never imports carl.
 
 Backends: ``torch``; ``onnx`` and ``openvino`` (exported from the folder's weights by
 sentence-transformers on load, ``export=True``, so that graphs carl wrote into the folder's
-``onnx/`` are never picked up); ``onnx-int8`` (``export_dynamic_quantized_onnx_model`` with the
+``onnx/`` are never picked up); ``onnx-o3`` (``export_optimized_onnx_model``, level O3: graph
+fusions and GELU approximation); ``onnx-int8`` (``export_dynamic_quantized_onnx_model`` with the
 CPU's preset: avx512_vnni, avx512, avx2 or arm64) and ``openvino-int8``
 (``export_static_quantized_openvino_model``, calibrated on ``--calibration``, a JSON list of
 texts, given to it as a local dataset). The helpers write into the folder they are given: that is
@@ -34,7 +35,7 @@ import time
 import traceback
 from pathlib import Path
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+BACKENDS = ("torch", "onnx", "onnx-o3", "onnx-int8", "openvino", "openvino-int8")
 
 
 def onnx_int8_preset() -> str:
@@ -68,16 +69,20 @@ def load(folder: str, backend: str, threads: int, scratch: Path, calibration: li
         config = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
         if backend == "onnx":
             return model, "onnx/model.onnx (exported on load)", config
-        from sentence_transformers import export_dynamic_quantized_onnx_model
+        from sentence_transformers import export_dynamic_quantized_onnx_model, export_optimized_onnx_model
 
-        preset = onnx_int8_preset()
         model.save_pretrained(str(scratch))
-        export_dynamic_quantized_onnx_model(model, preset, str(scratch))
-        graph = f"onnx/model_qint8_{preset}.onnx"
+        if backend == "onnx-o3":
+            export_optimized_onnx_model(model, "O3", str(scratch))
+            graph, how = "onnx/model_O3.onnx", "optimum optimization level O3"
+        else:
+            preset = onnx_int8_preset()
+            export_dynamic_quantized_onnx_model(model, preset, str(scratch))
+            graph, how = f"onnx/model_qint8_{preset}.onnx", f"dynamic int8, preset {preset}"
         model = SentenceTransformer(
             str(scratch), device="cpu", backend="onnx", model_kwargs={**kwargs, "file_name": graph}
         )
-        return model, graph, {**config, "quantization": f"dynamic, preset {preset}"}
+        return model, graph, {**config, "export": how}
     ov_config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
     model = SentenceTransformer(
         folder, device="cpu", backend="openvino", model_kwargs={"ov_config": ov_config, "export": True}
@@ -107,7 +112,7 @@ def load(folder: str, backend: str, threads: int, scratch: Path, calibration: li
     model = SentenceTransformer(
         str(scratch), device="cpu", backend="openvino", model_kwargs={"ov_config": ov_config, "file_name": graph}
     )
-    return model, graph, {**ov_config, "quantization": f"static (NNCF), {len(calibration)} calibration texts"}
+    return model, graph, {**ov_config, "export": f"static int8 (NNCF), {len(calibration)} calibration texts"}
 
 
 def versions() -> dict[str, str]:
