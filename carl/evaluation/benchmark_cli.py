@@ -134,7 +134,9 @@ def finetune_settings_from_args(args: argparse.Namespace):
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark of ``--protocol``; print where the report is."""
-    command = "carl benchmark " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "benchmark" else None
+    command = None  # the command that computes the cells (a --report-only rerun records it without the flag)
+    if len(sys.argv) > 1 and sys.argv[1] == "benchmark":
+        command = "carl benchmark " + " ".join(a for a in sys.argv[2:] if a != "--report-only")
     if args.protocol == "finetune":
         from carl.evaluation.finetune import run_finetune
         from carl.evaluation.finetune_report import README_END, README_START, update_readme
