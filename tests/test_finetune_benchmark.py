@@ -307,6 +307,8 @@ def test_report_of_a_partial_grid():
     cells.append(_cell("ekman", "full", "carl", 2, 0.53, 0.4))
     results["cells"] = {c["name"]: c for c in cells}
     assert "is more than both seed spreads (0.0141, 0.0000)" in report_text(results)
+    assert "Paired" not in report  # one common seed: nothing to pair
+    assert "carl - ft = +0.0400 ± 0.0141, positive in 2 of 2 seeds" in report_text(results)
     assert "| ekman | full | 0.200 | – | 0.400 | – | 2.00x |" in report
     assert "ekman-full-carl-s2, ekman-full-probe-s2" in report
 

@@ -126,7 +126,27 @@ def headline_sentence(task: str, methods: dict[str, list[dict]]) -> str | None:
     if not parts:
         return None
     sentence = f"carl {header} {carl['mean']:.4f} (n={carl['n']}): " + "; ".join(parts) + "."
-    return sentence + spread_note(carl, summary(methods.get("ft", []), key))
+    return (
+        sentence
+        + spread_note(carl, summary(methods.get("ft", []), key))
+        + paired_note(methods.get("carl", []), methods.get("ft", []), key)
+    )
+
+
+def paired_note(carl: list[dict], ft: list[dict], key: str) -> str:
+    """carl - ft paired by seed (the same seed, and in k8/k64 the same subset): mean ± std and
+    how many seeds are positive (needs two common seeds)."""
+    mine = {c["seed"]: _value(c, key) for c in carl}
+    theirs = {c["seed"]: _value(c, key) for c in ft}
+    gaps = [mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys()) if None not in (mine[s], theirs[s])]
+    agg = aggregate(gaps)
+    if agg is None or agg["n"] < 2:
+        return ""
+    positive = sum(g > 0 for g in gaps)
+    return (
+        f" Paired by seed (same subset): carl - ft = {agg['mean']:+.4f} ± {agg['std']:.4f}, "
+        f"positive in {positive} of {len(gaps)} seeds."
+    )
 
 
 def spread_note(carl: dict, ft: dict | None) -> str:
