@@ -33,6 +33,7 @@ from carl.config import load_config
 from carl.evaluation.cells import (
     dump_json,
     mismatch,
+    new_record,
     read_cell,
     read_metrics,
     save_cell,
@@ -278,14 +279,7 @@ def run_cell(
     """Compute one cell (train if needed, evaluate) and cache it; returns the cell record."""
     spec = cell_spec(cell, settings)
     started = time.time()
-    record: dict = {
-        "name": cell.name,
-        "method": cell.method.name,
-        "kind": cell.method.kind,
-        "seed": cell.seed,
-        "spec": spec,
-        "spec_hash": spec_hash(spec),
-    }
+    record = new_record(cell.name, spec, method=cell.method.name, kind=cell.method.kind, seed=cell.seed)
     model_path = settings.encoder  # frozen; unused by lexicons
     if cell.method.seeded:
         run_dir = out / "runs" / cell.name

@@ -3,7 +3,7 @@
 A *cell* is one finished unit of a benchmark grid, stored as ``OUT/cells/<name>.json`` with the
 ``spec`` it was computed under and that spec's hash: :func:`load_cached` returns a cached cell
 whose spec matches and refuses one computed under other settings (:class:`BenchmarkMismatch`).
-:func:`save_cell` writes a cell atomically; :func:`dump_json` rounds the per-point arrays that
+:func:`new_record` starts a cell's record, :func:`save_cell` writes it atomically; :func:`dump_json` rounds the per-point arrays that
 ``results.json`` leaves out (:func:`without_points`). :func:`read_metrics` and
 :func:`training_summary` condense a training run's ``metrics.jsonl`` for its cell.
 """
@@ -92,6 +92,11 @@ def load_cached(path: Path, spec: dict) -> dict | None:
     if cell is not None and cell.get("spec_hash") != spec_hash(spec):
         raise mismatch(path, cell, spec)
     return cell
+
+
+def new_record(name: str, spec: dict, **fields) -> dict:
+    """A cell record before its results: its name, identifying ``fields``, the spec and its hash."""
+    return {"name": name, **fields, "spec": spec, "spec_hash": spec_hash(spec)}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -34,7 +34,16 @@ from pathlib import Path
 
 from carl.atomic import write_text_atomic
 from carl.config import load_config
-from carl.evaluation.cells import dump_json, load_cached, read_metrics, save_cell, spec_hash, training_summary
+from carl.evaluation.benchmark import VARIANT_METHODS as PROBE_VARIANTS
+from carl.evaluation.cells import (
+    dump_json,
+    load_cached,
+    new_record,
+    read_cell,
+    read_metrics,
+    save_cell,
+    training_summary,
+)
 from carl.evaluation.finetune_data import DEV_CAP, TASKS, FinetuneTask, TaskFiles, prepare_task_files, task_files
 from carl.evaluation.finetune_score import require_setfit, score_model, score_probe, score_setfit
 from carl.training.run_info import environment_info
@@ -69,25 +78,30 @@ class Variant:
     switches: tuple[str, ...] = ()
 
 
-# run by name (--methods), not by default
+def probe_switches(name: str) -> tuple[str, ...]:
+    """The config switches of the probe protocol's variant ``name`` (its overrides but the objective)."""
+    return tuple(o for o in PROBE_VARIANTS[name].overrides if not o.startswith("objective.name="))
+
+
+# run by name (--methods), not by default; the switches are the probe protocol's variants'
 VARIANTS: dict[str, Variant] = {
     "ft-dropout": Variant(
-        "ft with the backbone's dropout on (the usual fine-tuning recipe)", FT, ("train.dropout=true",)
+        "ft with the backbone's dropout on (the usual fine-tuning recipe)", FT, probe_switches("mse-dropout")
     ),
-    "carl-dropout": Variant("carl with the backbone's dropout on", CARL, ("train.dropout=true",)),
+    "carl-dropout": Variant("carl with the backbone's dropout on", CARL, probe_switches("carl-dropout")),
     "carl-affect-saliency": Variant(
-        "carl, saliency from the gradient of the task loss alone", CARL, ("objective.ptd.saliency_source=affect",)
+        "carl, saliency from the gradient of the task loss alone", CARL, probe_switches("carl-affect-saliency")
     ),
     "carl-embedding": Variant(
-        "carl, salient words' embeddings shifted adversarially", CARL, ("objective.ptd.replacement=embedding",)
+        "carl, salient words' embeddings shifted adversarially", CARL, probe_switches("carl-embedding")
     ),
     "carl-embedding-consistency": Variant(
         "carl-embedding plus consistency between the clean and shifted predictions",
         CARL,
-        ("objective.ptd.replacement=embedding", "objective.ptd.consistency_weight=1"),
+        probe_switches("carl-embedding-consistency"),
     ),
     "carl-negative": Variant(
-        "carl, perturbed sentences' keys also in the contrast as negatives", CARL, ("objective.ptd.as_negative=true",)
+        "carl, perturbed sentences' keys also in the contrast as negatives", CARL, probe_switches("carl-negative")
     ),
     "mcl-rank": Variant(
         "task head + Rank-N-Contrast on VA",
@@ -97,8 +111,8 @@ VARIANTS: dict[str, Variant] = {
         "carl with Rank-N-Contrast instead of soft targets",
         {"single": "carl-rank-classify", "multi": "carl-rank-classify", "va": "carl-rank"},
     ),
-    "carl-ptd-warmup": Variant("carl, PTD weight rising over the first half", CARL, ("objective.ptd_schedule=warmup",)),
-    "carl-ptd-decay": Variant("carl, PTD weight falling over the last half", CARL, ("objective.ptd_schedule=decay",)),
+    "carl-ptd-warmup": Variant("carl, PTD weight rising over the first half", CARL, probe_switches("carl-ptd-warmup")),
+    "carl-ptd-decay": Variant("carl, PTD weight falling over the last half", CARL, probe_switches("carl-ptd-decay")),
 }
 OBJECTIVES.update({name: v.objectives for name, v in VARIANTS.items()})
 ALL_METHODS: dict[str, str] = {**METHODS, **{name: v.description for name, v in VARIANTS.items()}}
@@ -314,7 +328,7 @@ def ensure_stage(settings: FinetuneSettings, seed: int, out: Path, show_progress
     run_dir = out / "runs" / name
     if load_cached(out / "cells" / f"{name}.json", spec) is None:
         log(f"[finetune] {name}: training the first stage ({STAGE_OBJECTIVE} on bundled EmoBank)")
-        record = {"name": name, "spec": spec, "spec_hash": spec_hash(spec)}
+        record = new_record(name, spec)
         record["training"] = train(stage_overrides(settings, seed), run_dir, show_progress)
         save_cell(out, name, record)
         prune_run(run_dir)
@@ -327,15 +341,7 @@ def run_cell(
     """Compute one cell (prepare data, train if needed, score on test) and cache it; returns the record."""
     spec = cell_spec(cell, settings)
     started = time.time()
-    record: dict = {
-        "name": cell.name,
-        "task": cell.task.name,
-        "regime": cell.regime,
-        "method": cell.method,
-        "seed": cell.seed,
-        "spec": spec,
-        "spec_hash": spec_hash(spec),
-    }
+    record = new_record(cell.name, spec, task=cell.task.name, regime=cell.regime, method=cell.method, seed=cell.seed)
     files = prepare_task_files(cell.task, REGIMES[cell.regime], cell.regime, cell.seed, out)
     if cell.trained:
         encoder = settings.encoder
@@ -434,9 +440,9 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
     stages = {}
     if "carl-stage" in settings.methods:  # the first stages this grid's carl-stage cells start from
         for seed in settings.seeds:
-            path = out / "cells" / f"{stage_name(seed)}.json"
-            if path.is_file():
-                stages[stage_name(seed)] = json.loads(path.read_text(encoding="utf-8"))
+            stage = read_cell(out / "cells" / f"{stage_name(seed)}.json")
+            if stage is not None:
+                stages[stage_name(seed)] = stage
     results = {
         "protocol": "finetune",
         "command": command or "carl benchmark " + " ".join(sys.argv[1:]),

@@ -39,21 +39,27 @@ def read_split(path: Path, task: FinetuneTask, classes: tuple[str, ...] | None =
 
 
 def class_scores(logits: np.ndarray, targets: np.ndarray, *, temperature: float, thresholds=None) -> dict:
-    """Test metrics of logits [N, C] against classes [N] or multi-hot targets [N, C]."""
+    """Test metrics of logits [N, C] against classes [N] or multi-hot targets [N, C]: ECE at T = 1
+    and at ``temperature``, decisions from the calibrated probabilities (:func:`decision_scores`)."""
     multi = targets.ndim == 2
-    before = probabilities(logits, multi_label=multi)
     after = probabilities(logits, temperature, multi_label=multi)
-    scores = {
+    return {
         "temperature": temperature,
-        "ece_before": expected_calibration_error(before, targets),
+        "ece_before": expected_calibration_error(probabilities(logits, multi_label=multi), targets),
         "ece_after": expected_calibration_error(after, targets),
+        **decision_scores(after, targets, thresholds),
     }
-    if multi:
-        scores["macro_f1"] = macro_f1_at_thresholds(after, targets, thresholds)
-        scores["macro_f1_at_0.5"] = macro_f1_at_thresholds(after, targets, 0.5)
-    else:
-        scores.update(classification_metrics(logits.argmax(1), targets, logits.shape[1]))
-    return scores
+
+
+def decision_scores(p: np.ndarray, targets: np.ndarray, thresholds=None) -> dict:
+    """Macro-F1 and accuracy of the argmax of probabilities [N, C] against classes [N]; for multi-hot
+    targets [N, C], macro-F1 at ``thresholds`` and at 0.5."""
+    if targets.ndim == 2:
+        return {
+            "macro_f1": macro_f1_at_thresholds(p, targets, thresholds),
+            "macro_f1_at_0.5": macro_f1_at_thresholds(p, targets, 0.5),
+        }
+    return classification_metrics(p.argmax(1), targets, p.shape[1])
 
 
 def va_scores(valence: np.ndarray, arousal: np.ndarray, test: AffectDataset) -> dict:
@@ -131,15 +137,8 @@ def _multilabel_probe(x: list[np.ndarray], train_y, dev_y, test_y, seed: int) ->
 
 
 def probability_scores(test_p: np.ndarray, test_y: np.ndarray, thresholds=None) -> dict:
-    """Test metrics of probabilities [N, C] against classes [N] (argmax) or multi-hot targets [N, C]
-    (at ``thresholds`` and at 0.5), with their ECE."""
-    scores = {"ece_before": expected_calibration_error(test_p, test_y)}
-    if test_y.ndim == 2:
-        scores["macro_f1"] = macro_f1_at_thresholds(test_p, test_y, thresholds)
-        scores["macro_f1_at_0.5"] = macro_f1_at_thresholds(test_p, test_y, 0.5)
-    else:
-        scores.update(classification_metrics(test_p.argmax(1), test_y, test_p.shape[1]))
-    return scores
+    """Test metrics of probabilities [N, C] (:func:`decision_scores`) with their ECE."""
+    return {"ece_before": expected_calibration_error(test_p, test_y), **decision_scores(test_p, test_y, thresholds)}
 
 
 def require_setfit():
