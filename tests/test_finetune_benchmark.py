@@ -265,6 +265,10 @@ def test_setfit_without_its_package_is_a_clear_error(tmp_path, tiny_encoder, syn
     with pytest.raises(RuntimeError, match="needs the setfit package"):
         _run(tmp_path / "ft", tiny_settings(tiny_encoder, methods=("setfit",)))
     assert not (tmp_path / "ft" / "cells").exists()
+    # reporting a grid trains nothing, so it does not need the package: the cell is reported missing
+    settings = tiny_settings(tiny_encoder, methods=("setfit",))
+    results = run_finetune(tmp_path / "ft", settings, show_progress=False, report_only=True, log=lambda line: None)
+    assert results["cells"] == {} and "ekman-full-setfit-s1" in (tmp_path / "ft" / "report.md").read_text()
 
 
 # --------------------------------------------------------------------------- report and CLI

@@ -10,10 +10,12 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
+from carl.evaluation import setfit_peer
 from carl.evaluation.setfit_peer import (
     SetFitResult,
     _head_coefficients,
     _load_body,
+    _sampled_combinations,
     fit_setfit,
     head_probabilities,
     load_setfit,
@@ -70,6 +72,7 @@ def test_single_label_learns_the_affect_word_classes(single):
     assert (probs.argmax(1) == labels).mean() > 0.5  # chance: 0.25
     assert set(single.dev_metrics) == {"accuracy", "macro_f1", "per_class_f1"}
     assert single.recipe["loss"] == "CosineSimilarityLoss" and single.recipe["max_steps"] == STEPS
+    assert single.recipe["pair_order"].startswith("setfit")
 
 
 def test_the_body_is_fine_tuned(single, tiny_encoder):
@@ -102,6 +105,28 @@ def test_seeded_runs_repeat_and_seeds_differ(single, tiny_encoder, tmp_path):
     other = fit(tiny_encoder, tmp_path / "other", seed=1)
     np.testing.assert_array_equal(same.predict_proba(texts), single.predict_proba(texts))
     assert np.abs(other.predict_proba(texts) - single.predict_proba(texts)).max() > 1e-6
+
+
+@pytest.mark.parametrize("replacement", [True, False])
+def test_sampled_pairs_are_uniform_over_setfit_pairs(replacement):
+    items = list("abcd")
+    pairs = list(_sampled_combinations(items, replacement))
+    expected = {(x, y) for i, x in enumerate(items) for y in items[i + (0 if replacement else 1) :]}
+    counts = {pair: pairs.count(pair) for pair in expected}
+    assert set(pairs) == expected and len(pairs) > 2000
+    mean = len(pairs) / len(expected)
+    assert all(abs(c - mean) < 0.15 * mean for c in counts.values()), counts
+
+
+def test_large_training_sets_draw_pairs_lazily_and_still_learn(tiny_encoder, tmp_path, monkeypatch):
+    import setfit.sampler
+
+    listed = setfit.sampler.shuffle_combinations
+    monkeypatch.setattr(setfit_peer, "EXACT_PAIR_LIMIT", 100)  # 80 texts: 3240 pairs
+    result = fit(tiny_encoder, tmp_path / "lazy")
+    assert result.recipe["pair_order"].startswith("carl") and setfit.sampler.shuffle_combinations is listed
+    texts, labels = emotion_data(200, 2)
+    assert (result.predict(texts) == labels).mean() > 0.5  # chance: 0.25
 
 
 def test_multi_label_learns_and_tunes_thresholds_on_dev(tiny_encoder, tmp_path):

@@ -410,7 +410,8 @@ def run_finetune(
     settings = settings or FinetuneSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    check_inputs(settings)
+    if not report_only:
+        check_inputs(settings)
     started = time.time()
     planned, skipped = plan_cells(settings)
     cells: dict[str, dict] = {}

@@ -4,7 +4,8 @@ SetFit's documented recipe, through the ``setfit`` package: the sentence-transfo
 fine-tuned contrastively on text pairs (``CosineSimilarityLoss``; "oversampling" draws as many
 same-class as different-class pairs), then a logistic-regression head is fitted on the body's
 embeddings of the training texts (``OneVsRestClassifier`` of it for multi-label data). Only the
-number of body optimizer steps (``max_steps``, the benchmark's shared budget) and the seed are set.
+number of body optimizer steps (``max_steps``, the benchmark's shared budget) and the seed are set;
+above :data:`EXACT_PAIR_LIMIT` pairs of training texts, the pairs are drawn lazily (:func:`_pair_order`).
 
 The head is kept as its coefficients, so that scoring needs no sklearn object and saving needs no
 pickle (``setfit``'s own ``save_pretrained`` writes the head with joblib):
@@ -42,6 +43,11 @@ from carl.evaluation.thresholds import macro_f1_at_thresholds, tune_thresholds
 from carl.model.encoder import resolve_encoder
 from carl.model.folder import ModelFolderError, check_model_folder, check_safetensors, read_json_object
 
+# setfit lists every pair of training texts (np.triu_indices, n(n+1)/2 index pairs, then a
+# permutation of them) before it keeps the first max_steps x batch_size pairs it trains on: the 43k
+# GoEmotions texts would need about 22 GB. Above this many pairs the same draw (pairs in a uniformly
+# random order) is made lazily by _sampled_combinations.
+EXACT_PAIR_LIMIT = 2**25
 RESULT_FILE = "setfit.json"
 HEAD_FILE = "head.safetensors"
 BODY_DIR = "body"
@@ -182,7 +188,7 @@ def _train(encoder, texts, y: np.ndarray, classes, multi_label: bool, spec: dict
     head = OneVsRestClassifier(LogisticRegression()) if multi_label else LogisticRegression()
     strategy = "one-vs-rest" if multi_label else None
     model = SetFitModel(model_body=body, model_head=head, multi_target_strategy=strategy)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _pair_order(len(texts)) as pair_order:
         args = TrainingArguments(
             batch_size=spec["batch_size"],
             max_steps=spec["max_steps"],
@@ -208,6 +214,7 @@ def _train(encoder, texts, y: np.ndarray, classes, multi_label: bool, spec: dict
         "max_steps": spec["max_steps"],
         "seed": spec["seed"],
         "multi_target_strategy": strategy,
+        "pair_order": pair_order,
         "versions": _versions(setfit.__version__),
     }
     steps = int(trainer.st_trainer.state.global_step)
@@ -278,6 +285,41 @@ def _load_body(encoder: str):
         pooling = Pooling(transformer.auto_model.config.hidden_size, pooling_mode="mean")
         return SentenceTransformer(modules=[transformer, pooling])
     return SentenceTransformer(source, local_files_only=local, trust_remote_code=False)
+
+
+@contextlib.contextmanager
+def _pair_order(n_texts: int):
+    """setfit's own pair order up to :data:`EXACT_PAIR_LIMIT` pairs of ``n_texts`` texts, else
+    :func:`_sampled_combinations` in its place; yields the name of the order used."""
+    import setfit.sampler
+
+    if n_texts * (n_texts + 1) // 2 <= EXACT_PAIR_LIMIT:
+        yield "setfit: every pair listed, then shuffled"
+        return
+    listed = setfit.sampler.shuffle_combinations
+    setfit.sampler.shuffle_combinations = _sampled_combinations
+    try:
+        yield "carl: pairs drawn uniformly at random, lazily (over 2^25 pairs)"
+    finally:
+        setfit.sampler.shuffle_combinations = listed
+
+
+def _sampled_combinations(iterable: Sequence, replacement: bool = True):
+    """Pairs (a, b) of ``iterable`` uniformly at random, like setfit's ``shuffle_combinations``
+    (index pairs i <= j, or i < j without ``replacement``), without listing every pair first.
+
+    Pairs are drawn with replacement, so a pair may repeat (rarely: setfit keeps at most
+    max_steps x batch_size of ~n^2/2 pairs); the stream stops after as many draws as there are pairs.
+    """
+    n = len(iterable)
+    shift = 0 if replacement else 1  # draws from n + 1 values map one-to-one onto i <= j pairs
+    rng = np.random.RandomState(seed=42)
+    for _ in range((n * (n + 1) // 2) // 4096 + 1):
+        a, b = rng.randint(0, n + 1 - shift, size=(2, 4096))
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        keep = low < high
+        for i, j in zip(low[keep], high[keep] - 1 + shift):
+            yield iterable[i], iterable[j]
 
 
 def _dataset(texts: Sequence[str], labels: np.ndarray):
