@@ -79,6 +79,8 @@ def test_without_a_qualified_method_the_default_is_the_best_dev_rank_and_says_so
     assert result["qualified"] == [] and result["default"] == "ft"
     assert "no method beats plain fine-tuning" in "\n".join(report_lines(_table(rows), []))
     two_seeds = [(task, method, devs[:2]) for task, method, devs in rows]
+    one_seed = "\n".join(report_lines(_table([*two_seeds, ("ekman", "ft-dropout", [0.57])]), ["ft-dropout"]))
+    assert one_seed.count("| ft-dropout |") == 1 and "| ft-dropout | 0.5700 (1) | – |  |  |" in one_seed
     assert "undecided" in "\n".join(report_lines(_table(two_seeds), []))
 
 

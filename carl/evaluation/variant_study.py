@@ -62,6 +62,7 @@ def decide(table: dict[tuple[str, str], dict[str, list[dict]]], variants: list[s
     Returns ``{"settings": [...], "dev": {setting: {method: summary}}, "vs_carl": {variant: {setting:
     outcome}}, "verdicts": {variant: verdict}, "vs_baseline": {method: {setting: outcome}},
     "default": method or None, "qualified": [...], "ranks": {method: mean rank}}``."""
+    variants = judged(variants)
     settings = [f"{task}-{regime}" for task, regime in table]
     dev = {
         f"{task}-{regime}": {m: dev_summary(cells) for m, cells in methods.items()}
@@ -99,6 +100,11 @@ def decide(table: dict[tuple[str, str], dict[str, list[dict]]], variants: list[s
     }
 
 
+def judged(variants: list[str]) -> list[str]:
+    """The variants judged against carl: ``ft-dropout`` is a plain baseline (in :data:`CORE`), not one."""
+    return [v for v in variants if v not in CORE]
+
+
 def mean_ranks(dev: dict[str, dict[str, dict | None]], methods: list[str]) -> dict[str, float]:
     """Each method's dev rank (1 = best mean) averaged over the settings where it ran."""
     ranks: dict[str, list[int]] = {m: [] for m in methods}
@@ -113,7 +119,7 @@ def report_lines(table: dict[tuple[str, str], dict[str, list[dict]]], variants: 
     """The report's section: dev mean ± std per setting, each variant's verdict, the default."""
     result = decide(table, variants)
     settings, dev = result["settings"], result["dev"]
-    methods = [m for m in (*CORE, *variants) if any(dev[s].get(m) for s in settings)]
+    methods = [m for m in (*CORE, *judged(variants)) if any(dev[s].get(m) for s in settings)]
     lines = [
         '## Variant study: dev only (decision rule in docs/method.md, "Deciding on dev")',
         "",
@@ -124,7 +130,11 @@ def report_lines(table: dict[tuple[str, str], dict[str, list[dict]]], variants: 
         cells = []
         for s in settings:
             agg = dev[s].get(m)
-            cells.append("–" if agg is None else f"{agg['mean']:.4f} ± {agg['std']:.4f} ({agg['n']})")
+            if agg is None:
+                cells.append("–")
+            else:
+                spread = f" ± {agg['std']:.4f}" if agg["n"] > 1 else ""
+                cells.append(f"{agg['mean']:.4f}{spread} ({agg['n']})")
         outcomes = ", ".join(result["vs_carl"][m].values()) if m in result["vs_carl"] else ""
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {outcomes} | {result['verdicts'].get(m, '')} |")
     lines.append("")
