@@ -68,6 +68,21 @@ def test_default_is_the_qualified_method_and_ignores_test():
     assert "default by the rule: carl-negative" in lines
 
 
+def test_only_the_pre_registered_settings_are_judged():
+    rows = [
+        ("ekman", "ft", [0.50, 0.51, 0.49]),
+        ("ekman", "carl", [0.50, 0.51, 0.49]),
+        ("ekman", "carl-rank", [0.55, 0.56, 0.54]),
+        # not pre-registered: a loss here must not reject carl-rank, nor appear in the section
+        ("goemotions28", "ft", [0.40, 0.41, 0.39]),
+        ("goemotions28", "carl", [0.40, 0.41, 0.39]),
+        ("goemotions28", "carl-rank", [0.30, 0.31, 0.29]),
+    ]
+    result = decide(_table(rows), ["carl-rank"])
+    assert result["settings"] == ["ekman-full"] and result["verdicts"] == {"carl-rank": "chosen"}
+    assert "goemotions28" not in "\n".join(report_lines(_table(rows), ["carl-rank"]))
+
+
 def test_without_a_qualified_method_the_default_is_the_best_dev_rank_and_says_so():
     rows = [
         ("ekman", "ft", [0.55, 0.56, 0.54]),

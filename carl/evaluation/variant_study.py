@@ -8,6 +8,8 @@ deviation ``s_p = sqrt((s_a^2 + s_b^2) / 2)``; a comparison needs :data:`MIN_SEE
 
 - A variant is *chosen* over carl when it is better than carl in at least one setting and worse in
   none; *rejected* when it is worse somewhere, or when every setting is decided and none is better.
+- Only the pre-registered settings (:data:`STUDY_SETTINGS`) are judged; the report's other
+  settings (e.g. ``goemotions28-full``, ``ekman-k8``) are shown in its tables, not here.
 - The default objective is, among ft, ft-dropout, mcl, carl, carl-stage and the chosen variants, the one with
   the best mean dev rank of those better than the stronger plain fine-tuning (ft or ft-dropout,
   the higher dev mean) in at least :data:`WINS_FOR_DEFAULT` settings and worse in none; when no
@@ -24,6 +26,8 @@ MIN_SEEDS = 3
 WINS_FOR_DEFAULT = 2
 BASELINES = ("ft", "ft-dropout")
 CORE = ("ft", "ft-dropout", "mcl", "carl", "carl-stage")
+# the settings fixed before any variant ran (docs/method.md, "Deciding on dev"); ekman-k64 "where time allows"
+STUDY_SETTINGS = ("ekman-full", "sst5-full", "emobank-full", "ekman-k64")
 
 
 def dev_score(cell: dict) -> float | None:
@@ -63,11 +67,12 @@ def decide(table: dict[tuple[str, str], dict[str, list[dict]]], variants: list[s
     outcome}}, "verdicts": {variant: verdict}, "vs_baseline": {method: {setting: outcome}},
     "default": method or None, "qualified": [...], "ranks": {method: mean rank}}``."""
     variants = judged(variants)
-    settings = [f"{task}-{regime}" for task, regime in table]
     dev = {
         f"{task}-{regime}": {m: dev_summary(cells) for m, cells in methods.items()}
         for (task, regime), methods in table.items()
+        if f"{task}-{regime}" in STUDY_SETTINGS
     }
+    settings = list(dev)
     vs_carl = {v: {s: compare(dev[s].get(v), dev[s].get("carl")) for s in settings} for v in variants}
     verdicts = {v: variant_verdict(list(outcomes.values())) for v, outcomes in vs_carl.items()}
     ran = {m for scores in dev.values() for m, agg in scores.items() if agg}
