@@ -22,7 +22,7 @@ from carl.evaluation.metrics import pearson
 from carl.inference import AffectEncoder
 from carl.testing import synthetic_affect_corpus, write_affect_csv
 from carl.training.errors import CheckpointError
-from carl.training.selection import Selection, best_folder
+from carl.training.selection import Selection, best_folder, class_macro_f1
 from carl.training.trainer import CarlTrainer
 
 STEPS, EVERY = 200, 20
@@ -81,6 +81,19 @@ def test_selection_state_follows_the_metric_and_counts_patience():
     assert Selection.from_dict(json.loads(json.dumps(sel.to_dict())), "va_pearson_mean") == sel
     with pytest.raises(ValueError, match="metric"):
         Selection.from_dict(sel.to_dict(), "va_pearson_valence")
+
+
+def test_multi_label_dev_metric_scores_at_tuned_thresholds():
+    # a rare label ranked perfectly but never above p = 0.5 (logit 0): at 0.5 it would score F1 0
+    targets = np.zeros((20, 2))
+    targets[:10, 0] = 1.0
+    targets[:2, 1] = 1.0
+    logits = np.full((20, 2), -3.0)
+    logits[:10, 0] = 2.0
+    logits[:2, 1] = -1.0
+    assert class_macro_f1(logits, targets) == pytest.approx(1.0)
+    logits[:2, 1] = -4.0  # ranked below every negative (p 0.018 < 0.047 < the lowest threshold 0.05)
+    assert class_macro_f1(logits, targets) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
