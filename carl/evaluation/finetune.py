@@ -469,6 +469,6 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_text_atomic(out / "results.json", dump_json(results))
+    write_text_atomic(out / "results.json", dump_json(results, compact=True))
     write_report(results, out)
     return results
