@@ -35,12 +35,12 @@ from carl.evaluation.benchmark import (
     BenchmarkSettings,
     Cell,
     Method,
+    cached_cell,
     cell_spec,
     complete_cell,
-    dump_json,
-    load_cached,
     run_cell,
 )
+from carl.evaluation.cells import dump_json
 from carl.evaluation.tasks import TaskSettings, load_task_data
 from carl.training.run_info import environment_info
 from carl.training.teacher import TEACHER_FILE
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     todo = plan(args)
     for cell in todo:  # results are rewritten after every point, so a cut run keeps what it measured
-        cached, missing = load_cached(out / "cells" / f"{cell.name}.json", cell_spec(cell, settings))
+        cached, missing = cached_cell(out / "cells" / f"{cell.name}.json", cell_spec(cell, settings))
         if cached is not None and not missing:
             cells[cell.name] = cached
             continue
