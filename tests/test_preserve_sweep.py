@@ -1,0 +1,34 @@
+"""The preservation sweep script rebuilds its committed report from its committed points."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "benchmarks" / "results" / "preserve_sweep"
+
+
+def test_report_only_tables_the_cached_points_and_lists_the_missing(tmp_path):
+    shutil.copytree(SWEEP / "cells", tmp_path / "cells")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/preserve_sweep.py", "--objectives", "carl", "--kinds", "distill"]
+        + ["--weights", "0", "10", "2.5", "--seeds", "1", "--report-only", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    frozen = json.loads((SWEEP / "cells" / "frozen.json").read_text())["results"]["tasks"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["not_computed"] == ["carl-w2.5-distill-s1"]
+    rows = {row["point"]: row for row in results["summary"]}
+    assert set(rows) == {"frozen", "carl-w0", "carl-w10-distill"}
+    assert rows["frozen"]["sickr/spearman"]["mean"] == frozen["sickr"]["metrics"]["spearman"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| carl-w10-distill | 1 |" in report and "Not computed yet (1): carl-w2.5-distill-s1." in report
+    assert (tmp_path / "front.png").stat().st_size > 0
