@@ -13,8 +13,9 @@ SICK-R (cosine Spearman x 100, no training); plus the frozen encoder as the refe
 points are cached in OUT/cells/ and an interrupted point resumes its training, so rerunning the
 same command, or a larger grid into the same OUT, computes only what is missing. Every
 invocation rewrites OUT/results.json, OUT/report.md and OUT/front.png (affect against SICK-R);
-``--report-only`` does only that, from the points in OUT/cells (e.g. after invocations of parts
-of the grid ran at once).
+``--report-only`` does only that. The report tables every point in OUT/cells, whichever
+invocation computed it, with the invocations that reproduce them, each configuration's standing
+against issue 14's targets, and the front: a line per objective and kind through its weights.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from carl.evaluation.benchmark import (
     complete_cell,
     run_cell,
 )
-from carl.evaluation.cells import dump_json
+from carl.evaluation.cells import dump_json, read_cell
 from carl.evaluation.tasks import TaskSettings, load_task_data
 from carl.training.run_info import environment_info
 from carl.training.teacher import TEACHER_FILE
@@ -50,6 +51,8 @@ TASKS = ("emobank", "goemotions", "sickr")
 AFFECT = (("emobank", "valence_pearson", "EmoBank valence r"), ("goemotions", "macro_f1", "GoEmotions macro-F1"))
 SEMANTICS = ("sickr", "spearman", "SICK-R rho x100")
 TRAINING = ("train.epochs=1",)  # the benchmark's budget (DEFAULT_TRAIN_OVERRIDES)
+ENCODER = "minilm-l6"
+OUT = Path("benchmarks/results/preserve_sweep")
 
 
 def plan(args) -> list[Cell]:
@@ -88,59 +91,129 @@ def teacher_seconds(cell: dict) -> float | None:
         return float((f.metadata() or {}).get("seconds", "nan"))
 
 
-def summarise(cells: dict[str, dict], plan_cells: list[Cell]) -> list[dict]:
-    """One row per configuration (point without its seed): mean and std over the seeds done."""
-    rows: dict[str, dict] = {}
-    for c in plan_cells:
-        record = cells.get(c.name)
-        if record is None:
-            continue
+def configuration(record: dict) -> tuple[str, float, str]:
+    """(objective, preserve weight, kind) of a cached point, from its overrides; the frozen
+    reference is ("frozen", 0, "none") and weight 0 has kind "none"."""
+    if record.get("kind") == "frozen":
+        return "frozen", 0.0, "none"
+    sets = dict(o.split("=", 1) for o in (record.get("spec") or {}).get("overrides", []) if "=" in o)
+    weight = float(sets.get("objective.preserve_weight", 0))
+    return sets["objective.name"], weight, sets.get("objective.preserve.kind", "none") if weight else "none"
+
+
+def aggregate(values: list) -> dict:
+    kept = [v for v in values if v is not None]
+    return {
+        "mean": statistics.fmean(kept) if kept else None,
+        "std": statistics.stdev(kept) if len(kept) > 1 else 0.0,
+        "values": kept,
+    }
+
+
+def summarise(cells: dict[str, dict]) -> list[dict]:
+    """One row per configuration (point without its seed), frozen first, then by objective, kind
+    and weight: mean and std over the seeds done, and against the targets of issue 14: SICK-R
+    minus the frozen encoder's, and the share of the same objective's weight-0 gain over the
+    frozen encoder kept on each affect metric (``None`` where a reference is missing)."""
+    rows: dict[tuple, dict] = {}
+    for record in cells.values():
+        objective, weight, kind = configuration(record)
         row = rows.setdefault(
-            c.method.name, {"point": c.method.name, "overrides": list(c.method.overrides), "seeds": []}
+            (objective != "frozen", objective, kind != "none", kind, weight),
+            {"point": record["method"], "objective": objective, "kind": kind, "weight": weight, "seeds": []},
         )
-        row["seeds"].append(c.seed)
+        row["seeds"].append(record.get("seed"))
         for task, metric, _ in (*AFFECT, SEMANTICS):
             row.setdefault(f"{task}/{metric}", []).append(value(record, task, metric))
         if "training" in record:
             row.setdefault("median_step_seconds", []).append(record["training"]["median_step_seconds"])
-    for row in rows.values():
+    ordered = [rows[key] for key in sorted(rows)]
+    for row in ordered:
+        row["seeds"] = sorted(s for s in row["seeds"] if s is not None)
         for key in [k for k in row if "/" in k or k == "median_step_seconds"]:
-            values = [v for v in row[key] if v is not None]
-            row[key] = {
-                "mean": statistics.fmean(values) if values else None,
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "values": values,
-            }
-    return list(rows.values())
+            row[key] = aggregate(row[key])
+    frozen = next((r for r in ordered if r["objective"] == "frozen"), None)
+    plain = {r["objective"]: r for r in ordered if r["weight"] == 0 and r["objective"] != "frozen"}
+    sickr = f"{SEMANTICS[0]}/{SEMANTICS[1]}"
+    for row in ordered:
+        if row["objective"] == "frozen" or frozen is None:
+            continue
+        row["sickr_vs_frozen"] = row[sickr]["mean"] - frozen[sickr]["mean"]
+        base = plain.get(row["objective"])
+        for task, metric, _ in AFFECT:
+            key = f"{task}/{metric}"
+            gain = None if base is None else base[key]["mean"] - frozen[key]["mean"]
+            row[f"{key}/gain_kept"] = None if not gain else (row[key]["mean"] - frozen[key]["mean"]) / gain
+    return ordered
 
 
-def report(rows: list[dict], command: str, env: dict, missing: list[str]) -> str:
+def commands(rows: list[dict], args) -> list[str]:
+    """Invocations that compute these points (each brings the frozen reference): one per
+    objective, kind and seed set, a weight-0 point riding with the first of its objective's."""
+    groups: dict[tuple[str, str, tuple[int, ...]], list[float]] = {}
+    plain = []
+    for r in rows:
+        if r["objective"] == "frozen":
+            continue
+        if r["weight"] == 0:
+            plain.append(r)
+        else:
+            groups.setdefault((r["objective"], r["kind"], tuple(r["seeds"])), []).append(r["weight"])
+    for r in plain:
+        key = next((k for k in groups if k[0] == r["objective"] and k[2] == tuple(r["seeds"])), None)
+        groups.setdefault(key or (r["objective"], "distill", tuple(r["seeds"])), []).insert(0, 0.0)
+    extra = "".join(
+        [f" --encoder {args.encoder}" if args.encoder != ENCODER else ""]
+        + [f" --set {o}" for o in args.overrides]
+        + [f" --out {args.out}" if args.out != OUT else ""]
+    )
+    return [
+        f"python benchmarks/preserve_sweep.py --objectives {objective} --kinds {kind} "
+        f"--weights {' '.join(f'{w:g}' for w in weights)} --seeds {' '.join(str(s) for s in seeds)}{extra}"
+        for (objective, kind, seeds), weights in groups.items()
+    ]
+
+
+def report(rows: list[dict], invocations: list[str], env: dict, missing: list[str]) -> str:
     def fmt(agg, digits):
         if agg["mean"] is None:
             return "-"
         return f"{agg['mean']:.{digits}f}" + (f" ± {agg['std']:.{digits}f}" if len(agg["values"]) > 1 else "")
 
+    def share(x):
+        return "-" if x is None else f"{100 * x:.0f} %"
+
     lines = [
         "# Preservation sweep: affect against general semantics",
         "",
-        f"Command: `{command}`",
+        "Commands (each computes only the points not yet in `cells/`):",
+        "",
+        "```",
+        *invocations,
+        "```",
         "",
         f"Machine: {env.get('cpu_count')} CPU cores ({env.get('processor')}), torch {env['versions'].get('torch')}"
         + (f", GPUs {env['gpus']}" if env.get("gpus") else "")
         + f"; git {env.get('git_revision')}.",
         "",
         "Each point: one epoch of EmoBank training (the benchmark's budget), then probes of the frozen "
-        "result; mean ± std over the seeds listed.",
+        "result; mean ± std over the seeds listed. Against issue 14's targets: SICK-R minus the frozen "
+        "encoder's (target: at least -1), and the share of the same objective's weight-0 gain over the "
+        "frozen encoder kept (target: at least 90 % on both), from the means.",
         "",
-        "| point | seeds | EmoBank valence r | GoEmotions macro-F1 | SICK-R rho x100 | median step (s) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| point | seeds | EmoBank valence r | GoEmotions macro-F1 | SICK-R rho x100 | SICK-R vs frozen "
+        "| valence gain kept | GoEmotions gain kept | median step (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         step = r.get("median_step_seconds")
+        vs = r.get("sickr_vs_frozen")
         lines.append(
-            f"| {r['point']} | {', '.join(str(s) for s in r['seeds'] if s is not None) or '-'} | "
+            f"| {r['point']} | {', '.join(str(s) for s in r['seeds']) or '-'} | "
             f"{fmt(r['emobank/valence_pearson'], 4)} | {fmt(r['goemotions/macro_f1'], 4)} | "
-            f"{fmt(r['sickr/spearman'], 2)} | {fmt(step, 3) if step else '-'} |"
+            f"{fmt(r['sickr/spearman'], 2)} | {'-' if vs is None else f'{vs:+.2f}'} | "
+            f"{share(r.get('emobank/valence_pearson/gain_kept'))} | {share(r.get('goemotions/macro_f1/gain_kept'))} | "
+            f"{fmt(step, 3) if step else '-'} |"
         )
     lines += ["", "![affect against SICK-R](front.png)", ""]
     if missing:
@@ -149,23 +222,51 @@ def report(rows: list[dict], command: str, env: dict, missing: list[str]) -> str
 
 
 def plot_front(rows: list[dict], out: Path) -> None:
-    """Two panels: EmoBank valence r and GoEmotions macro-F1 against SICK-R, a point per configuration."""
-    fig = Figure(figsize=(10, 4.2), dpi=100, layout="constrained")
+    """Two panels: EmoBank valence r and GoEmotions macro-F1 against SICK-R; a line per objective
+    and kind through its weights (from the objective's weight 0), error bars the std over seeds."""
+    fig = Figure(figsize=(10, 4.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     x_key = f"{SEMANTICS[0]}/{SEMANTICS[1]}"
+    lines = {(r["objective"], r["kind"]) for r in rows if r["kind"] != "none"}
+    lines |= {(r["objective"], "none") for r in rows if r["objective"] != "frozen"} - {(o, "none") for o, _ in lines}
     for ax, (task, metric, label) in zip(axes, AFFECT):
-        for r in rows:
-            x, y = r[x_key], r[f"{task}/{metric}"]
-            if x["mean"] is None or y["mean"] is None:
+        y_key = f"{task}/{metric}"
+        done = [r for r in rows if r[x_key]["mean"] is not None and r[y_key]["mean"] is not None]
+        for objective, kind in sorted(lines):
+            series = [r for r in done if r["objective"] == objective and (r["kind"] == kind or r["weight"] == 0)]
+            series.sort(key=lambda r: r["weight"])
+            if not series:
                 continue
-            marker = "*" if r["point"] == "frozen" else "o"
-            ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt=marker, ms=9 if marker == "*" else 6)
-            ax.annotate(r["point"], (x["mean"], y["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.errorbar(
+                [r[x_key]["mean"] for r in series],
+                [r[y_key]["mean"] for r in series],
+                xerr=[r[x_key]["std"] for r in series],
+                yerr=[r[y_key]["std"] for r in series],
+                fmt="-o" if objective == "carl" else "--s",
+                ms=5,
+                lw=1,
+                label=f"{objective}, {kind}" if kind != "none" else objective,
+            )
+            for r in series:
+                ax.annotate(
+                    f"{r['weight']:g}",
+                    (r[x_key]["mean"], r[y_key]["mean"]),
+                    fontsize=7,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
+        for r in done:
+            if r["objective"] == "frozen":
+                ax.plot(r[x_key]["mean"], r[y_key]["mean"], "k*", ms=10, label="frozen encoder")
+                ax.axvline(r[x_key]["mean"] - 1, ls=":", color="grey", lw=1, label="SICK-R target (frozen - 1)")
         ax.set_xlabel(SEMANTICS[2] + " (general semantics)")
         ax.set_ylabel(label + " (affect)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Preservation weight: affect against semantics (up and right is better)", fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        "Preservation weight (numbers at the points): affect against semantics (up and right is better)", fontsize=10
+    )
     fig.savefig(out / "front.png")
 
 
@@ -175,15 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", default=["distill", "relational", "l2sp"])
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 1.0, 10.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--encoder", default="minilm-l6")
+    parser.add_argument("--encoder", default=ENCODER)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/preserve_sweep"))
+    parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report-only", action="store_true", help="compute nothing: rewrite the report from OUT/cells")
     args = parser.parse_args(argv)
     out = args.out
     settings = BenchmarkSettings(methods=("frozen",), encoder=args.encoder, tasks=TaskSettings(tasks=TASKS))
     data = load_task_data(settings.tasks)
-    cells: dict[str, dict] = {}
+    # every point computed so far, by any invocation into OUT (the planned ones are checked below)
+    cells = {path.stem: read_cell(path) for path in sorted((out / "cells").glob("*.json"))}
     started = time.time()
     todo = plan(args)
     for cell in todo:  # results are rewritten after every point, so a cut run keeps what it measured
@@ -204,9 +306,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(out: Path, args, cells: dict[str, dict], todo: list[Cell], started: float) -> None:
-    rows = summarise(cells, todo)
-    # the command that computes these points (a --report-only rewrite shows it without the flag)
-    command = "python benchmarks/preserve_sweep.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")
+    rows = summarise(cells)
+    invocations = commands(rows, args)
     env = environment_info()
     missing = [c.name for c in todo if c.name not in cells]
     points = {
@@ -221,7 +322,7 @@ def write_results(out: Path, args, cells: dict[str, dict], todo: list[Cell], sta
         for name, c in cells.items()
     }
     results = {
-        "command": command,
+        "commands": invocations,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "tasks": list(TASKS),
         "points": points,
@@ -231,7 +332,7 @@ def write_results(out: Path, args, cells: dict[str, dict], todo: list[Cell], sta
         "environment": env,
     }
     write_text_atomic(out / "results.json", dump_json(results))
-    write_text_atomic(out / "report.md", report(rows, command, env, missing))
+    write_text_atomic(out / "report.md", report(rows, invocations, env, missing))
     plot_front(rows, out)
 
 

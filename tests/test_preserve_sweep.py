@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "benchmarks" / "results" / "preserve_sweep"
 
@@ -26,9 +28,17 @@ def test_report_only_tables_the_cached_points_and_lists_the_missing(tmp_path):
     frozen = json.loads((SWEEP / "cells" / "frozen.json").read_text())["results"]["tasks"]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["not_computed"] == ["carl-w2.5-distill-s1"]
+    assert results["commands"] == [
+        f"python benchmarks/preserve_sweep.py --objectives carl --kinds distill --weights 0 10 --seeds 1 --out {tmp_path}"
+    ]
     rows = {row["point"]: row for row in results["summary"]}
-    assert set(rows) == {"frozen", "carl-w0", "carl-w10-distill"}
+    assert list(rows) == ["frozen", "carl-w0", "carl-w10-distill"]
     assert rows["frozen"]["sickr/spearman"]["mean"] == frozen["sickr"]["metrics"]["spearman"]
+    w10, w0 = rows["carl-w10-distill"], rows["carl-w0"]
+    for key in ("emobank/valence_pearson", "goemotions/macro_f1"):  # the share of carl's gain the term keeps
+        kept = (w10[key]["mean"] - rows["frozen"][key]["mean"]) / (w0[key]["mean"] - rows["frozen"][key]["mean"])
+        assert w10[f"{key}/gain_kept"] == pytest.approx(kept) and 0 < kept < 1
+    assert w0["emobank/valence_pearson/gain_kept"] == 1
     report = (tmp_path / "report.md").read_text()
     assert "| carl-w10-distill | 1 |" in report and "Not computed yet (1): carl-w2.5-distill-s1." in report
     assert (tmp_path / "front.png").stat().st_size > 0
