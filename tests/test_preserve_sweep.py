@@ -15,7 +15,9 @@ SWEEP = ROOT / "benchmarks" / "results" / "preserve_sweep"
 
 
 def test_report_only_tables_the_cached_points_and_lists_the_missing(tmp_path):
-    shutil.copytree(SWEEP / "cells", tmp_path / "cells")
+    (tmp_path / "cells").mkdir()
+    for point in ("frozen", "carl-w0-s1", "carl-w10-distill-s1"):
+        shutil.copy(SWEEP / "cells" / f"{point}.json", tmp_path / "cells")
     done = subprocess.run(
         [sys.executable, "benchmarks/preserve_sweep.py", "--objectives", "carl", "--kinds", "distill"]
         + ["--weights", "0", "10", "2.5", "--seeds", "1", "--report-only", "--out", str(tmp_path)],
