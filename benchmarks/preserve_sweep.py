@@ -21,7 +21,6 @@ against issue 14's targets, and the front: a line per objective and kind through
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from carl.evaluation.benchmark import (
     run_cell,
 )
 from carl.evaluation.cells import dump_json, read_cell
+from carl.evaluation.report import aggregate
 from carl.evaluation.tasks import TaskSettings, load_task_data
 from carl.training.run_info import environment_info
 from carl.training.teacher import TEACHER_FILE
@@ -101,15 +101,6 @@ def configuration(record: dict) -> tuple[str, float, str]:
     return sets["objective.name"], weight, sets.get("objective.preserve.kind", "none") if weight else "none"
 
 
-def aggregate(values: list) -> dict:
-    kept = [v for v in values if v is not None]
-    return {
-        "mean": statistics.fmean(kept) if kept else None,
-        "std": statistics.stdev(kept) if len(kept) > 1 else 0.0,
-        "values": kept,
-    }
-
-
 def summarise(cells: dict[str, dict]) -> list[dict]:
     """One row per configuration (point without its seed), frozen first, then by objective, kind
     and weight: mean and std over the seeds done, and against the targets of issue 14: SICK-R
@@ -131,7 +122,8 @@ def summarise(cells: dict[str, dict]) -> list[dict]:
     for row in ordered:
         row["seeds"] = sorted(s for s in row["seeds"] if s is not None)
         for key in [k for k in row if "/" in k or k == "median_step_seconds"]:
-            row[key] = aggregate(row[key])
+            # a metric no seed has yet: mean None (shown as "-")
+            row[key] = aggregate([v for v in row[key] if v is not None]) or {"mean": None, "std": 0.0, "values": []}
     frozen = next((r for r in ordered if r["objective"] == "frozen"), None)
     plain = {r["objective"]: r for r in ordered if r["weight"] == 0 and r["objective"] != "frozen"}
     sickr = f"{SEMANTICS[0]}/{SEMANTICS[1]}"
