@@ -49,7 +49,8 @@ class Term:
     weight: float = 1.0
 
 
-# keeps the trained encoder near its starting point (objective.preserve.kind); 0 (default): absent
+# keeps the trained encoder near its starting point (objective.preserve.kind, weight 0.3 by default;
+# docs/method.md, "Choosing the weight"); weight 0: absent
 PRESERVE = Term("preserve", "preserve_weight")
 # every objective as its terms; adding an objective is one row here (plus its loss file)
 OBJECTIVE_TERMS: dict[str, tuple[Term, ...]] = {
@@ -206,7 +207,7 @@ class ObjectiveConfig:
     mse_weight: float = 1.0
     classify_weight: float = 1.0  # the classification term of classify, mcl-classify, carl-classify
     va_weight: float = 0.0  # the classification objectives' VA regression term (0: no VA head)
-    preserve_weight: float = 0.0  # the preservation term of every objective (0: absent)
+    preserve_weight: float = 0.3  # the preservation term of every objective (0: absent)
     class_weights: str = "none"  # none | balanced (CE: N / (C n_c); BCE: positives weigh (N - n_c) / n_c)
     ptd_schedule: str = "constant"  # constant | warmup (0 -> ptd_weight) | decay (ptd_weight -> 0)
     ptd_schedule_fraction: float = 0.5  # the share of training over which warmup/decay is linear

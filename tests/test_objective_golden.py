@@ -24,6 +24,7 @@ def overrides(encoder: str, train_csv: Path, objective: str) -> list[str]:
         f"data.path={train_csv}",
         "data.scale=0-1",
         "data.dev_fraction=0",  # the traces were recorded on every row, without dev evaluation
+        "objective.preserve_weight=0",  # and before the preservation term (on by default since)
         f"model.encoder={encoder}",
         f"objective.name={objective}",
         "objective.mcl.queue_size=32",

@@ -16,6 +16,7 @@ def test_each_objective_resolves_to_its_weighted_terms():
         "mcl": Term("mcl", "mcl_weight", "soft", 0.5),
         "mse": Term("mse", "mse_weight", weight=0.25),
         "ptd": Term("ptd", "ptd_weight", weight=2.0),
+        "preserve": Term("preserve", "preserve_weight", weight=0.3),  # on by default (docs/method.md)
     }
     expected = {
         "carl": {"mcl", "mse", "ptd"},
@@ -34,18 +35,20 @@ def test_each_objective_resolves_to_its_weighted_terms():
     assert set(OBJECTIVE_TERMS) == set(expected)
     for name, losses in expected.items():
         labelled = ["data.label_column=label"] if "classify" in losses else []  # a classifier needs labels
-        terms = load_config(None, [f"objective.name={name}", *labelled]).objective.terms()
+        terms = load_config(
+            None, [f"objective.name={name}", "objective.preserve_weight=0", *labelled]
+        ).objective.terms()
         assert set(terms) == losses and all(t.weight == 1.0 for t in terms.values())
-        # every objective trains its encoder, so every one may add the preservation term
-        kept = load_config(None, [f"objective.name={name}", "objective.preserve_weight=2", *labelled]).objective
-        assert set(kept.terms()) == losses | {"preserve"} and kept.terms()["preserve"].weight == 2.0
+        # every objective trains its encoder, so every one has the preservation term (default 0.3)
+        kept = load_config(None, [f"objective.name={name}", *labelled]).objective
+        assert set(kept.terms()) == losses | {"preserve"} and kept.terms()["preserve"].weight == 0.3
     assert load_config(None, ["objective.name=supcon-hard"]).objective.terms()["mcl"].targets == "hard"
     assert load_config(None, ["objective.name=carl-rank"]).objective.terms()["mcl"].targets == "rank"
 
 
 def test_zero_weights_drop_terms_and_an_empty_objective_is_refused():
     terms = load_config(None, ["objective.name=mcl", "objective.mse_weight=0"]).objective.terms()
-    assert set(terms) == {"mcl"}
+    assert set(terms) == {"mcl", "preserve"}
     with pytest.raises(ConfigError, match="objective.mse_weight"):
         load_config(None, ["objective.name=mse", "objective.mse_weight=0"])
 
@@ -53,6 +56,7 @@ def test_zero_weights_drop_terms_and_an_empty_objective_is_refused():
 def test_the_trainer_applies_the_mse_weight_of_the_mse_objective(tmp_path, tiny_overrides):
     """Before objectives were data, ``mse`` ignored ``objective.mse_weight``."""
     overrides = tiny_overrides + ["objective.name=mse", "train.max_steps=2", "objective.mse_weight=0.5"]
+    overrides.append("objective.preserve_weight=0")  # the loss is then the weighted mse alone
     CarlTrainer(load_config(None, overrides), tmp_path, show_progress=False).train()
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)

@@ -138,7 +138,8 @@ def test_the_trainer_weighs_ptd_by_its_schedule(tmp_path, tiny_overrides, schedu
     records = run_metrics(tmp_path)
     assert [r["ptd_weight"] for r in records] == [2 * f for f in expected]
     for r in records:
-        assert r["loss"] == pytest.approx(r["mcl"] + r["mse"] + r["ptd_weight"] * r["ptd"], rel=1e-5)
+        expected_loss = r["mcl"] + r["mse"] + r["ptd_weight"] * r["ptd"] + 0.3 * r["preserve"]  # default preserve
+        assert r["loss"] == pytest.approx(expected_loss, rel=1e-5)
 
 
 # --------------------------------------------------------------------------- dropout
@@ -208,7 +209,7 @@ def test_the_classification_objectives_train_with_every_ptd_switch(
         *extra,
     )
     cfg = load_config(None, overrides)
-    assert set(cfg.objective.terms()) == {"classify", "mcl", "ptd"}
+    assert set(cfg.objective.terms()) == {"classify", "mcl", "ptd", "preserve"}
     CarlTrainer(cfg, tmp_path, show_progress=False).train()
     records = run_metrics(tmp_path)
     assert all(r["ptd_affect_increase"] > 0 and r["ptd_consistency"] > 0 for r in records)

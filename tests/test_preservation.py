@@ -169,7 +169,9 @@ def test_teacher_cache_is_reused_on_resume_and_recomputed_when_its_key_differs(
 def test_preservation_settings_are_validated():
     cfg = load_config(None, ["objective.preserve_weight=0.5", "objective.preserve.kind=relational"])
     assert cfg.objective.terms()["preserve"].weight == 0.5
-    assert "preserve" not in load_config().objective.terms()  # absent by default
+    default = load_config().objective
+    assert default.terms()["preserve"].weight == 0.3 and default.preserve.kind == "distill"  # on by default
+    assert "preserve" not in load_config(None, ["objective.preserve_weight=0"]).objective.terms()
     with pytest.raises(ConfigError, match="objective.preserve.kind"):
         load_config(None, ["objective.preserve.kind=cosine"])
     with pytest.raises(ConfigError, match="objective.preserve_weight"):

@@ -67,7 +67,13 @@ METHODS: dict[str, Method] = {
         Method("mse", "carl", ("objective.name=mse",), "VA regression fine-tuning only"),
         Method("supcon-hard", "carl", ("objective.name=supcon-hard",), "hard-label (binned VA) SupCon, no PTD"),
         Method("mcl", "carl", ("objective.name=mcl",), "continuous-label momentum contrast, no PTD"),
-        Method("carl", "carl", ("objective.name=carl",), "CARL: MCL + saliency PTD (hotflip)"),
+        Method("carl", "carl", ("objective.name=carl",), "CARL: MCL + saliency PTD (hotflip), no preservation"),
+        Method(
+            "carl-preserve",
+            "carl",
+            ("objective.name=carl", "objective.preserve_weight=0.3"),
+            "CARL with carl's default preservation term (distill x 0.3): `carl train`'s default",
+        ),
         Method(
             "carl-random-positions",
             "carl",
@@ -146,6 +152,11 @@ QUICK_SEEDS: tuple[int, ...] = (1,)
 # the default benchmark trains every cell for one epoch of its data (EmoBank train: 252 steps of
 # 32), pinned here so that a change of carl's default epochs does not silently change the budget
 DEFAULT_TRAIN_OVERRIDES: tuple[str, ...] = ("train.epochs=1",)
+# the methods compared are defined without the preservation term (whose default weight is 0.3 since
+# 2026-12-03; docs/method.md, "Choosing the weight"): every trained cell starts from this pin and a
+# method that wants the term sets it after it. Cached specs record it, so that a later change of
+# the default cannot relabel them.
+PINNED_OVERRIDES: tuple[str, ...] = ("objective.preserve_weight=0",)
 # every trained cell of the quick variant stops after this many optimizer steps
 QUICK_TRAIN_OVERRIDES: tuple[str, ...] = ("train.max_steps=40",)
 
@@ -221,6 +232,7 @@ def plan_cells(settings: BenchmarkSettings) -> list[Cell]:
             method = METHODS[name]
             if method.seeded:
                 overrides = (
+                    *PINNED_OVERRIDES,
                     *method.overrides,
                     f"model.encoder={settings.encoder}",
                     f"train.seed={seed}",

@@ -8,11 +8,12 @@ cell fine-tunes encoder + task head with carl's one trainer on the task's train 
 step on dev (``train.eval_every``, ``train.select_metric``; the temperature and, multi-label, the
 per-class thresholds are fitted on dev by the trainer), and scores the exported model on the full
 test split (:mod:`carl.evaluation.finetune_score`). Every method trains with the same pinned step
-budget, batch and learning rates (:data:`BUDGETS`); ``--set`` overrides apply to every training.
+budget, batch and learning rates (:data:`BUDGETS`), without the preservation term
+(:data:`~carl.evaluation.benchmark.PINNED_OVERRIDES`); ``--set`` overrides apply to every training.
 
 Methods: ``ft`` (objective ``classify``; ``mse`` on EmoBank), ``mcl`` (``mcl-classify``/``mcl``),
 ``carl`` (``carl-classify``/``carl``), ``carl-stage`` (``ft`` from the encoder of a first stage: carl
-with its default configuration on bundled EmoBank at the cell's seed, one shared run per seed in
+with its default configuration, preservation off, on bundled EmoBank at the cell's seed, one shared run per seed in
 ``OUT/runs/stage-carl-s<seed>``), ``setfit`` (the peer) and ``probe`` (the frozen encoder, linear
 model on the same training rows). The plan runs task, then seed, then regime, then method, so an
 interrupted grid has every method at equal depth. Cells are cached in ``OUT/cells/`` exactly as
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from carl.atomic import write_text_atomic
 from carl.config import load_config
+from carl.evaluation.benchmark import PINNED_OVERRIDES
 from carl.evaluation.benchmark import VARIANT_METHODS as PROBE_VARIANTS
 from carl.evaluation.cells import (
     dump_json,
@@ -234,8 +236,9 @@ def stage_name(seed: int) -> str:
 
 
 def stage_overrides(settings: FinetuneSettings, seed: int) -> list[str]:
-    """The first stage: carl's default configuration on bundled EmoBank, at ``seed``, then ``--set``."""
+    """The first stage: carl's default configuration, preservation off, on bundled EmoBank at ``seed``; then ``--set``."""
     return [
+        *PINNED_OVERRIDES,
         f"objective.name={STAGE_OBJECTIVE}",
         f"model.encoder={settings.encoder}",
         f"train.seed={seed}",
@@ -247,6 +250,7 @@ def cell_overrides(cell: FinetuneCell, settings: FinetuneSettings, files: TaskFi
     """The trainer's overrides of a trained cell: method, budget, data, selection, then ``--set``."""
     task, b = cell.task, budget(cell.task.name, cell.regime)
     overrides = [
+        *PINNED_OVERRIDES,
         f"objective.name={OBJECTIVES[cell.method][task.kind]}",
         f"model.encoder={encoder}",
         f"train.seed={cell.seed}",
