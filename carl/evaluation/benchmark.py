@@ -453,7 +453,7 @@ def run_benchmark(
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    saved = dump_json({**results, "cells": without_points(cells)})
+    saved = dump_json({**results, "cells": without_points(cells)}, compact=True)
     write_text_atomic(out / "results.json", saved)
     write_report(results, out)
     log(f"[benchmark] wrote {out / 'results.json'} and {out / 'report.md'}")
