@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carl.atomic import write_text_atomic
-from carl.config import load_config
+from carl.config import ObjectiveConfig, load_config
 from carl.evaluation.cells import (
     dump_json,
     mismatch,
@@ -71,8 +71,8 @@ METHODS: dict[str, Method] = {
         Method(
             "carl-preserve",
             "carl",
-            ("objective.name=carl", "objective.preserve_weight=0.3"),
-            "CARL with carl's default preservation term (distill x 0.3): `carl train`'s default",
+            ("objective.name=carl", f"objective.preserve_weight={ObjectiveConfig().preserve_weight:g}"),
+            "CARL with carl's default preservation term: `carl train`'s default",
         ),
         Method(
             "carl-random-positions",
