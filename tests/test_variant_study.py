@@ -112,3 +112,27 @@ def test_a_variant_cell_trains_its_objective_with_its_switches(name):
         assert [o for o in overrides if o.startswith(("objective.ptd", "train.dropout"))] == list(switches)
     with pytest.raises(ValueError, match="unknown method"):
         ft.FinetuneSettings(methods=("carl-nonsense",))
+
+
+def test_readme_shows_a_variant_only_once_chosen_and_names_the_others():
+    from carl.evaluation.finetune_report import readme_section
+
+    rows = [
+        ("ekman", "ft", [0.50, 0.51, 0.49]),
+        ("ekman", "ft-dropout", [0.52, 0.53, 0.51]),
+        ("ekman", "carl", [0.54, 0.55, 0.53]),
+        ("ekman", "carl-negative", [0.58, 0.59, 0.57]),  # better than carl: chosen
+        ("ekman", "carl-rank", [0.50, 0.50, 0.50]),  # worse: rejected
+        ("ekman", "carl-dropout", [0.58]),  # one seed: undecided
+    ]
+    cells = [c for task, method, devs in rows for c in _cells(task, method, devs)]
+    methods = ["ft", "ft-dropout", "carl", "carl-negative", "carl-rank", "carl-dropout"]
+    results = {
+        "planned": [c["name"] for c in cells],
+        "cells": {c["name"]: c for c in cells},
+        "settings": {"methods": methods},
+        "command": "carl benchmark --protocol finetune",
+    }
+    section = readme_section(results, "out/report.md")
+    assert "| task | regime | metric | ft | ft-dropout | carl | carl-negative |" in section
+    assert "without a column (verdict on dev so far): carl-rank (rejected), carl-dropout (undecided)." in section

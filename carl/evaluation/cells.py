@@ -59,10 +59,11 @@ def _rounded(value, in_list: bool = False):
     return value
 
 
-def without_points(value):
-    """A copy of a cell without its per-point arrays (what results.json keeps of each cell)."""
+def without_points(value, keys: tuple[str, ...] = PER_POINT_KEYS):
+    """A copy of a cell without its per-point arrays, or without any of ``keys`` at any depth
+    (what results.json keeps of each cell)."""
     if isinstance(value, dict):
-        return {k: without_points(v) for k, v in value.items() if k not in PER_POINT_KEYS}
+        return {k: without_points(v, keys) for k, v in value.items() if k not in keys}
     return value
 
 

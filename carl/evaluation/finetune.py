@@ -38,6 +38,7 @@ from carl.config import load_config
 from carl.evaluation.benchmark import PINNED_OVERRIDES
 from carl.evaluation.benchmark import VARIANT_METHODS as PROBE_VARIANTS
 from carl.evaluation.cells import (
+    PER_POINT_KEYS,
     dump_json,
     load_cached,
     new_record,
@@ -45,6 +46,7 @@ from carl.evaluation.cells import (
     read_metrics,
     save_cell,
     training_summary,
+    without_points,
 )
 from carl.evaluation.finetune_data import DEV_CAP, TASKS, FinetuneTask, TaskFiles, prepare_task_files, task_files
 from carl.evaluation.finetune_score import require_setfit, score_model, score_probe, score_setfit
@@ -473,6 +475,8 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_text_atomic(out / "results.json", dump_json(results, compact=True))
+    # the report needs no loss curves: they stay in the cell files
+    saved = {**results, **{k: without_points(results[k], (*PER_POINT_KEYS, "curves")) for k in ("cells", "stages")}}
+    write_text_atomic(out / "results.json", dump_json(saved, compact=True))
     write_report(results, out)
     return results

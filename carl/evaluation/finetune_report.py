@@ -232,9 +232,16 @@ def write_report(results: dict, out: str | Path) -> Path:
 
 
 def readme_section(results: dict, report_path: str) -> str:
-    """One compact table (headline metric per task x regime and method) with its command."""
+    """One compact table (headline metric per task x regime and method) with its command.
+
+    The variants of the study (issue 16) get a column only once the rule has chosen them; the
+    others are named with their verdict below the table (their numbers are in the report)."""
+    from carl.evaluation.finetune import VARIANTS
+
     table = groups(results)
-    methods = list(results["settings"]["methods"])
+    variants = variant_study.judged([m for m in results["settings"]["methods"] if m in VARIANTS])
+    verdicts = variant_study.decide(table, variants)["verdicts"] if variants else {}
+    methods = [m for m in results["settings"]["methods"] if verdicts.get(m, "chosen") == "chosen"]
     head = ["task", "regime", "metric", *methods]
     lines = [README_START, "", f"`{results['command']}` (mean ± std over n seeds):", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -242,7 +249,11 @@ def readme_section(results: dict, report_path: str) -> str:
         key, header = COLUMNS[TASKS[task].kind][0]
         values = [_fmt(summary(cells.get(m, []), key)) for m in methods]
         lines.append("| " + " | ".join([task, regime, header, *values]) + " |")
-    lines += ["", f"Every metric, the budget and the step costs: `{report_path}`.", "", README_END]
+    lines.append("")
+    left_out = [f"{m} ({verdict})" for m, verdict in verdicts.items() if verdict != "chosen"]
+    if left_out:
+        lines += [f"Variants of the study without a column (verdict on dev so far): {', '.join(left_out)}.", ""]
+    lines += [f"Every metric, the variant study, the budget and the step costs: `{report_path}`.", "", README_END]
     return "\n".join(lines)
 
 
