@@ -10,7 +10,8 @@ is one point per objective and seed whatever the kind. Each point is a cell of t
 (``train.epochs=1``) into OUT/runs/<point>, then three probes of the frozen result: EmoBank
 valence r (ridge, alpha on dev), GoEmotions Ekman macro-F1 (logistic regression, C on dev) and
 SICK-R (cosine Spearman x 100, no training); plus the frozen encoder as the reference. Finished
-points are cached in OUT/cells/ and an interrupted point resumes its training, so rerunning the
+points are cached in OUT/cells/ (metrics only: without the per-point arrays and loss curves the
+probe benchmark keeps for its plots) and an interrupted point resumes its training, so rerunning the
 same command, or a larger grid into the same OUT, computes only what is missing. Every
 invocation rewrites OUT/results.json, OUT/report.md and OUT/front.png (affect against SICK-R);
 ``--report-only`` does only that. The report tables every point in OUT/cells, whichever
@@ -40,7 +41,7 @@ from carl.evaluation.benchmark import (
     complete_cell,
     run_cell,
 )
-from carl.evaluation.cells import dump_json, read_cell
+from carl.evaluation.cells import POINT_AND_CURVE_KEYS, dump_json, read_cell
 from carl.evaluation.report import aggregate
 from carl.evaluation.tasks import TaskSettings, load_task_data
 from carl.training.run_info import environment_info
@@ -289,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[preserve_sweep] {cell.name}: computing", flush=True)
         if cached is not None:
-            cells[cell.name] = complete_cell(cell, cached, missing, settings, out, data, show_progress=False)
+            cells[cell.name] = complete_cell(
+                cell, cached, missing, settings, out, data, show_progress=False, drop=POINT_AND_CURVE_KEYS
+            )
         else:
-            cells[cell.name] = run_cell(cell, settings, out, data, show_progress=False)
+            cells[cell.name] = run_cell(cell, settings, out, data, show_progress=False, drop=POINT_AND_CURVE_KEYS)
         write_results(out, args, cells, todo, started)
     write_results(out, args, cells, todo, started)
     return 0
@@ -307,7 +310,7 @@ def write_results(out: Path, args, cells: dict[str, dict], todo: list[Cell], sta
             "seed": c.get("seed"),
             "overrides": c.get("spec", {}).get("overrides"),
             "metrics": {f"{t}/{m}": value(c, t, m) for t, m, _ in (*AFFECT, SEMANTICS)},
-            "training": {k: v for k, v in c.get("training", {}).items() if k != "curves"},
+            "training": c.get("training", {}),
             "teacher_seconds": teacher_seconds(c),
             "wall_seconds": c.get("wall_seconds"),
         }

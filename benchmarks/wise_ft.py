@@ -131,30 +131,25 @@ def plot(rows: list[dict], sweep_cells: dict[str, dict], out: Path) -> None:
     x_key = f"{SEMANTICS[0]}/{SEMANTICS[1]}"
     frozen = sweep_cells["frozen"]
     points = list(dict.fromkeys(r["point"] for r in rows))
+    configs = {name: configuration(c) for name, c in sweep_cells.items()}  # (objective, weight, kind)
     fronts = {}  # point -> the sweep's cells of its objective and seed at weight 0 and the distill weights
     for point in points:
-        objective, seed = configuration(sweep_cells[point])[0], sweep_cells[point]["seed"]
-        fronts[point] = sorted(
-            (
-                c
-                for c in sweep_cells.values()
-                if c.get("seed") == seed
-                and configuration(c)[0] == objective
-                and configuration(c)[2] in ("none", "distill")
-            ),
-            key=lambda c: configuration(c)[1],
-        )
+        objective, seed = configs[point][0], sweep_cells[point]["seed"]
+        same = [n for n, c in sweep_cells.items() if c.get("seed") == seed and configs[n][0] == objective]
+        fronts[point] = [
+            sweep_cells[n] for n in sorted(same, key=lambda n: configs[n][1]) if configs[n][2] in ("none", "distill")
+        ]
     for ax, (task, metric, label) in zip(fig.subplots(1, 2), AFFECT):
         y_key = f"{task}/{metric}"
         for i, point in enumerate(points):
             color = f"C{i}"
             cells = fronts[point]
             xs, ys = [value(c, *SEMANTICS[:2]) for c in cells], [value(c, task, metric) for c in cells]
-            front = f"{configuration(cells[0])[0]} + distill, seed {cells[0]['seed']} (weights)"
+            front = f"{configs[point][0]} + distill, seed {cells[0]['seed']} (weights)"
             ax.plot(xs, ys, "--s", color=color, alpha=0.45, ms=4, lw=1, label=front)
             for c, x, y in zip(cells, xs, ys):
                 ax.annotate(
-                    f"{configuration(c)[1]:g}",
+                    f"{configs[c['name']][1]:g}",
                     (x, y),
                     fontsize=6,
                     color=color,

@@ -199,3 +199,18 @@ def test_cells_cached_before_a_new_task_are_completed_not_retrained(tmp_path, ti
         _run(out, make(old_tasks))
     with pytest.raises(BenchmarkMismatch, match="new --out"):  # another task setting: refused
         _run(out, make(TaskSettings().tasks, limit=30))
+
+
+def test_a_metrics_only_record_drops_points_and_curves_at_any_depth():
+    from carl.evaluation.cells import POINT_AND_CURVE_KEYS, without_points
+
+    record = {
+        "training": {"curves": {"loss": [[1.0, 0.5]]}, "median_step_seconds": 0.4},
+        "results": {"tasks": {"emobank": {"test_predictions": [[0.1, 0.2]], "metrics": {"valence_pearson": 0.7}}}},
+    }
+    slim = without_points(record, POINT_AND_CURVE_KEYS)
+    assert slim == {
+        "training": {"median_step_seconds": 0.4},
+        "results": {"tasks": {"emobank": {"metrics": {"valence_pearson": 0.7}}}},
+    }
+    assert without_points(record)["training"]["curves"] == {"loss": [[1.0, 0.5]]}  # the default keeps curves

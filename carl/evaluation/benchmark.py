@@ -286,9 +286,17 @@ def train_cell(cell: Cell, run_dir: Path, show_progress: bool) -> tuple[str, dic
 
 
 def run_cell(
-    cell: Cell, settings: BenchmarkSettings, out: Path, data, *, show_progress: bool = True, log=print
+    cell: Cell,
+    settings: BenchmarkSettings,
+    out: Path,
+    data,
+    *,
+    show_progress: bool = True,
+    log=print,
+    drop: tuple[str, ...] = (),
 ) -> dict:
-    """Compute one cell (train if needed, evaluate) and cache it; returns the cell record."""
+    """Compute one cell (train if needed, evaluate) and cache it without the keys ``drop``
+    (:func:`~carl.evaluation.cells.without_points`); returns the cell record as cached."""
     spec = cell_spec(cell, settings)
     started = time.time()
     record = new_record(cell.name, spec, method=cell.method.name, kind=cell.method.kind, seed=cell.seed)
@@ -307,6 +315,8 @@ def run_cell(
         record["eval_seconds"] = time.time() - eval_started
     record["wall_seconds"] = time.time() - started
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if drop:
+        record = without_points(record, drop)
     save_cell(out, cell.name, record)
     gc.collect()
     log(f"[benchmark] {cell.name}: done in {record['wall_seconds']:.0f} s; {headline(record)}")
@@ -337,8 +347,10 @@ def complete_cell(
     *,
     show_progress: bool = True,
     log=print,
+    drop: tuple[str, ...] = (),
 ) -> dict:
-    """Evaluate only the ``missing`` tasks on a cached cell's model and merge them into its record.
+    """Evaluate only the ``missing`` tasks on a cached cell's model and merge them into its record
+    (cached without the keys ``drop``, as :func:`run_cell`).
 
     A trained cell's model is ``OUT/runs/<cell>/model``; when that folder is gone (runs/ is not
     committed) the cell is retrained (the same overrides and seed) and the record says so.
@@ -362,6 +374,8 @@ def complete_cell(
         {"tasks": list(missing), "model": how, "seconds": seconds, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     )
     record["wall_seconds"] = record.get("wall_seconds", 0.0) + seconds
+    if drop:
+        record = without_points(record, drop)
     save_cell(out, cell.name, record)
     gc.collect()
     log(f"[benchmark] {cell.name}: added {', '.join(missing)} ({how}) in {seconds:.0f} s; {headline(record)}")

@@ -43,6 +43,8 @@ def _json_default(value):
 # per-point arrays of a cell (test predictions and labels, the 2-D projection): kept in the cell
 # file for the plots, left out of results.json; floats inside lists are rounded to POINT_DECIMALS
 PER_POINT_KEYS = ("test_predictions", "test_labels", "emobank_test_2d")
+# what a record read only for its metrics can leave out: the per-point arrays and the per-step loss curves
+POINT_AND_CURVE_KEYS = (*PER_POINT_KEYS, "curves")
 POINT_DECIMALS = 5
 
 

@@ -38,7 +38,7 @@ from carl.config import load_config
 from carl.evaluation.benchmark import PINNED_OVERRIDES
 from carl.evaluation.benchmark import VARIANT_METHODS as PROBE_VARIANTS
 from carl.evaluation.cells import (
-    PER_POINT_KEYS,
+    POINT_AND_CURVE_KEYS,
     dump_json,
     load_cached,
     new_record,
@@ -476,7 +476,7 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     # the report needs no loss curves: they stay in the cell files
-    saved = {**results, **{k: without_points(results[k], (*PER_POINT_KEYS, "curves")) for k in ("cells", "stages")}}
+    saved = {**results, **{k: without_points(results[k], POINT_AND_CURVE_KEYS) for k in ("cells", "stages")}}
     write_text_atomic(out / "results.json", dump_json(saved, compact=True))
     write_report(results, out)
     return results
