@@ -114,9 +114,8 @@ def test_a_variant_cell_trains_its_objective_with_its_switches(name):
         ft.FinetuneSettings(methods=("carl-nonsense",))
 
 
-def test_readme_shows_a_variant_only_once_chosen_and_names_the_others():
-    from carl.evaluation.finetune_report import readme_section
-
+def _study_results():
+    """A grid's results.json with one setting: carl-negative chosen, carl-rank rejected, carl-dropout undecided."""
     rows = [
         ("ekman", "ft", [0.50, 0.51, 0.49]),
         ("ekman", "ft-dropout", [0.52, 0.53, 0.51]),
@@ -126,13 +125,32 @@ def test_readme_shows_a_variant_only_once_chosen_and_names_the_others():
         ("ekman", "carl-dropout", [0.58]),  # one seed: undecided
     ]
     cells = [c for task, method, devs in rows for c in _cells(task, method, devs)]
-    methods = ["ft", "ft-dropout", "carl", "carl-negative", "carl-rank", "carl-dropout"]
-    results = {
+    return {
         "planned": [c["name"] for c in cells],
         "cells": {c["name"]: c for c in cells},
-        "settings": {"methods": methods},
+        "settings": {"methods": [m for _, m, _ in rows], "encoder": "tiny", "seeds": [1, 2, 3], "overrides": []},
         "command": "carl benchmark --protocol finetune",
+        "budget": {"batch_size": 32, "regimes": {}, "tasks": {}, "mcl_queue_size": {}, "dev_cap": 1000},
+        "runtime": {"all_cells_seconds": 0.0},
     }
+
+
+def test_readme_shows_a_variant_only_once_chosen_and_names_the_others():
+    from carl.evaluation.finetune_report import readme_section
+
+    results = _study_results()
     section = readme_section(results, "out/report.md")
     assert "| task | regime | metric | ft | ft-dropout | carl | carl-negative |" in section
     assert "without a column (verdict on dev so far): carl-rank (rejected), carl-dropout (undecided)." in section
+
+
+def test_the_report_shows_the_variant_study_plot(tmp_path):
+    from carl.evaluation.finetune_report import write_report
+    from carl.evaluation.plots import variant_gaps
+
+    report = write_report(_study_results(), tmp_path).read_text()
+    assert "![Variant study on dev" in report and "(variant_study.png)" in report
+    assert (tmp_path / "variant_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without carl's dev scores there is nothing to draw a gap to
+    no_carl = decide(_table([("ekman", "ft", [0.5, 0.5, 0.5]), ("ekman", "carl-rank", [0.6, 0.6, 0.6])]), ["carl-rank"])
+    assert variant_gaps(no_carl, tmp_path / "none") is None

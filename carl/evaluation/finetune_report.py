@@ -16,6 +16,7 @@ from pathlib import Path
 from carl.atomic import write_text_atomic
 from carl.evaluation import variant_study
 from carl.evaluation.finetune_data import TASKS
+from carl.evaluation.plots import variant_gaps
 from carl.evaluation.report import aggregate, replace_between_markers
 
 README_START = "<!-- finetune-results:start -->"
@@ -171,8 +172,15 @@ def step_cost_lines(table: dict[tuple[str, str], dict[str, list[dict]]]) -> list
     return lines
 
 
-def report_text(results: dict) -> str:
-    """The whole ``report.md``."""
+def study_variants(results: dict) -> list[str]:
+    """The grid's methods that are variants of the study (issue 16), in plan order."""
+    from carl.evaluation.finetune import VARIANTS
+
+    return [m for m in results["settings"]["methods"] if m in VARIANTS]
+
+
+def report_text(results: dict, plot: tuple[str, str] | None = None) -> str:
+    """The whole ``report.md`` (``plot``: the variant study's (file name, title), shown in its section)."""
     settings, b = results["settings"], results["budget"]
     env = results.get("environment", {})
     regimes = ", ".join(f"{r}: {v['steps']} steps, dev every {v['eval_every']}" for r, v in b["regimes"].items())
@@ -203,11 +211,9 @@ def report_text(results: dict) -> str:
         sentence = headline_sentence(task, methods)
         if sentence:
             lines += [sentence, ""]
-    from carl.evaluation.finetune import VARIANTS
-
-    variants = [m for m in results["settings"]["methods"] if m in VARIANTS]
+    variants = study_variants(results)
     if variants:
-        lines += variant_study.report_lines(table, variants)
+        lines += variant_study.report_lines(table, variants, plot)
     lines += ["## Step cost (median seconds per optimizer step)", "", *step_cost_lines(table), ""]
     for name, stage in results.get("stages", {}).items():
         t = stage["training"]
@@ -225,9 +231,13 @@ def report_text(results: dict) -> str:
 
 
 def write_report(results: dict, out: str | Path) -> Path:
-    """Write ``OUT/report.md``; returns its path."""
-    path = Path(out) / "report.md"
-    write_text_atomic(path, report_text(results))
+    """Write ``OUT/report.md`` and, with variants in the grid, ``OUT/variant_study.png``; returns the
+    report's path."""
+    out = Path(out)
+    variants = variant_study.judged(study_variants(results))
+    plot = variant_gaps(variant_study.decide(groups(results), variants), out) if variants else None
+    path = out / "report.md"
+    write_text_atomic(path, report_text(results, plot))
     return path
 
 
@@ -236,10 +246,8 @@ def readme_section(results: dict, report_path: str) -> str:
 
     The variants of the study (issue 16) get a column only once the rule has chosen them; the
     others are named with their verdict below the table (their numbers are in the report)."""
-    from carl.evaluation.finetune import VARIANTS
-
     table = groups(results)
-    variants = variant_study.judged([m for m in results["settings"]["methods"] if m in VARIANTS])
+    variants = variant_study.judged(study_variants(results))
     verdicts = variant_study.decide(table, variants)["verdicts"] if variants else {}
     methods = [m for m in results["settings"]["methods"] if verdicts.get(m, "chosen") == "chosen"]
     head = ["task", "regime", "metric", *methods]

@@ -1,7 +1,8 @@
 """PNG plots of a benchmark (matplotlib's Agg canvas; no display, no global pyplot state).
 
-Every function reads the ``results.json`` dictionary only (so plots can be redrawn from it)
-and returns ``(file name, title)`` or None when the data for it is absent.
+Every probe-protocol function reads the ``results.json`` dictionary only (so plots can be redrawn
+from it) and returns ``(file name, title)`` or None when the data for it is absent;
+:func:`variant_gaps` draws the fine-tuning protocol's variant study from its decision.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from carl.evaluation.report import method_cells
+from carl.evaluation.variant_study import CORE, compare, pooled_std
 
 SCATTER_METHODS = ("frozen", "mse", "carl")
 LOSS_COLOURS = {
@@ -199,6 +201,52 @@ def loss_curves(results: dict, out: Path) -> tuple[str, str] | None:
     name = "loss_curves.png"
     fig.savefig(out / name)
     return name, "Training loss components (first seed of each method; log scale)"
+
+
+OUTCOME_COLOURS = {"better": "tab:green", "worse": "tab:red", "tie": "tab:grey", "undecided": "tab:grey"}
+
+
+def variant_gaps(decision: dict, out: Path) -> tuple[str, str] | None:
+    """The variant study on dev: per setting, each method's mean gap to carl with the pooled std as
+    its bar, so a bar clear of 0 is the rule's ``better``/``worse``; hollow markers are undecided.
+
+    ``decision`` is :func:`carl.evaluation.variant_study.decide`'s result."""
+    settings = [s for s in decision["settings"] if decision["dev"][s].get("carl")]
+    methods = [
+        m for m in (*CORE, *decision["verdicts"]) if m != "carl" and any(decision["dev"][s].get(m) for s in settings)
+    ]
+    if not settings or not methods:
+        return None
+    verdicts = decision["verdicts"]
+    fig = _figure(1, len(settings), width=3.4, height=0.9 + 0.32 * len(methods))
+    axes = fig.subplots(1, len(settings), squeeze=False, sharey=True)[0]
+    for ax, setting in zip(axes, settings):
+        dev, carl = decision["dev"][setting], decision["dev"][setting]["carl"]
+        for y, method in enumerate(methods):
+            agg = dev.get(method)
+            if agg is None:
+                continue
+            outcome = compare(agg, carl)
+            colour = OUTCOME_COLOURS[outcome]
+            ax.errorbar(
+                agg["mean"] - carl["mean"],
+                y,
+                xerr=pooled_std(agg, carl),
+                fmt="o",
+                color=colour,
+                mfc=colour if outcome != "undecided" else "white",
+                capsize=3,
+            )
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_title(f"{setting} (carl {carl['mean']:.3f})", fontsize=9)
+        ax.set_xlabel("dev gap to carl", fontsize=8)
+        ax.tick_params(labelsize=7)
+    labels = [f"{m} ({verdicts[m]})" if m in verdicts else m for m in methods]
+    axes[0].set_yticks(range(len(methods)), labels)
+    axes[0].invert_yaxis()
+    name = "variant_study.png"
+    fig.savefig(out / name)
+    return name, "Variant study on dev: gap to carl, bar = pooled std (clear of 0: better or worse)"
 
 
 def write_plots(results: dict, out: str | Path) -> list[tuple[str, str]]:

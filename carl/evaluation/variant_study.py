@@ -46,9 +46,14 @@ def compare(a: dict | None, b: dict | None) -> str:
     """``better``, ``worse``, ``tie`` (a against b beyond the pooled std) or ``undecided`` (< MIN_SEEDS)."""
     if a is None or b is None or min(a["n"], b["n"]) < MIN_SEEDS:
         return "undecided"
-    pooled = math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
+    pooled = pooled_std(a, b)
     gap = a["mean"] - b["mean"]
     return "better" if gap > pooled else "worse" if -gap > pooled else "tie"
+
+
+def pooled_std(a: dict, b: dict) -> float:
+    """``sqrt((s_a^2 + s_b^2) / 2)`` of two dev summaries."""
+    return math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
 
 
 def variant_verdict(outcomes: list[str]) -> str:
@@ -120,8 +125,11 @@ def mean_ranks(dev: dict[str, dict[str, dict | None]], methods: list[str]) -> di
     return {m: sum(r) / len(r) for m, r in ranks.items() if r}
 
 
-def report_lines(table: dict[tuple[str, str], dict[str, list[dict]]], variants: list[str]) -> list[str]:
-    """The report's section: dev mean ± std per setting, each variant's verdict, the default."""
+def report_lines(
+    table: dict[tuple[str, str], dict[str, list[dict]]], variants: list[str], plot: tuple[str, str] | None = None
+) -> list[str]:
+    """The report's section: dev mean ± std per setting, each variant's verdict, the default, and
+    ``plot`` (file name, title) when one was drawn."""
     result = decide(table, variants)
     settings, dev = result["settings"], result["dev"]
     methods = [m for m in (*CORE, *judged(variants)) if any(dev[s].get(m) for s in settings)]
@@ -162,4 +170,6 @@ def report_lines(table: dict[tuple[str, str], dict[str, list[dict]]], variants: 
             f"- no method beats plain fine-tuning on dev in {WINS_FOR_DEFAULT} settings without losing one; "
             f"the best mean dev rank is {result['default']}"
         )
+    if plot is not None:
+        lines += ["", f"![{plot[1]}]({plot[0]})"]
     return [*lines, ""]
