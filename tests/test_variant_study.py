@@ -64,7 +64,7 @@ def test_default_is_the_qualified_method_and_ignores_test():
     assert result["verdicts"] == {"carl-negative": "chosen", "carl-rank": "rejected"}  # rank: worse on ekman
     assert result["vs_baseline"]["carl"] == {"ekman-full": "better", "sst5-full": "tie"}
     assert result["qualified"] == ["carl-negative"] and result["default"] == "carl-negative"
-    lines = "\n".join(report_lines(_table(rows), ["carl-negative", "carl-rank"]))
+    lines = "\n".join(report_lines(decide(_table(rows), ["carl-negative", "carl-rank"])))
     assert "| carl-negative | 0.5800 ± 0.0100 (3) | 0.4500 ± 0.0100 (3) | better, better | chosen |" in lines
     assert "default by the rule: carl-negative" in lines
 
@@ -81,7 +81,7 @@ def test_only_the_pre_registered_settings_are_judged():
     ]
     result = decide(_table(rows), ["carl-rank"])
     assert result["settings"] == ["ekman-full"] and result["verdicts"] == {"carl-rank": "chosen"}
-    assert "goemotions28" not in "\n".join(report_lines(_table(rows), ["carl-rank"]))
+    assert "goemotions28" not in "\n".join(report_lines(decide(_table(rows), ["carl-rank"])))
 
 
 def test_without_a_qualified_method_the_default_is_the_best_dev_rank_and_says_so():
@@ -93,11 +93,11 @@ def test_without_a_qualified_method_the_default_is_the_best_dev_rank_and_says_so
     ]
     result = decide(_table(rows), [])
     assert result["qualified"] == [] and result["default"] == "ft"
-    assert "no method beats plain fine-tuning" in "\n".join(report_lines(_table(rows), []))
+    assert "no method beats plain fine-tuning" in "\n".join(report_lines(decide(_table(rows), [])))
     two_seeds = [(task, method, devs[:2]) for task, method, devs in rows]
-    one_seed = "\n".join(report_lines(_table([*two_seeds, ("ekman", "ft-dropout", [0.57])]), ["ft-dropout"]))
+    one_seed = "\n".join(report_lines(decide(_table([*two_seeds, ("ekman", "ft-dropout", [0.57])]), ["ft-dropout"])))
     assert one_seed.count("| ft-dropout |") == 1 and "| ft-dropout | 0.5700 (1) | – |  |  |" in one_seed
-    assert "undecided" in "\n".join(report_lines(_table(two_seeds), []))
+    assert "undecided" in "\n".join(report_lines(decide(_table(two_seeds), [])))
 
 
 @pytest.mark.parametrize("name", sorted(ft.VARIANTS))

@@ -172,15 +172,18 @@ def step_cost_lines(table: dict[tuple[str, str], dict[str, list[dict]]]) -> list
     return lines
 
 
-def study_variants(results: dict) -> list[str]:
-    """The grid's methods that are variants of the study (issue 16), in plan order."""
+def study_decision(results: dict, table: dict[tuple[str, str], dict[str, list[dict]]]) -> dict | None:
+    """The variant study's decision (:func:`variant_study.decide`) over the grid's variants (issue 16),
+    or None when the grid has none."""
     from carl.evaluation.finetune import VARIANTS
 
-    return [m for m in results["settings"]["methods"] if m in VARIANTS]
+    variants = [m for m in results["settings"]["methods"] if m in VARIANTS]
+    return variant_study.decide(table, variants) if variants else None
 
 
-def report_text(results: dict, plot: tuple[str, str] | None = None) -> str:
-    """The whole ``report.md`` (``plot``: the variant study's (file name, title), shown in its section)."""
+def report_text(results: dict, decision: dict | None = None, plot: tuple[str, str] | None = None) -> str:
+    """The whole ``report.md``; ``decision``: :func:`study_decision` when the caller has it (else
+    computed here), ``plot``: the variant study's (file name, title), shown in its section."""
     settings, b = results["settings"], results["budget"]
     env = results.get("environment", {})
     regimes = ", ".join(f"{r}: {v['steps']} steps, dev every {v['eval_every']}" for r, v in b["regimes"].items())
@@ -211,9 +214,10 @@ def report_text(results: dict, plot: tuple[str, str] | None = None) -> str:
         sentence = headline_sentence(task, methods)
         if sentence:
             lines += [sentence, ""]
-    variants = study_variants(results)
-    if variants:
-        lines += variant_study.report_lines(table, variants, plot)
+    if decision is None:
+        decision = study_decision(results, table)
+    if decision is not None:
+        lines += variant_study.report_lines(decision, plot)
     lines += ["## Step cost (median seconds per optimizer step)", "", *step_cost_lines(table), ""]
     for name, stage in results.get("stages", {}).items():
         t = stage["training"]
@@ -234,10 +238,10 @@ def write_report(results: dict, out: str | Path) -> Path:
     """Write ``OUT/report.md`` and, with variants in the grid, ``OUT/variant_study.png``; returns the
     report's path."""
     out = Path(out)
-    variants = variant_study.judged(study_variants(results))
-    plot = variant_gaps(variant_study.decide(groups(results), variants), out) if variants else None
+    decision = study_decision(results, groups(results))
+    plot = variant_gaps(decision, out) if decision is not None else None
     path = out / "report.md"
-    write_text_atomic(path, report_text(results, plot))
+    write_text_atomic(path, report_text(results, decision, plot))
     return path
 
 
@@ -247,8 +251,8 @@ def readme_section(results: dict, report_path: str) -> str:
     The variants of the study (issue 16) get a column only once the rule has chosen them; the
     others are named with their verdict below the table (their numbers are in the report)."""
     table = groups(results)
-    variants = variant_study.judged(study_variants(results))
-    verdicts = variant_study.decide(table, variants)["verdicts"] if variants else {}
+    decision = study_decision(results, table)
+    verdicts = decision["verdicts"] if decision is not None else {}
     methods = [m for m in results["settings"]["methods"] if verdicts.get(m, "chosen") == "chosen"]
     head = ["task", "regime", "metric", *methods]
     lines = [README_START, "", f"`{results['command']}` (mean ± std over n seeds):", ""]

@@ -125,14 +125,11 @@ def mean_ranks(dev: dict[str, dict[str, dict | None]], methods: list[str]) -> di
     return {m: sum(r) / len(r) for m, r in ranks.items() if r}
 
 
-def report_lines(
-    table: dict[tuple[str, str], dict[str, list[dict]]], variants: list[str], plot: tuple[str, str] | None = None
-) -> list[str]:
-    """The report's section: dev mean ± std per setting, each variant's verdict, the default, and
-    ``plot`` (file name, title) when one was drawn."""
-    result = decide(table, variants)
+def report_lines(result: dict, plot: tuple[str, str] | None = None) -> list[str]:
+    """The report's section from :func:`decide`'s ``result``: dev mean ± std per setting, each
+    variant's verdict, the default, and ``plot`` (file name, title) when one was drawn."""
     settings, dev = result["settings"], result["dev"]
-    methods = [m for m in (*CORE, *judged(variants)) if any(dev[s].get(m) for s in settings)]
+    methods = [m for m in (*CORE, *result["verdicts"]) if any(dev[s].get(m) for s in settings)]
     lines = [
         '## Variant study: dev only (decision rule in docs/method.md, "Deciding on dev")',
         "",
