@@ -98,6 +98,11 @@ def test_without_a_qualified_method_the_default_is_the_best_dev_rank_and_says_so
     one_seed = "\n".join(report_lines(decide(_table([*two_seeds, ("ekman", "ft-dropout", [0.57])]), ["ft-dropout"])))
     assert one_seed.count("| ft-dropout |") == 1 and "| ft-dropout | 0.5700 (1) | – |  |  |" in one_seed
     assert "undecided" in "\n".join(report_lines(decide(_table(two_seeds), [])))
+    assert "provisional" not in "\n".join(report_lines(result))
+    # a variant still undecided may yet be chosen and join the candidates: the default says so
+    waiting = "\n".join(report_lines(decide(_table([*rows, ("ekman", "carl-rank", [0.60])]), ["carl-rank"])))
+    assert "the best mean dev rank is ft" in waiting
+    assert "- provisional: a variant chosen later joins the candidates; undecided: carl-rank" in waiting
 
 
 @pytest.mark.parametrize("name", sorted(ft.VARIANTS))
