@@ -4,6 +4,7 @@ tasks: plan order, k-per-class sampling, a tiny grid with cache, resume and spec
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,13 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
     counted.clear()
     _, logs = _run(out, settings)
     assert counted == [] and sum("cached" in line for line in logs) == 3
+
+    # a clone keeps cells/, not runs/: a carl-stage cell still to run trains its first stage again
+    shutil.rmtree(out / "runs" / "stage-carl-s1")
+    (out / "cells" / "ekman-full-carl-stage-s1.json").unlink()
+    _, logs = _run(out, settings)
+    assert counted == ["carl", "classify"] and any("again: its model folder is gone" in line for line in logs)
+    counted.clear()
 
     # --report-only: a larger grid trains nothing and reports its other cells missing
     results = run_finetune(

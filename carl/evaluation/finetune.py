@@ -328,12 +328,15 @@ def prune_run(run_dir: Path) -> None:
 
 
 def ensure_stage(settings: FinetuneSettings, seed: int, out: Path, show_progress: bool, log) -> Path:
-    """The first stage's model folder at ``seed`` (trained once, cached as ``cells/stage-...json``)."""
+    """The first stage's model folder at ``seed`` (trained once, cached as ``cells/stage-...json``;
+    trained again when its record is cached but ``runs/`` is not, as in a fresh clone of a grid)."""
     name = stage_name(seed)
     spec = {"protocol": "finetune-stage", "seed": seed, "overrides": stage_overrides(settings, seed)}
     run_dir = out / "runs" / name
-    if load_cached(out / "cells" / f"{name}.json", spec) is None:
-        log(f"[finetune] {name}: training the first stage ({STAGE_OBJECTIVE} on bundled EmoBank)")
+    cached = load_cached(out / "cells" / f"{name}.json", spec) is not None
+    if not cached or not (run_dir / "model").is_dir():
+        again = ", again: its model folder is gone" if cached else ""
+        log(f"[finetune] {name}: training the first stage ({STAGE_OBJECTIVE} on bundled EmoBank){again}")
         record = new_record(name, spec)
         record["training"] = train(stage_overrides(settings, seed), run_dir, show_progress)
         save_cell(out, name, record)
