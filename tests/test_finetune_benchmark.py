@@ -323,6 +323,9 @@ def test_report_of_a_partial_grid():
     assert "carl - ft = +0.0400 ± 0.0141, positive in 2 of 2 seeds" in report_text(results)
     assert "| ekman | full | 0.200 | – | 0.400 | – | 2.00x |" in report
     assert "ekman-full-carl-s2, ekman-full-probe-s2" in report
+    assert "replace what they name" not in report
+    results["settings"]["overrides"] = ["train.max_steps=4000"]
+    assert "same for every method (the --set overrides above replace what they name): batch 32" in report_text(results)
 
 
 def test_cli_builds_finetune_settings_and_refuses_probe_options():
