@@ -30,6 +30,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,11 +150,18 @@ def budget(task: str, regime: str) -> Budget:
     return TASK_BUDGETS.get((task, regime), BUDGETS[regime])
 
 
+def effective_budget(b: Budget, overrides: Sequence[str]) -> Budget:
+    """The budget a cell runs: ``b`` after the ``--set`` overrides, which come last in a cell's
+    overrides (``train.max_steps=0``, epochs instead of steps, keeps the budget's steps)."""
+    if not overrides:
+        return b
+    train = load_config(None, [f"train.max_steps={b.steps}", f"train.eval_every={b.eval_every}", *overrides]).train
+    return Budget(train.max_steps or b.steps, train.eval_every)
+
+
 def cell_steps(cell: FinetuneCell, settings: FinetuneSettings) -> int:
-    """Optimizer steps of a cell: its budget, or the last ``--set train.max_steps=N`` (SetFit gets
-    the same number as the methods carl's trainer runs)."""
-    steps = budget(cell.task.name, cell.regime).steps
-    return load_config(None, [f"train.max_steps={steps}", *settings.overrides]).train.max_steps or steps
+    """Optimizer steps of a cell (SetFit gets the same number as the methods carl's trainer runs)."""
+    return effective_budget(budget(cell.task.name, cell.regime), settings.overrides).steps
 
 
 @dataclass
@@ -460,8 +468,11 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
         "methods": {m: ALL_METHODS[m] for m in settings.methods},
         "budget": {
             "batch_size": BATCH_SIZE,
-            "regimes": {r: dataclasses.asdict(b) for r, b in BUDGETS.items()},
-            "tasks": {f"{t}-{r}": dataclasses.asdict(b) for (t, r), b in TASK_BUDGETS.items()},
+            "regimes": {r: dataclasses.asdict(effective_budget(b, settings.overrides)) for r, b in BUDGETS.items()},
+            "tasks": {
+                f"{t}-{r}": dataclasses.asdict(effective_budget(b, settings.overrides))
+                for (t, r), b in TASK_BUDGETS.items()
+            },
             "mcl_queue_size": QUEUE_SIZES,
             "dev_cap": DEV_CAP,
         },

@@ -189,7 +189,6 @@ def report_text(results: dict, decision: dict | None = None, plot: tuple[str, st
     regimes = ", ".join(f"{r}: {v['steps']} steps, dev every {v['eval_every']}" for r, v in b["regimes"].items())
     queue = ", ".join(f"{size} in {regime}" for regime, size in b["mcl_queue_size"].items()) or "carl's default"
     special = ", ".join(f"{k}: {v['steps']} steps, dev every {v['eval_every']}" for k, v in b["tasks"].items())
-    overridden = " (the --set overrides above replace what they name)" if settings["overrides"] else ""
     lines = [
         "# Fine-tuning protocol",
         "",
@@ -203,7 +202,7 @@ def report_text(results: dict, decision: dict | None = None, plot: tuple[str, st
             else "."
         ),
         "",
-        f"Budget, the same for every method{overridden}: batch {b['batch_size']}; {regimes}; {special}; carl's default "
+        f"Budget, the same for every method: batch {b['batch_size']}; {regimes}; {special}; carl's default "
         f"learning rates; MCL queue: {queue}. The step best on dev "
         f"(macro-F1; EmoBank: mean VA r) is exported; dev is capped at {b['dev_cap']} texts (a fixed "
         "stratified sample), test is the full split. Cells: mean ± std (n seeds); k8/k64: seed s is subset s.",
