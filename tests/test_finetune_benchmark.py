@@ -142,7 +142,8 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
     assert not (out / "runs" / "stage-carl-s1" / "checkpoints").exists()
     assert cell["training"]["median_step_seconds"] > 0 and cell["wall_seconds"] > 0
     assert cell["training"]["config"]["data"]["max_length"] == 64  # the pinned budget, --set on top
-    assert results["budget"]["regimes"]["full"] == {"steps": 4, "eval_every": 2}  # what the cells ran
+    assert results["budget"]["regimes"] == {"full": {"steps": 4, "eval_every": 2}}  # what this grid's cells ran
+    assert results["budget"]["tasks"] == {} and results["budget"]["mcl_queue_size"] == {}
     assert {"macro_f1", "accuracy", "ece_before", "ece_after", "temperature"} <= set(cell["metrics"])
     stage = results["cells"]["ekman-full-carl-stage-s1"]
     assert stage["training"]["config"]["model"]["encoder"].endswith("runs/stage-carl-s1/model")

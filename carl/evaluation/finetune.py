@@ -466,14 +466,17 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
         "command": command or "carl benchmark " + " ".join(sys.argv[1:]),
         "settings": settings.to_dict(),
         "methods": {m: ALL_METHODS[m] for m in settings.methods},
-        "budget": {
+        "budget": {  # of this grid's tasks and regimes
             "batch_size": BATCH_SIZE,
-            "regimes": {r: dataclasses.asdict(effective_budget(b, settings.overrides)) for r, b in BUDGETS.items()},
+            "regimes": {
+                r: dataclasses.asdict(effective_budget(BUDGETS[r], settings.overrides)) for r in settings.regimes
+            },
             "tasks": {
                 f"{t}-{r}": dataclasses.asdict(effective_budget(b, settings.overrides))
                 for (t, r), b in TASK_BUDGETS.items()
+                if t in settings.tasks and r in settings.regimes
             },
-            "mcl_queue_size": QUEUE_SIZES,
+            "mcl_queue_size": {r: q for r, q in QUEUE_SIZES.items() if r in settings.regimes},
             "dev_cap": DEV_CAP,
         },
         "planned": [c.name for c in planned],

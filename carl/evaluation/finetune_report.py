@@ -202,7 +202,7 @@ def report_text(results: dict, decision: dict | None = None, plot: tuple[str, st
             else "."
         ),
         "",
-        f"Budget, the same for every method: batch {b['batch_size']}; {regimes}; {special}; carl's default "
+        f"Budget, the same for every method: batch {b['batch_size']}; {'; '.join(filter(None, (regimes, special)))}; carl's default "
         f"learning rates; MCL queue: {queue}. The step best on dev "
         f"(macro-F1; EmoBank: mean VA r) is exported; dev is capped at {b['dev_cap']} texts (a fixed "
         "stratified sample), test is the full split. Cells: mean ± std (n seeds); k8/k64: seed s is subset s.",
