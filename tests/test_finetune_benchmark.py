@@ -177,7 +177,9 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
         log=lambda line: None,
     )
     assert counted == [] and set(results["cells"]) == {"ekman-full-ft-s1", "ekman-full-probe-s1"}
-    assert "ekman-full-mcl-s1" in results["planned"] and "ekman-full-mcl-s1" in (out / "report.md").read_text()
+    assert (
+        "ekman-full-mcl-s1" in results["planned"] and "- ekman-full: mcl (seed 1)\n" in (out / "report.md").read_text()
+    )
 
     # other settings: refused, naming the way out
     with pytest.raises(BenchmarkMismatch, match="new --out"):
@@ -279,7 +281,7 @@ def test_setfit_without_its_package_is_a_clear_error(tmp_path, tiny_encoder, syn
     # reporting a grid trains nothing, so it does not need the package: the cell is reported missing
     settings = tiny_settings(tiny_encoder, methods=("setfit",))
     results = run_finetune(tmp_path / "ft", settings, show_progress=False, report_only=True, log=lambda line: None)
-    assert results["cells"] == {} and "ekman-full-setfit-s1" in (tmp_path / "ft" / "report.md").read_text()
+    assert results["cells"] == {} and "- ekman-full: setfit (seed 1)\n" in (tmp_path / "ft" / "report.md").read_text()
 
 
 # --------------------------------------------------------------------------- report and CLI
@@ -308,7 +310,14 @@ def test_report_of_a_partial_grid():
     ]
     results = {
         "command": "carl benchmark --protocol finetune",
-        "settings": {"encoder": "minilm-l6", "seeds": [1, 2], "overrides": [], "methods": ["ft", "carl", "probe"]},
+        "settings": {
+            "encoder": "minilm-l6",
+            "tasks": ["ekman"],
+            "regimes": ["full"],
+            "seeds": [1, 2],
+            "overrides": [],
+            "methods": ["ft", "carl", "probe"],
+        },
         "budget": {"batch_size": 32, "regimes": {"full": {"steps": 1000, "eval_every": 200}}, "tasks": {}},
         "planned": [c["name"] for c in cells] + ["ekman-full-carl-s2", "ekman-full-probe-s2"],
         "cells": {c["name"]: c for c in cells},
@@ -325,7 +334,8 @@ def test_report_of_a_partial_grid():
     assert "Paired" not in report  # one common seed: nothing to pair
     assert "carl - ft = +0.0400 ± 0.0141, positive in 2 of 2 seeds" in report_text(results)
     assert "| ekman | full | 0.200 | – | 0.400 | – | 2.00x |" in report
-    assert "ekman-full-carl-s2, ekman-full-probe-s2" in report
+    assert "## Missing cells\n\n- ekman-full: carl, probe (seed 2)\n" in report
+    assert "- ekman-full: probe (seed 2)\n" in report_text(results)  # carl's seed 2 came in
 
 
 def test_cli_builds_finetune_settings_and_refuses_probe_options():

@@ -227,11 +227,36 @@ def report_text(results: dict, decision: dict | None = None, plot: tuple[str, st
         )
     if results.get("stages"):
         lines.append("")
-    missing = [name for name in results.get("planned", []) if name not in results["cells"]]
-    lines += ["## Missing cells", "", ", ".join(missing) if missing else "none: the grid is complete", ""]
+    missing = missing_lines(results)
+    lines += ["## Missing cells", "", *(missing or ["none: the grid is complete"]), ""]
     if results.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {s['cell']}: {s['reason']}" for s in results["skipped"]] + [""]
     return "\n".join(lines)
+
+
+def missing_lines(results: dict) -> list[str]:
+    """The planned cells not yet in ``results["cells"]``, one line per task x regime:
+    ``- ekman-full: carl-rank, carl-negative (seeds 1, 2, 3); probe (seed 2)``."""
+    settings, planned = results["settings"], set(results.get("planned", []))
+    missing: dict[str, dict[str, list[int]]] = {}
+    for task in settings["tasks"]:
+        for regime in settings["regimes"]:
+            for method in settings["methods"]:
+                for seed in settings["seeds"]:
+                    name = f"{task}-{regime}-{method}-s{seed}"
+                    if name in planned and name not in results["cells"]:
+                        missing.setdefault(f"{task}-{regime}", {}).setdefault(method, []).append(seed)
+    lines = []
+    for setting, methods in missing.items():
+        by_seeds: dict[tuple[int, ...], list[str]] = {}
+        for method, seeds in methods.items():
+            by_seeds.setdefault(tuple(seeds), []).append(method)
+        parts = [
+            f"{', '.join(names)} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+            for seeds, names in by_seeds.items()
+        ]
+        lines.append(f"- {setting}: {'; '.join(parts)}")
+    return lines
 
 
 def write_report(results: dict, out: str | Path) -> Path:
