@@ -133,7 +133,14 @@ def _study_results():
     return {
         "planned": [c["name"] for c in cells],
         "cells": {c["name"]: c for c in cells},
-        "settings": {"methods": [m for _, m, _ in rows], "encoder": "tiny", "seeds": [1, 2, 3], "overrides": []},
+        "settings": {
+            "tasks": ["ekman"],
+            "regimes": ["full"],
+            "methods": [m for _, m, _ in rows],
+            "encoder": "tiny",
+            "seeds": [1, 2, 3],
+            "overrides": [],
+        },
         "command": "carl benchmark --protocol finetune",
         "budget": {"batch_size": 32, "regimes": {}, "tasks": {}, "mcl_queue_size": {}, "dev_cap": 1000},
         "runtime": {"all_cells_seconds": 0.0},
@@ -156,6 +163,7 @@ def test_the_report_shows_the_variant_study_plot(tmp_path):
     report = write_report(_study_results(), tmp_path).read_text()
     assert "![Variant study on dev" in report and "(variant_study.png)" in report
     assert (tmp_path / "variant_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Missing cells\n\nnone: the grid is complete\n" in report
     # without carl's dev scores there is nothing to draw a gap to
     no_carl = decide(_table([("ekman", "ft", [0.5, 0.5, 0.5]), ("ekman", "carl-rank", [0.6, 0.6, 0.6])]), ["carl-rank"])
     assert variant_gaps(no_carl, tmp_path / "none") is None
