@@ -11,6 +11,7 @@ frozen ``probe``. :func:`update_readme` writes a compact table between the READM
 from __future__ import annotations
 
 import math
+from itertools import product
 from pathlib import Path
 
 from carl.atomic import write_text_atomic
@@ -239,13 +240,11 @@ def missing_lines(results: dict) -> list[str]:
     ``- ekman-full: carl-rank, carl-negative (seeds 1, 2, 3); probe (seed 2)``."""
     settings, planned = results["settings"], set(results.get("planned", []))
     missing: dict[str, dict[str, list[int]]] = {}
-    for task in settings["tasks"]:
-        for regime in settings["regimes"]:
-            for method in settings["methods"]:
-                for seed in settings["seeds"]:
-                    name = f"{task}-{regime}-{method}-s{seed}"
-                    if name in planned and name not in results["cells"]:
-                        missing.setdefault(f"{task}-{regime}", {}).setdefault(method, []).append(seed)
+    grid = product(settings["tasks"], settings["regimes"], settings["methods"], settings["seeds"])
+    for task, regime, method, seed in grid:
+        name = f"{task}-{regime}-{method}-s{seed}"
+        if name in planned and name not in results["cells"]:
+            missing.setdefault(f"{task}-{regime}", {}).setdefault(method, []).append(seed)
     lines = []
     for setting, methods in missing.items():
         by_seeds: dict[tuple[int, ...], list[str]] = {}
