@@ -92,6 +92,13 @@ def test_plan_runs_task_then_seed_then_regime_then_method():
     assert "regression" in skipped[0]["reason"]
 
 
+def test_plan_probes_all_the_data_once_and_each_subset_per_seed():
+    settings = FinetuneSettings(tasks=("ekman",), methods=("probe",), regimes=("full", "k8"), seeds=(2, 3))
+    cells, skipped = plan_cells(settings)
+    assert [c.name for c in cells] == ["ekman-full-probe-s2", "ekman-k8-probe-s2", "ekman-k8-probe-s3"]
+    assert skipped == []
+
+
 def test_settings_refuse_unknown_names():
     with pytest.raises(ValueError, match="unknown regime"):
         FinetuneSettings(regimes=("k16",))

@@ -221,7 +221,8 @@ class FinetuneCell:
 def plan_cells(settings: FinetuneSettings) -> tuple[list[FinetuneCell], list[dict]]:
     """The cells in run order (task, seed, regime, method) and the skipped ones with their reason.
 
-    Low-resource regimes apply to single-label tasks only; those are left out silently."""
+    Left out silently: low-resource regimes of multi-label tasks, and the frozen probe on all the
+    training data at any seed but the first (its rows and its fit do not depend on the seed)."""
     cells, skipped = [], []
     for task in (TASKS[t] for t in settings.tasks):
         for seed in settings.seeds:
@@ -229,6 +230,8 @@ def plan_cells(settings: FinetuneSettings) -> tuple[list[FinetuneCell], list[dic
                 if REGIMES[regime] is not None and not task.low_resource:
                     continue
                 for method in settings.methods:
+                    if method == "probe" and REGIMES[regime] is None and seed != settings.seeds[0]:
+                        continue
                     cell = FinetuneCell(task, regime, method, seed)
                     reason = SKIPPED.get((method, task.kind))
                     if reason:

@@ -167,9 +167,13 @@ def report_lines(result: dict, plot: tuple[str, str] | None = None) -> list[str]
             f"- no method beats plain fine-tuning on dev in {WINS_FOR_DEFAULT} settings without losing one; "
             f"the best mean dev rank is {result['default']}"
         )
-    waiting = [v for v, verdict in result["verdicts"].items() if verdict == "undecided"]
+    waiting = [
+        f"{v} (open: {', '.join(s for s, o in result['vs_carl'][v].items() if o == 'undecided')})"
+        for v, verdict in result["verdicts"].items()
+        if verdict == "undecided"
+    ]
     if result["default"] is not None and waiting:
-        lines.append(f"- provisional: a variant chosen later joins the candidates; undecided: {', '.join(waiting)}")
+        lines.append(f"- provisional: a variant chosen later joins the candidates; undecided: {'; '.join(waiting)}")
     if plot is not None:
         lines += ["", f"![{plot[1]}]({plot[0]})"]
     return [*lines, ""]
