@@ -169,3 +169,14 @@ def test_the_report_shows_the_variant_study_plot(tmp_path):
     # without carl's dev scores there is nothing to draw a gap to
     no_carl = decide(_table([("ekman", "ft", [0.5, 0.5, 0.5]), ("ekman", "carl-rank", [0.6, 0.6, 0.6])]), ["carl-rank"])
     assert variant_gaps(no_carl, tmp_path / "none") is None
+
+
+def test_missing_cells_leave_out_the_rejected_variants():
+    from carl.evaluation.finetune_report import report_text
+
+    results = _study_results()
+    results["settings"]["regimes"] = ["full", "k8"]
+    results["planned"] += [f"ekman-k8-{m}-s{seed}" for m in ("carl-rank", "carl-dropout") for seed in (1, 2, 3)]
+    report = report_text(results)
+    assert "## Missing cells\n\n- ekman-k8: carl-dropout (seeds 1, 2, 3)\n" in report
+    assert "Not listed: the cells of the rejected variants (carl-rank).\n" in report

@@ -11,6 +11,7 @@ frozen ``probe``. :func:`update_readme` writes a compact table between the READM
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from itertools import product
 from pathlib import Path
 
@@ -228,22 +229,25 @@ def report_text(results: dict, decision: dict | None = None, plot: tuple[str, st
         )
     if results.get("stages"):
         lines.append("")
-    missing = missing_lines(results)
+    rejected = [v for v, verdict in (decision or {}).get("verdicts", {}).items() if verdict == "rejected"]
+    missing = missing_lines(results, rejected)
     lines += ["## Missing cells", "", *(missing or ["none: the grid is complete"]), ""]
+    if rejected:
+        lines += [f"Not listed: the cells of the rejected variants ({', '.join(rejected)}).", ""]
     if results.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {s['cell']}: {s['reason']}" for s in results["skipped"]] + [""]
     return "\n".join(lines)
 
 
-def missing_lines(results: dict) -> list[str]:
-    """The planned cells not yet in ``results["cells"]``, one line per task x regime:
-    ``- ekman-full: carl-rank, carl-negative (seeds 1, 2, 3); probe (seed 2)``."""
+def missing_lines(results: dict, rejected: Collection[str] = ()) -> list[str]:
+    """The planned cells not yet in ``results["cells"]``, one line per task x regime, leaving out the
+    methods in ``rejected``: ``- ekman-full: carl-rank, carl-negative (seeds 1, 2, 3); probe (seed 2)``."""
     settings, planned = results["settings"], set(results.get("planned", []))
     missing: dict[str, dict[str, list[int]]] = {}
     grid = product(settings["tasks"], settings["regimes"], settings["methods"], settings["seeds"])
     for task, regime, method, seed in grid:
         name = f"{task}-{regime}-{method}-s{seed}"
-        if name in planned and name not in results["cells"]:
+        if name in planned and name not in results["cells"] and method not in rejected:
             missing.setdefault(f"{task}-{regime}", {}).setdefault(method, []).append(seed)
     lines = []
     for setting, methods in missing.items():
