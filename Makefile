@@ -33,7 +33,7 @@ st-peer-env: $(ST_PEER)/.installed
 
 ## demo: train CARL on bundled EmoBank with bundled MiniLM, evaluate, print the results table
 demo: venv
-	$(VENV)/bin/carl train --output $(RUN)
+	$(VENV)/bin/carl train --output $(RUN) --set objective.name=carl
 	$(VENV)/bin/carl evaluate $(RUN) --output $(RUN)/evaluation.json
 
 ## test: the whole test suite (real-model tests included)

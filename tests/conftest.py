@@ -70,8 +70,9 @@ def synthetic_csv(tmp_path_factory) -> SyntheticData:
 
 @pytest.fixture(scope="session")
 def tiny_overrides(tiny_encoder, synthetic_csv) -> list[str]:
-    """``--set`` overrides for a fast run of the tiny encoder on the synthetic training CSV."""
+    """``--set`` overrides for a fast CARL run of the tiny encoder on the synthetic training CSV."""
     return [
+        "objective.name=carl",  # named: the library default is mcl (docs/method.md, "Deciding on dev")
         f"data.path={synthetic_csv.train_path}",
         "data.scale=0-1",
         "data.dev_fraction=0",  # every row trains; tests of model selection give dev data

@@ -40,6 +40,8 @@ def real_run(tmp_path_factory, run_cli) -> Path:
         out,
         "--no-progress",
         "--set",
+        "objective.name=carl",  # what make demo trains
+        "--set",
         "model.encoder=minilm-l6",
         "--set",
         "data.limit=48",

@@ -31,7 +31,7 @@ def test_defaults_validate():
     cfg = CarlConfig()
     assert cfg.validate() is cfg
     assert load_config() == cfg
-    assert cfg.objective.name == "carl"
+    assert cfg.objective.name == "mcl"
     assert cfg.objective.mcl.temperature == 0.1
     assert cfg.objective.mcl.label_temperature == 0.5
     assert cfg.train.batch_size == 32

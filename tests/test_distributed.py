@@ -67,6 +67,7 @@ def _overrides(encoder: str, data) -> list[str]:
         "data.scale=0-1",
         "data.dev_fraction=0",  # dev data only where a test gives it
         f"model.encoder={encoder}",
+        "objective.name=carl",
         "objective.mcl.queue_size=48",
         "train.max_steps=6",
         "train.learning_rate=1e-3",

@@ -11,7 +11,9 @@ from carl.training.trainer import CarlTrainer
 
 
 def test_each_objective_resolves_to_its_weighted_terms():
-    cfg = load_config(None, ["objective.mcl_weight=0.5", "objective.mse_weight=0.25", "objective.ptd_weight=2"])
+    cfg = load_config(
+        None, ["objective.name=carl", "objective.mcl_weight=0.5", "objective.mse_weight=0.25", "objective.ptd_weight=2"]
+    )
     assert cfg.objective.terms() == {
         "mcl": Term("mcl", "mcl_weight", "soft", 0.5),
         "mse": Term("mse", "mse_weight", weight=0.25),

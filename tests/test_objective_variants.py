@@ -288,6 +288,7 @@ def test_two_processes_with_the_ptd_switches_match_one_process(tiny_encoder, syn
         "data.scale=0-1",
         "data.dev_fraction=0",
         f"model.encoder={encoder}",
+        "objective.name=carl",
         "objective.mcl.queue_size=48",
         "train.max_steps=4",
         "train.learning_rate=1e-3",

@@ -249,7 +249,7 @@ def stage_name(seed: int) -> str:
 
 
 def stage_overrides(settings: FinetuneSettings, seed: int) -> list[str]:
-    """The first stage: carl's default configuration, preservation off, on bundled EmoBank at ``seed``; then ``--set``."""
+    """The first stage: objective carl (other settings default), preservation off, on bundled EmoBank at ``seed``; then ``--set``."""
     return [
         *PINNED_OVERRIDES,
         f"objective.name={STAGE_OBJECTIVE}",
