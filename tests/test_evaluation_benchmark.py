@@ -42,13 +42,13 @@ def counted(monkeypatch) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def settings(tiny_encoder, tiny_overrides) -> BenchmarkSettings:
+def settings(tiny_encoder, tiny_data_overrides) -> BenchmarkSettings:
     pytest.importorskip("vaderSentiment")
     return BenchmarkSettings(
         methods=METHODS,
         seeds=(1, 2),
         encoder=tiny_encoder,
-        overrides=(*tiny_overrides, "train.max_steps=3"),
+        overrides=(*tiny_data_overrides, "train.max_steps=3"),
         tasks=TaskSettings(**TINY_TASKS),
     )
 
@@ -158,7 +158,9 @@ def test_cli_arguments_give_the_presets():
         BenchmarkSettings(methods=("carl", "bert"))
 
 
-def test_cells_cached_before_a_new_task_are_completed_not_retrained(tmp_path, tiny_encoder, tiny_overrides, counted):
+def test_cells_cached_before_a_new_task_are_completed_not_retrained(
+    tmp_path, tiny_encoder, tiny_data_overrides, counted
+):
     """A cell cached without ``sickr`` gets only that task evaluated on its saved model and merged;
     without its model folder it is retrained; any other difference is still refused."""
     pytest.importorskip("vaderSentiment")
@@ -167,7 +169,7 @@ def test_cells_cached_before_a_new_task_are_completed_not_retrained(tmp_path, ti
         methods=("frozen", "mse", "vader"),
         seeds=(1, 2),
         encoder=tiny_encoder,
-        overrides=(*tiny_overrides, "train.max_steps=3"),
+        overrides=(*tiny_data_overrides, "train.max_steps=3"),
         tasks=TaskSettings(**{**TINY_TASKS, "tasks": tasks, **changes}),
     )
     out = tmp_path / "bench"

@@ -3,6 +3,7 @@ tasks: plan order, k-per-class sampling, a tiny grid with cache, resume and spec
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 import carl.evaluation.finetune as ft
 from carl.cli import build_parser, main
+from carl.data.emobank import load_emobank
+from carl.data.emotion_va import emotion_to_va
 from carl.data.errors import DataError
 from carl.evaluation.benchmark_cli import finetune_settings_from_args
 from carl.evaluation.cells import BenchmarkMismatch
@@ -191,6 +194,33 @@ def test_tiny_grid_caches_resumes_refuses_and_reports(tmp_path, tiny_encoder, sy
     # other settings: refused, naming the way out
     with pytest.raises(BenchmarkMismatch, match="new --out"):
         _run(out, tiny_settings(tiny_encoder, methods=("ft",), extra=("train.learning_rate=5e-4",)))
+
+
+def test_the_goemotions_stage_trains_carl_on_emobank_plus_goemotions_mapped_to_va(
+    tmp_path, tiny_encoder, synthetic_tasks, counted
+):
+    out = tmp_path / "ft"
+    results, _ = _run(out, tiny_settings(tiny_encoder, methods=("carl-stage-goemotions",)))
+    assert counted == ["carl", "classify"]  # the first stage, ft from it
+    rows = list(csv.DictReader((out / "data" / "stage-emobank-goemotions" / "train.csv").open(encoding="utf-8")))
+    emobank = load_emobank("train")
+    texts, labels = synthetic_emotion_corpus(SPLIT_SIZES["train"], SPLIT_SEEDS["train"], multi_label=True)
+    assert len(rows) == len(emobank.texts) + len(texts)
+    va = np.array([[float(r["valence"]), float(r["arousal"])] for r in rows])
+    assert [r["text"] for r in rows] == list(emobank.texts) + texts
+    assert np.allclose(va[: len(emobank.texts)], emobank.labels, atol=1e-5)  # EmoBank's own VA, on 0-1
+    mapped = [np.mean([emotion_to_va(name) for name in names], axis=0) for names in labels]
+    assert np.allclose(va[len(emobank.texts) :], mapped, atol=1e-5)  # a row's labels' mean coordinates
+    assert any(len(names) > 1 for names in labels)  # the mean is over several labels somewhere
+
+    stage = json.loads((out / "cells" / "stage-carl-emobank-goemotions-s1.json").read_text())
+    data = stage["training"]["config"]["data"]
+    assert stage["corpus"] == "emobank-goemotions" and data["scale"] == "0-1"
+    assert data["path"].endswith("train.csv") and data["dev_path"].endswith("stage-emobank-goemotions/dev.csv")
+    cell = results["cells"]["ekman-full-carl-stage-goemotions-s1"]
+    assert cell["training"]["config"]["model"]["encoder"].endswith("runs/stage-carl-emobank-goemotions-s1/model")
+    report = (out / "report.md").read_text()
+    assert "First stage `stage-carl-emobank-goemotions-s1` (carl on EmoBank plus GoEmotions mapped to VA" in report
 
 
 def test_variant_cells_train_their_switches_and_report_the_study(tmp_path, tiny_encoder, synthetic_tasks, counted):

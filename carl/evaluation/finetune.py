@@ -49,7 +49,15 @@ from carl.evaluation.cells import (
     training_summary,
     without_points,
 )
-from carl.evaluation.finetune_data import DEV_CAP, TASKS, FinetuneTask, TaskFiles, prepare_task_files, task_files
+from carl.evaluation.finetune_data import (
+    DEV_CAP,
+    TASKS,
+    FinetuneTask,
+    TaskFiles,
+    prepare_stage_files,
+    prepare_task_files,
+    task_files,
+)
 from carl.evaluation.finetune_score import require_setfit, score_model, score_probe, score_setfit
 from carl.training.run_info import environment_info
 from carl.training.trainer import CarlTrainer  # module attribute: tests count calls through it
@@ -118,6 +126,9 @@ VARIANTS: dict[str, Variant] = {
     ),
     "carl-ptd-warmup": Variant("carl, PTD weight rising over the first half", CARL, probe_switches("carl-ptd-warmup")),
     "carl-ptd-decay": Variant("carl, PTD weight falling over the last half", CARL, probe_switches("carl-ptd-decay")),
+    "carl-stage-goemotions": Variant(
+        "ft from the encoder of a first carl stage on EmoBank plus GoEmotions mapped to VA (same seed)", FT
+    ),
 }
 OBJECTIVES.update({name: v.objectives for name, v in VARIANTS.items()})
 ALL_METHODS: dict[str, str] = {**METHODS, **{name: v.description for name, v in VARIANTS.items()}}
@@ -129,6 +140,8 @@ REGIMES: dict[str, int | None] = {"full": None, "k64": 64, "k8": 8}  # examples 
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
 BATCH_SIZE = 32
 STAGE_OBJECTIVE = "carl"
+# the methods that fine-tune from a first carl stage, by the stage's corpus
+STAGE_CORPORA: dict[str, str] = {"carl-stage": "emobank", "carl-stage-goemotions": "emobank-goemotions"}
 
 
 @dataclass(frozen=True)
@@ -244,17 +257,26 @@ def plan_cells(settings: FinetuneSettings) -> tuple[list[FinetuneCell], list[dic
 # --------------------------------------------------------------------------- configuration
 
 
-def stage_name(seed: int) -> str:
-    return f"stage-{STAGE_OBJECTIVE}-s{seed}"
+def stage_name(seed: int, corpus: str = "emobank") -> str:
+    """``stage-carl-s1`` (bundled EmoBank) or ``stage-carl-emobank-goemotions-s1``."""
+    return f"stage-{STAGE_OBJECTIVE}-s{seed}" if corpus == "emobank" else f"stage-{STAGE_OBJECTIVE}-{corpus}-s{seed}"
 
 
-def stage_overrides(settings: FinetuneSettings, seed: int) -> list[str]:
-    """The first stage: objective carl (other settings default), preservation off, on bundled EmoBank at ``seed``; then ``--set``."""
+def stage_overrides(
+    settings: FinetuneSettings, seed: int, corpus: str = "emobank", out: Path = Path("OUT")
+) -> list[str]:
+    """The first stage at ``seed``: objective carl (other settings default), preservation off, on
+    bundled EmoBank or the files of :func:`prepare_stage_files` under ``out``; then ``--set``."""
+    data = []
+    if corpus != "emobank":
+        folder = out / "data" / f"stage-{corpus}"
+        data = [f"data.path={folder / 'train.csv'}", f"data.dev_path={folder / 'dev.csv'}", "data.scale=0-1"]
     return [
         *PINNED_OVERRIDES,
         f"objective.name={STAGE_OBJECTIVE}",
         f"model.encoder={settings.encoder}",
         f"train.seed={seed}",
+        *data,
         *settings.overrides,
     ]
 
@@ -304,8 +326,8 @@ def cell_spec(cell: FinetuneCell, settings: FinetuneSettings) -> dict:
     if cell.trained:  # the data files as paths under OUT, so that the spec does not depend on where OUT lies
         files = task_files(cell.task, cell.regime, cell.seed, Path("OUT"))
         spec["overrides"] = cell_overrides(cell, settings, files, settings.encoder)
-    if cell.method == "carl-stage":
-        spec["stage"] = stage_overrides(settings, cell.seed)
+    if cell.method in STAGE_CORPORA:
+        spec["stage"] = stage_overrides(settings, cell.seed, STAGE_CORPORA[cell.method])
     if cell.method == "setfit":
         spec["steps"] = cell_steps(cell, settings)
     return spec
@@ -338,18 +360,20 @@ def prune_run(run_dir: Path) -> None:
         shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
-def ensure_stage(settings: FinetuneSettings, seed: int, out: Path, show_progress: bool, log) -> Path:
+def ensure_stage(settings: FinetuneSettings, seed: int, corpus: str, out: Path, show_progress: bool, log) -> Path:
     """The first stage's model folder at ``seed`` (trained once, cached as ``cells/stage-...json``;
     trained again when its record is cached but ``runs/`` is not, as in a fresh clone of a grid)."""
-    name = stage_name(seed)
-    spec = {"protocol": "finetune-stage", "seed": seed, "overrides": stage_overrides(settings, seed)}
+    name = stage_name(seed, corpus)
+    spec = {"protocol": "finetune-stage", "seed": seed, "overrides": stage_overrides(settings, seed, corpus)}
     run_dir = out / "runs" / name
     cached = load_cached(out / "cells" / f"{name}.json", spec) is not None
     if not cached or not (run_dir / "model").is_dir():
         again = ", again: its model folder is gone" if cached else ""
-        log(f"[finetune] {name}: training the first stage ({STAGE_OBJECTIVE} on bundled EmoBank){again}")
-        record = new_record(name, spec)
-        record["training"] = train(stage_overrides(settings, seed), run_dir, show_progress)
+        log(f"[finetune] {name}: training the first stage ({STAGE_OBJECTIVE} on {corpus}){again}")
+        if corpus != "emobank":
+            prepare_stage_files(out)
+        record = new_record(name, spec, corpus=corpus)
+        record["training"] = train(stage_overrides(settings, seed, corpus, out), run_dir, show_progress)
         save_cell(out, name, record)
         prune_run(run_dir)
     return run_dir / "model"
@@ -365,8 +389,8 @@ def run_cell(
     files = prepare_task_files(cell.task, REGIMES[cell.regime], cell.regime, cell.seed, out)
     if cell.trained:
         encoder = settings.encoder
-        if cell.method == "carl-stage":
-            encoder = str(ensure_stage(settings, cell.seed, out, show_progress, log))
+        if cell.method in STAGE_CORPORA:
+            encoder = str(ensure_stage(settings, cell.seed, STAGE_CORPORA[cell.method], out, show_progress, log))
         run_dir = out / "runs" / cell.name
         record["training"] = train(cell_overrides(cell, settings, files, encoder), run_dir, show_progress)
         record["run_dir"] = str(run_dir)
@@ -459,11 +483,12 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
     from carl.evaluation.finetune_report import write_report
 
     stages = {}
-    if "carl-stage" in settings.methods:  # the first stages this grid's carl-stage cells start from
+    for method in sorted(set(settings.methods) & set(STAGE_CORPORA)):  # the first stages its cells start from
         for seed in settings.seeds:
-            stage = read_cell(out / "cells" / f"{stage_name(seed)}.json")
+            name = stage_name(seed, STAGE_CORPORA[method])
+            stage = read_cell(out / "cells" / f"{name}.json")
             if stage is not None:
-                stages[stage_name(seed)] = stage
+                stages[name] = stage
     results = {
         "protocol": "finetune",
         "command": command or "carl benchmark " + " ".join(sys.argv[1:]),
