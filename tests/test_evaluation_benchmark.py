@@ -156,6 +156,8 @@ def test_cli_arguments_give_the_presets():
     assert full.tasks.limit == 0 and full.tasks.user_corpora == {"facebookposts": "/x.csv"}
     with pytest.raises(ValueError, match="unknown method"):
         BenchmarkSettings(methods=("carl", "bert"))
+    with pytest.raises(ValueError, match="--set objective.name =carl would train every method"):
+        BenchmarkSettings.preset(overrides=("objective.name =carl",))  # each method names its objective
 
 
 def test_cells_cached_before_a_new_task_are_completed_not_retrained(

@@ -107,6 +107,8 @@ def test_settings_refuse_unknown_names():
         FinetuneSettings(regimes=("k16",))
     with pytest.raises(ValueError, match="unknown method"):
         FinetuneSettings(methods=("bert",))
+    with pytest.raises(ValueError, match="--set objective.name=mse would train every method with one objective"):
+        FinetuneSettings(overrides=("train.seed=2", "objective.name=mse"))
 
 
 def test_sample_per_class_is_seeded_and_names_a_short_class():

@@ -36,6 +36,7 @@ from carl.evaluation.cells import (
     new_record,
     read_cell,
     read_metrics,
+    refuse_objective_override,
     save_cell,
     spec_hash,
     training_summary,
@@ -187,6 +188,7 @@ class BenchmarkSettings:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
         if not self.seeds:
             raise ValueError("give at least one seed")
+        refuse_objective_override(self.overrides)
 
     @classmethod
     def preset(cls, quick: bool = False, **changes) -> BenchmarkSettings:

@@ -26,6 +26,13 @@ class BenchmarkMismatch(ValueError):
     """A cached cell was computed under other settings than the ones asked for now."""
 
 
+def refuse_objective_override(overrides: tuple[str, ...]) -> None:
+    """A grid's methods pick their objectives: ``--set objective.name=...`` would replace them all."""
+    named = [o for o in overrides if o.split("=", 1)[0].strip() == "objective.name"]
+    if named:
+        raise ValueError(f"--set {named[0]} would train every method with one objective; choose them with --methods")
+
+
 def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 

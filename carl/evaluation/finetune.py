@@ -45,6 +45,7 @@ from carl.evaluation.cells import (
     new_record,
     read_cell,
     read_metrics,
+    refuse_objective_override,
     save_cell,
     training_summary,
     without_points,
@@ -208,6 +209,7 @@ class FinetuneSettings:
         ):
             if not count:
                 raise ValueError(f"give at least one {what}")
+        refuse_objective_override(self.overrides)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
