@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from carl.atomic import write_text_atomic
+from carl.data.readers import affect_csv_text
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 # affect word -> (valence, arousal) on [0, 1]; four quadrants of the VA plane, three
@@ -200,14 +203,8 @@ def write_emotion_csv(
 
 def write_affect_csv(path: str | Path, texts: Sequence[str], labels: np.ndarray) -> Path:
     """Write ``text,valence,arousal`` rows (labels on the 0-1 scale) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "valence", "arousal"])
-        for text, (valence, arousal) in zip(texts, np.asarray(labels, dtype=np.float64)):
-            writer.writerow([text, f"{valence:.6f}", f"{arousal:.6f}"])
-    return path
+    write_text_atomic(path, affect_csv_text(texts, labels))
+    return Path(path)
 
 
 def make_tiny_encoder(

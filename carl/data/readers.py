@@ -157,6 +157,15 @@ def _checked_targets(targets: np.ndarray, n: int, n_classes: int) -> np.ndarray:
 # --------------------------------------------------------------------------- raw records
 
 
+def affect_csv_text(texts: Sequence[str], va: np.ndarray) -> str:
+    """``text,valence,arousal`` CSV of ``va`` [N, 2] on the 0-1 scale (read back with ``data.scale=0-1``)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["text", "valence", "arousal"])
+    writer.writerows([text, f"{v:.6f}", f"{a:.6f}"] for text, (v, a) in zip(texts, np.asarray(va).tolist()))
+    return buffer.getvalue()
+
+
 @dataclass
 class RawTable:
     """Parsed file before validation: ``records`` are (start line, {column: raw value})."""

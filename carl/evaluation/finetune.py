@@ -57,6 +57,7 @@ from carl.evaluation.finetune_data import (
     TaskFiles,
     prepare_stage_files,
     prepare_task_files,
+    stage_files,
     task_files,
 )
 from carl.evaluation.finetune_score import require_setfit, score_model, score_probe, score_setfit
@@ -271,8 +272,8 @@ def stage_overrides(
     bundled EmoBank or the files of :func:`prepare_stage_files` under ``out``; then ``--set``."""
     data = []
     if corpus != "emobank":
-        folder = out / "data" / f"stage-{corpus}"
-        data = [f"data.path={folder / 'train.csv'}", f"data.dev_path={folder / 'dev.csv'}", "data.scale=0-1"]
+        train, dev = stage_files(out)
+        data = [f"data.path={train}", f"data.dev_path={dev}", "data.scale=0-1"]
     return [
         *PINNED_OVERRIDES,
         f"objective.name={STAGE_OBJECTIVE}",

@@ -36,10 +36,10 @@ from carl.data.classification import (
     read_goemotions,
 )
 from carl.data.emobank import load_emobank
-from carl.data.emotion_va import emotion_to_va
+from carl.data.emotion_va import get_mapping, lookup
 from carl.data.errors import DataError
 from carl.data.labels import encode_labels
-from carl.data.readers import AffectDataset
+from carl.data.readers import AffectDataset, affect_csv_text
 from carl.data.scales import UNIT
 from carl.data.splits import hold_out_dev
 
@@ -207,19 +207,10 @@ def task_files(task: FinetuneTask, regime: str, seed: int, out: Path) -> TaskFil
     return TaskFiles(folder / train_file_name(regime, seed), folder / "dev.csv", folder / "test.csv", mapping)
 
 
-def va_csv_text(texts: Sequence[str], va: np.ndarray) -> str:
-    """``text,valence,arousal`` CSV of ``va`` [N, 2] on the 0-1 scale."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["text", "valence", "arousal"])
-    writer.writerows([text, f"{v:.6f}", f"{a:.6f}"] for text, (v, a) in zip(texts, va.tolist()))
-    return buffer.getvalue()
-
-
 def goemotions_va(split: str) -> tuple[list[str], np.ndarray]:
     """GoEmotions ``split`` with VA [N, 2] on 0-1: the mean Warriner coordinates of each row's labels."""
-    data = SPLIT_LOADERS["goemotions28"](split)
-    va = np.array([np.mean([emotion_to_va(name) for name in names], axis=0) for names in data.labels])
+    data, mapping = SPLIT_LOADERS["goemotions28"](split), get_mapping("goemotions")
+    va = np.array([np.mean([lookup(name, mapping) for name in names], axis=0) for names in data.labels])
     return list(data.texts), va.reshape(-1, 2)
 
 
@@ -230,22 +221,27 @@ STAGE_CORPUS_NAMES: dict[str, str] = {
 }
 
 
-def prepare_stage_files(out: Path) -> tuple[Path, Path]:
-    """The (train, dev) CSVs of the first stage on EmoBank plus GoEmotions (``carl-stage-goemotions``),
-    written once under ``out/data/stage-emobank-goemotions/``: EmoBank train and GoEmotions train
-    (labels mapped to VA, :func:`goemotions_va`) on the 0-1 scale, and EmoBank dev for selection."""
+def stage_files(out: Path) -> tuple[Path, Path]:
+    """Where the (train, dev) CSVs of the first stage on EmoBank plus GoEmotions lie (nothing written)."""
     folder = Path(out) / "data" / "stage-emobank-goemotions"
+    return folder / "train.csv", folder / "dev.csv"
+
+
+def prepare_stage_files(out: Path) -> tuple[Path, Path]:
+    """Write (once) the :func:`stage_files` of ``carl-stage-goemotions``: EmoBank train and GoEmotions
+    train (labels mapped to VA, :func:`goemotions_va`) on the 0-1 scale, and EmoBank dev for selection."""
+    train, dev = stage_files(out)
 
     def train_text() -> str:
         emobank = load_emobank("train")
         texts, va = goemotions_va("train")
-        return va_csv_text(list(emobank.texts) + texts, np.concatenate([emobank.labels, va]))
+        return affect_csv_text(list(emobank.texts) + texts, np.concatenate([emobank.labels, va]))
 
     def dev_text() -> str:
-        dev = load_emobank("dev")
-        return va_csv_text(dev.texts, dev.labels)
+        emobank = load_emobank("dev")
+        return affect_csv_text(emobank.texts, emobank.labels)
 
-    return _write_once(folder / "train.csv", train_text), _write_once(folder / "dev.csv", dev_text)
+    return _write_once(train, train_text), _write_once(dev, dev_text)
 
 
 def prepare_task_files(task: FinetuneTask, k: int | None, regime: str, seed: int, out: Path) -> TaskFiles:
