@@ -95,6 +95,24 @@ def test_plan_runs_task_then_seed_then_regime_then_method():
     assert "regression" in skipped[0]["reason"]
 
 
+def test_plan_skips_a_first_stage_holding_the_task_labels_in_low_resource_regimes():
+    settings = FinetuneSettings(
+        tasks=("ekman", "sst5"), methods=("carl-stage", "carl-stage-goemotions"), regimes=("full", "k8"), seeds=(1,)
+    )
+    cells, skipped = plan_cells(settings)
+    assert [c.name for c in cells] == [
+        "ekman-full-carl-stage-s1",
+        "ekman-full-carl-stage-goemotions-s1",
+        "ekman-k8-carl-stage-s1",
+        "sst5-full-carl-stage-s1",
+        "sst5-full-carl-stage-goemotions-s1",
+        "sst5-k8-carl-stage-s1",
+        "sst5-k8-carl-stage-goemotions-s1",
+    ]
+    assert [s["cell"] for s in skipped] == ["ekman-k8-carl-stage-goemotions-s1"]
+    assert "all of ekman's training texts" in skipped[0]["reason"] and "8 examples per class" in skipped[0]["reason"]
+
+
 def test_plan_probes_all_the_data_once_and_each_subset_per_seed():
     settings = FinetuneSettings(tasks=("ekman",), methods=("probe",), regimes=("full", "k8"), seeds=(2, 3))
     cells, skipped = plan_cells(settings)

@@ -144,6 +144,12 @@ BATCH_SIZE = 32
 STAGE_OBJECTIVE = "carl"
 # the methods that fine-tune from a first carl stage, by the stage's corpus
 STAGE_CORPORA: dict[str, str] = {"carl-stage": "emobank", "carl-stage-goemotions": "emobank-goemotions"}
+# the tasks whose whole training split (labels mapped to VA) a stage's corpus holds: in a regime of k
+# examples per class such a stage would see every label the regime withholds
+STAGE_TASKS: dict[str, tuple[str, ...]] = {
+    "emobank": ("emobank",),
+    "emobank-goemotions": ("emobank", "ekman", "goemotions28"),
+}
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,18 @@ class FinetuneCell:
         return self.method in OBJECTIVES
 
 
+def skip_reason(cell: FinetuneCell) -> str | None:
+    """Why ``cell`` is not run (None: it runs): a method that does not fit the task's kind, or a first
+    stage holding all of the task's training labels in a regime that withholds most of them."""
+    corpus = STAGE_CORPORA.get(cell.method)
+    if corpus and REGIMES[cell.regime] is not None and cell.task.name in STAGE_TASKS[corpus]:
+        return (
+            f"its first stage trains on all of {cell.task.name}'s training texts with their labels mapped to VA,"
+            f" more than {REGIMES[cell.regime]} examples per class"
+        )
+    return SKIPPED.get((cell.method, cell.task.kind))
+
+
 def plan_cells(settings: FinetuneSettings) -> tuple[list[FinetuneCell], list[dict]]:
     """The cells in run order (task, seed, regime, method) and the skipped ones with their reason.
 
@@ -249,7 +267,7 @@ def plan_cells(settings: FinetuneSettings) -> tuple[list[FinetuneCell], list[dic
                     if method == "probe" and REGIMES[regime] is None and seed != settings.seeds[0]:
                         continue
                     cell = FinetuneCell(task, regime, method, seed)
-                    reason = SKIPPED.get((method, task.kind))
+                    reason = skip_reason(cell)
                     if reason:
                         skipped.append({"cell": cell.name, "reason": reason})
                     else:
