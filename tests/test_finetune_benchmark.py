@@ -113,6 +113,14 @@ def test_plan_skips_a_first_stage_holding_the_task_labels_in_low_resource_regime
     assert "all of ekman's training texts" in skipped[0]["reason"] and "8 examples per class" in skipped[0]["reason"]
 
 
+def test_the_budget_counts_a_resumed_run_by_all_its_steps_not_its_last_process():
+    fresh = {"wall_seconds": 120.0, "training": {"wall_seconds": 100.0, "train_seconds": 90.0}}
+    resumed = {"wall_seconds": 50.0, "training": {"wall_seconds": 40.0, "train_seconds": 300.0}}
+    stage = {"training": {"wall_seconds": 40.0, "train_seconds": 30.0}}  # a first stage: no scoring
+    assert [ft.spent_seconds(r) for r in (fresh, resumed, stage)] == [120.0, 300.0, 40.0]
+    assert ft.spent_seconds({"wall_seconds": 7.0}) == 7.0  # the probe and SetFit record no steps
+
+
 def test_plan_probes_all_the_data_once_and_each_subset_per_seed():
     settings = FinetuneSettings(tasks=("ekman",), methods=("probe",), regimes=("full", "k8"), seeds=(2, 3))
     cells, skipped = plan_cells(settings)

@@ -499,6 +499,14 @@ def run_finetune(
     return results
 
 
+def spent_seconds(record: dict) -> float:
+    """At least the time a cell or first stage took: its last process's wall time, or where longer (a
+    run resumed across processes) the summed time of all its optimizer steps."""
+    training = record.get("training") or {}
+    wall = record.get("wall_seconds", training.get("wall_seconds")) or 0.0
+    return float(max(wall, training.get("train_seconds") or 0.0))
+
+
 def write_results(out: Path, settings, planned, skipped, cells, computed, started, command) -> dict:
     """``results.json`` and ``report.md`` of the cells finished so far; returns the results."""
     from carl.evaluation.finetune_report import write_report
@@ -535,8 +543,8 @@ def write_results(out: Path, settings, planned, skipped, cells, computed, starte
         "computed_this_run": computed,
         "runtime": {
             "this_invocation_seconds": time.time() - started,
-            "all_cells_seconds": float(sum(c.get("wall_seconds", 0.0) for c in cells.values())),
-            "stage_seconds": float(sum(s["training"]["wall_seconds"] for s in stages.values())),
+            "all_cells_seconds": float(sum(spent_seconds(c) for c in cells.values())),
+            "stage_seconds": float(sum(spent_seconds(s) for s in stages.values())),
         },
         "environment": environment_info(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -197,7 +197,7 @@ def report_text(results: dict, decision: dict | None = None, plot: tuple[str, st
         f"`{results['command']}`: encoder `{settings['encoder']}`, seeds {list(settings['seeds'])}, "
         f"--set {', '.join(f'`{o}`' for o in settings['overrides']) or 'none'}; "
         f"{env.get('cpu_count', '?')}-core {env.get('processor', '?')} machine, "
-        f"{results['runtime']['all_cells_seconds'] / 3600:.2f} h of cells"
+        f"at least {results['runtime']['all_cells_seconds'] / 3600:.2f} h of cells"
         + (
             f" and {results['runtime']['stage_seconds'] / 3600:.2f} h of first stages."
             if results.get("stages")
