@@ -144,6 +144,14 @@ def training_summary(records: list[dict], wall_seconds: float) -> dict:
     }
 
 
+def spent_seconds(record: dict) -> float:
+    """At least the time a cell or first stage took: its last process's wall time, or where longer (a
+    run resumed across processes) the summed time of all its optimizer steps."""
+    training = record.get("training") or {}
+    wall = record.get("wall_seconds", training.get("wall_seconds")) or 0.0
+    return float(max(wall, training.get("train_seconds") or 0.0))
+
+
 def save_cell(out: Path, name: str, record: dict) -> Path:
     """Write ``record`` atomically to ``OUT/cells/<name>.json`` (compact JSON)."""
     path = Path(out) / "cells" / f"{name}.json"

@@ -47,11 +47,13 @@ from carl.evaluation.cells import (
     read_metrics,
     refuse_objective_override,
     save_cell,
+    spent_seconds,
     training_summary,
     without_points,
 )
 from carl.evaluation.finetune_data import (
     DEV_CAP,
+    STAGE_CORPUS_SPECS,
     TASKS,
     FinetuneTask,
     TaskFiles,
@@ -144,12 +146,6 @@ BATCH_SIZE = 32
 STAGE_OBJECTIVE = "carl"
 # the methods that fine-tune from a first carl stage, by the stage's corpus
 STAGE_CORPORA: dict[str, str] = {"carl-stage": "emobank", "carl-stage-goemotions": "emobank-goemotions"}
-# the tasks whose whole training split (labels mapped to VA) a stage's corpus holds: in a regime of k
-# examples per class such a stage would see every label the regime withholds
-STAGE_TASKS: dict[str, tuple[str, ...]] = {
-    "emobank": ("emobank",),
-    "emobank-goemotions": ("emobank", "ekman", "goemotions28"),
-}
 
 
 @dataclass(frozen=True)
@@ -244,7 +240,7 @@ def skip_reason(cell: FinetuneCell) -> str | None:
     """Why ``cell`` is not run (None: it runs): a method that does not fit the task's kind, or a first
     stage holding all of the task's training labels in a regime that withholds most of them."""
     corpus = STAGE_CORPORA.get(cell.method)
-    if corpus and REGIMES[cell.regime] is not None and cell.task.name in STAGE_TASKS[corpus]:
+    if corpus and REGIMES[cell.regime] is not None and cell.task.name in STAGE_CORPUS_SPECS[corpus].tasks:
         return (
             f"its first stage trains on all of {cell.task.name}'s training texts with their labels mapped to VA,"
             f" more than {REGIMES[cell.regime]} examples per class"
@@ -497,14 +493,6 @@ def run_finetune(
     results = write_results(out, settings, planned, skipped, cells, computed, started, command)
     log(f"[finetune] wrote {out / 'results.json'} and {out / 'report.md'}")
     return results
-
-
-def spent_seconds(record: dict) -> float:
-    """At least the time a cell or first stage took: its last process's wall time, or where longer (a
-    run resumed across processes) the summed time of all its optimizer steps."""
-    training = record.get("training") or {}
-    wall = record.get("wall_seconds", training.get("wall_seconds")) or 0.0
-    return float(max(wall, training.get("train_seconds") or 0.0))
 
 
 def write_results(out: Path, settings, planned, skipped, cells, computed, started, command) -> dict:

@@ -214,10 +214,17 @@ def goemotions_va(split: str) -> tuple[list[str], np.ndarray]:
     return list(data.texts), va.reshape(-1, 2)
 
 
-# the corpora of a first carl stage (carl-stage, carl-stage-goemotions), as the report names them
-STAGE_CORPUS_NAMES: dict[str, str] = {
-    "emobank": "bundled EmoBank",
-    "emobank-goemotions": "EmoBank plus GoEmotions mapped to VA",
+@dataclass(frozen=True)
+class StageCorpus:
+    """The corpus of a first carl stage (carl-stage, carl-stage-goemotions)."""
+
+    title: str  # as the report names it
+    tasks: tuple[str, ...]  # the tasks whose whole training split (labels mapped to VA) it holds
+
+
+STAGE_CORPUS_SPECS: dict[str, StageCorpus] = {
+    "emobank": StageCorpus("bundled EmoBank", ("emobank",)),
+    "emobank-goemotions": StageCorpus("EmoBank plus GoEmotions mapped to VA", ("emobank", "ekman", "goemotions28")),
 }
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from carl.atomic import write_text_atomic
 from carl.evaluation import variant_study
-from carl.evaluation.finetune_data import STAGE_CORPUS_NAMES, TASKS
+from carl.evaluation.cells import spent_seconds
+from carl.evaluation.finetune_data import STAGE_CORPUS_SPECS, TASKS
 from carl.evaluation.plots import variant_gaps
 from carl.evaluation.report import aggregate, replace_between_markers
 
@@ -223,10 +224,10 @@ def report_text(results: dict, decision: dict | None = None, plot: tuple[str, st
     lines += ["## Step cost (median seconds per optimizer step)", "", *step_cost_lines(table), ""]
     for name, stage in results.get("stages", {}).items():
         t = stage["training"]
-        corpus = STAGE_CORPUS_NAMES[stage.get("corpus", "emobank")]
+        corpus = STAGE_CORPUS_SPECS[stage.get("corpus", "emobank")].title
         lines.append(
             f"First stage `{name}` (carl on {corpus}, shared by the staged cells of its seed): "
-            f"{t['steps']} steps, best step {t['best_step']}, {t['wall_seconds']:.0f} s."
+            f"{t['steps']} steps, best step {t['best_step']}, at least {spent_seconds(stage):.0f} s."
         )
     if results.get("stages"):
         lines.append("")
